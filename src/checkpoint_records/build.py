@@ -1,0 +1,85 @@
+"""Building a record from what the run knows and what is on disk: a pure function, testable alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .collect import ModelFacts, ScannedCheckpoint
+from .history import metrics_at_step
+from .readiness import Readiness
+from .record import (
+    CheckpointRecord,
+    CheckpointStatus,
+    FileEntry,
+    RecordMetadata,
+    RecordSpec,
+    RecordStatus,
+    TrainingMetadata,
+)
+from .values import to_number
+
+
+@dataclass(frozen=True)
+class SaveContext:
+    """What the training run knows at a save, independent of any Trainer object."""
+
+    record_id: str
+    name: str
+    job_id: str
+    job_name: str
+    step: int
+    epoch: Any
+    node: str
+    log_history: Iterable[Mapping[str, Any]]
+    #: The base model as the live run knows it (PEFT base, ``name_or_path`` or ``hub_model_id``).
+    base_model: str | None
+    library_version: str
+    world_size: int = 1
+
+
+def build_record(
+    context: SaveContext,
+    scanned: ScannedCheckpoint,
+    facts: ModelFacts,
+    readiness: Readiness,
+    now: str,
+) -> CheckpointRecord:
+    logged = metrics_at_step(context.log_history, context.step)
+    epoch, _ = to_number(context.epoch)
+    directory = str(scanned.directory.absolute())
+    status: CheckpointStatus = "available" if scanned.exists else "failed"
+    return CheckpointRecord(
+        metadata=RecordMetadata(
+            name=context.name, id=context.record_id, job_id=context.job_id, job_name=context.job_name
+        ),
+        spec=RecordSpec(
+            from_local_files=[f"{directory}/{path}" for path in scanned.files],
+            directory=directory,
+        ),
+        status=RecordStatus(
+            status=status,
+            size=scanned.total_size,
+            files=[FileEntry(path=path, size=size) for path, size in scanned.files.items()],
+            metadata=TrainingMetadata(
+                name=context.name,
+                node=context.node,
+                step=context.step,
+                epoch=None if epoch is None else float(epoch),
+                train_loss=logged.train_loss,
+                eval_loss=logged.eval_loss,
+                metrics=logged.metrics,
+                non_finite=logged.non_finite,
+                model=context.base_model or facts.adapter_base_model or facts.name_or_path or "",
+                architecture=facts.architectures[0] if facts.architectures else None,
+                version=facts.transformers_version or context.library_version,
+                inference_ready=readiness.ready,
+                inference_ready_reasons=list(readiness.reasons),
+                layout=readiness.layout,
+                world_size=context.world_size,
+            ),
+            created_at=now,
+            updated_at=now,
+        ),
+    )

@@ -1,0 +1,499 @@
+"""Can this checkpoint directory be loaded for inference as it stands, and if not, why?
+
+The check runs at every save, so it is cheap on purpose: it works from the file listing a
+directory scan already collected, and opens only small files (``config.json``, index JSONs,
+``adapter_config.json``, ``tokenizer_config.json``) plus the first bytes of each ``*.safetensors``
+file (its header, parsed by hand). It never reads tensor data and never imports torch,
+safetensors or transformers. It never raises: anything unreadable or malformed becomes a reason.
+
+Reasons come out in a fixed order (configuration, weights or layout, safetensors files in path
+order, tokenizer), each once, so the same directory always gives the same answer.
+
+Rules, and why:
+
+* **Layout.** ``adapter_config.json`` makes a PEFT adapter (transformers itself loads such a
+  directory as an adapter). Otherwise, consolidated weights (``model.safetensors``,
+  ``pytorch_model.bin`` or their ``*.index.json``) make a Transformers checkpoint, or an
+  accelerate ``save_state`` one when ``config.json`` is missing and accelerate's own files are
+  there. Without consolidated weights: DeepSpeed ZeRO shards, FSDP sharded state dicts,
+  accelerate ``save_state`` files, ``config.json`` alone (Transformers, weights missing), bare
+  ``torch.save`` files, in that order; else "unknown".
+* **Weights.** Judged the way ``from_pretrained`` picks them: the first of ``model.safetensors``,
+  ``model.safetensors.index.json``, ``pytorch_model.bin``, ``pytorch_model.bin.index.json`` that
+  exists (or the file ``config.json`` names in ``transformers_weights``) is the one that is loaded,
+  so that one must be complete: every shard of an index present, no empty ``.bin`` file.
+* **Safetensors.** Every ``*.safetensors`` file, subdirectories included (PEFT keeps extra
+  adapters there), must have a header that parses and data that ends exactly at the file size.
+* **Tokenizer.** See :func:`needs_tokenizer` and :func:`has_tokenizer`. A PEFT adapter does not
+  need its own tokenizer: inference loads the base model from ``base_model_name_or_path`` and the
+  base model's tokenizer comes from the same place. The exception is an adapter that trains the
+  input embeddings (``trainable_token_indices``, or an embedding layer in ``modules_to_save``),
+  which is how PEFT adds tokens: then the base tokenizer may not match, so the adapter's own is
+  required.
+* Not checked: that a PEFT base model can be found, that ``.bin``/``.pt`` pickles unpickle,
+  and image-only models' image processors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LAYOUTS", "Readiness", "assess_readiness", "has_tokenizer", "needs_tokenizer"]
+
+#: Every value ``Readiness.layout`` can take.
+LAYOUTS = (
+    "transformers",
+    "peft-adapter",
+    "deepspeed-zero",
+    "fsdp-sharded",
+    "accelerate-state",
+    "torch-save",
+    "unknown",
+)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a checkpoint loads for inference as it stands; ``reasons`` say why not."""
+
+    ready: bool
+    reasons: tuple[str, ...]
+    layout: str
+
+
+#: Consolidated weights in the order ``from_pretrained`` looks for them: (file, is an index).
+_WEIGHTS_CANDIDATES: tuple[tuple[str, bool], ...] = (
+    ("model.safetensors", False),
+    ("model.safetensors.index.json", True),
+    ("pytorch_model.bin", False),
+    ("pytorch_model.bin.index.json", True),
+)
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+#: Architecture name endings of heads that take text in or put text out.
+TEXT_HEAD_SUFFIXES = (
+    "ForCausalLM",
+    "ForMaskedLM",
+    "ForSeq2SeqLM",
+    "ForConditionalGeneration",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForNextSentencePrediction",
+    "LMHeadModel",
+)
+#: Files a ``tokenizer_config.json`` needs one of to be a loadable slow or fast tokenizer.
+_VOCAB_FILES = frozenset(
+    {
+        "vocab.json",
+        "vocab.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.model",
+        "sentencepiece.bpe.model",
+        "spm.model",
+        "source.spm",
+        "target.spm",
+        "vocab.model",
+    }
+)
+_PROCESSOR_FILES = frozenset({"processor_config.json", "preprocessor_config.json"})
+#: Tokenizers that work on bytes or characters and so save no vocabulary file.
+_VOCABLESS_TOKENIZERS = frozenset({"ByT5Tokenizer", "CanineTokenizer", "PerceiverTokenizer"})
+
+_TORCH_SAVE_SUFFIXES = (".pt", ".pth", ".ckpt")
+_DEEPSPEED_SHARD = re.compile(r"(?:^|[-_])(?:model_states|optim_states)\.pt$")
+_FSDP_RANK_FILE = re.compile(r"^pytorch_model_fsdp_\d+_rank\d+\.bin$")
+_ACCELERATE_FILE = re.compile(
+    r"^(?:optimizer(?:_\d+)?\.bin|scheduler(?:_\d+)?\.bin|sampler(?:_\d+)?\.bin"
+    r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl|dl_state_dict(?:_\d+)?\.bin)$"
+)
+#: Input-embedding module names: training them in ``modules_to_save`` is how PEFT adds tokens.
+_EMBEDDING_NAMES = frozenset({"wte", "shared", "tok_embeddings", "word_embeddings", "embed_tokens"})
+
+#: The safetensors format caps its header at 100 MB; anything longer is corruption.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+#: Largest JSON file read; real index files stay far below (a 600B-parameter index is ~10 MB).
+_MAX_JSON_BYTES = 64 * 1024 * 1024
+#: Bytes per element of whole-byte safetensors dtypes (sub-byte ones are not size-checked).
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+    "C64": 8,
+}
+
+_DEEPSPEED_REASON = "DeepSpeed ZeRO shards without consolidated weights (run zero_to_fp32.py)"
+_FSDP_REASON = "FSDP sharded state dict without consolidated weights (merge it with accelerate merge-weights)"
+_ACCELERATE_REASON = "accelerate save_state output is not a from_pretrained checkpoint (use save_pretrained)"
+_MISSING_WEIGHTS = "missing model weights"
+_MISSING_TOKENIZER = "missing tokenizer"
+
+
+def assess_readiness(directory: pathlib.Path, files: Mapping[str, int]) -> Readiness:
+    """Judge ``directory`` from its scanned ``files`` (POSIX relative path -> size in bytes).
+
+    Never raises: a failure of the check itself is reported as a reason, not ready.
+    """
+    try:
+        return _assess(pathlib.Path(directory), _normalise(files))
+    except Exception as exc:  # the contract is "never raises"; say so instead of guessing
+        return Readiness(False, (f"readiness could not be checked ({type(exc).__name__})",), "unknown")
+
+
+def needs_tokenizer(config: Mapping[str, Any]) -> bool:
+    """Whether the model of ``config`` takes or gives text, and so needs a tokenizer or processor.
+
+    True when an architecture ends in a text head (:data:`TEXT_HEAD_SUFFIXES`), when the config
+    has a positive ``vocab_size`` (only models with token embeddings have one: vision-only models
+    such as ViT do not), or when it has a ``text_config`` (multimodal models with a text side).
+    """
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and any(
+        isinstance(name, str) and name.endswith(TEXT_HEAD_SUFFIXES) for name in architectures
+    ):
+        return True
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and vocab_size > 0:
+        return True
+    return isinstance(config.get("text_config"), Mapping)
+
+
+def has_tokenizer(directory: pathlib.Path, top_level: Iterable[str]) -> bool:
+    """Whether the top-level files hold a loadable tokenizer or processor.
+
+    Accepted: ``tokenizer.json`` (a complete fast tokenizer); ``tokenizer_config.json`` with a
+    vocabulary file (``vocab.json``, ``vocab.txt``, ``tokenizer.model``, ``spiece.model``,
+    ``*.tiktoken`` ...) or naming a tokenizer that needs none (ByT5, CANINE, Perceiver); or
+    ``processor_config.json`` / ``preprocessor_config.json``, which speech and multimodal
+    checkpoints load through ``AutoProcessor``.
+    """
+    names = set(top_level)
+    if "tokenizer.json" in names or names & _PROCESSOR_FILES:
+        return True
+    if "tokenizer_config.json" not in names:
+        return False
+    if names & _VOCAB_FILES or any(name.endswith(".tiktoken") for name in names):
+        return True
+    tokenizer_config, _ = _read_json(directory, "tokenizer_config.json")
+    return (
+        isinstance(tokenizer_config, dict)
+        and tokenizer_config.get("tokenizer_class") in _VOCABLESS_TOKENIZERS
+    )
+
+
+def _normalise(files: Mapping[str, int]) -> dict[str, int]:
+    """Relative POSIX paths without a leading ``./``, sizes as ints (-1 when unusable)."""
+    normalised: dict[str, int] = {}
+    for name, size in files.items():
+        path = str(name)
+        while path.startswith("./"):
+            path = path[2:]
+        try:
+            normalised[path] = int(size)
+        except (TypeError, ValueError, OverflowError):
+            normalised[path] = -1
+    return normalised
+
+
+def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
+    top = {name for name in files if "/" not in name}
+    if "adapter_config.json" in top:
+        return _assess_adapter(directory, files, top)
+
+    reasons: list[str] = []
+    config: dict[str, Any] | None = None
+    if "config.json" in top:
+        config = _read_config(directory, files.get("config.json", -1), reasons)
+    else:
+        reasons.append("missing config.json")
+
+    weights_file = _selected_weights(config, files)
+    accelerate = any(_ACCELERATE_FILE.match(name) for name in top)
+    if weights_file is not None:
+        if accelerate and "config.json" not in top:
+            layout = "accelerate-state"
+            reasons.append(_ACCELERATE_REASON)
+        else:
+            layout = "transformers"
+        reasons.extend(_weights_reasons(directory, files, weights_file))
+    elif _has_deepspeed_shards(files, top):
+        layout = "deepspeed-zero"
+        reasons.append(_DEEPSPEED_REASON)
+    elif _has_fsdp_shards(files):
+        layout = "fsdp-sharded"
+        reasons.append(_FSDP_REASON)
+    elif accelerate and "config.json" not in top:
+        layout = "accelerate-state"
+        reasons.extend((_MISSING_WEIGHTS, _ACCELERATE_REASON))
+    elif "config.json" in top:
+        layout = "transformers"
+        reasons.append(_MISSING_WEIGHTS)
+    else:
+        bare = sorted(name for name in files if name.lower().endswith(_TORCH_SAVE_SUFFIXES))
+        if bare:
+            layout = "torch-save"
+            reasons.extend(
+                f"bare torch.save file {name} is not a from_pretrained checkpoint" for name in bare
+            )
+        else:
+            layout = "unknown"
+            reasons.append(_MISSING_WEIGHTS)
+
+    reasons.extend(_safetensors_reasons(directory, files))
+    if config is not None and needs_tokenizer(config) and not has_tokenizer(directory, top):
+        reasons.append(_MISSING_TOKENIZER)
+    return _result(reasons, layout)
+
+
+def _assess_adapter(directory: pathlib.Path, files: dict[str, int], top: set[str]) -> Readiness:
+    """A PEFT adapter: its config must name a base model, and its weights must be there."""
+    reasons: list[str] = []
+    adapter_config, problem = _read_json(
+        directory, "adapter_config.json", files.get("adapter_config.json", -1)
+    )
+    if problem:
+        reasons.append(problem)
+        adapter_config = None
+    elif not isinstance(adapter_config, dict):
+        reasons.append("adapter_config.json is not a JSON object")
+        adapter_config = None
+    else:
+        base = adapter_config.get("base_model_name_or_path")
+        if not isinstance(base, str) or not base.strip():
+            reasons.append("adapter_config.json names no base model")
+
+    present = [name for name in _ADAPTER_WEIGHTS if name in top]
+    if not present:
+        reasons.append("missing adapter weights")
+    else:
+        reasons.extend(f"{name} is empty" for name in present if name.endswith(".bin") and files[name] == 0)
+
+    reasons.extend(_safetensors_reasons(directory, files))
+    if (
+        adapter_config is not None
+        and _adapter_changes_vocabulary(adapter_config)
+        and not has_tokenizer(directory, top)
+    ):
+        reasons.append(_MISSING_TOKENIZER)
+    return _result(reasons, "peft-adapter")
+
+
+def _adapter_changes_vocabulary(adapter_config: Mapping[str, Any]) -> bool:
+    """Whether the adapter trains input embeddings, PEFT's way of adding tokens to a vocabulary."""
+    if adapter_config.get("trainable_token_indices"):
+        return True
+    modules = adapter_config.get("modules_to_save")
+    if not isinstance(modules, list):
+        return False
+    for module in modules:
+        if isinstance(module, str):
+            leaf = module.rsplit(".", 1)[-1]
+            if leaf in _EMBEDDING_NAMES or "embed_tokens" in leaf or leaf.endswith("word_embeddings"):
+                return True
+    return False
+
+
+def _result(reasons: list[str], layout: str) -> Readiness:
+    unique = tuple(dict.fromkeys(reasons))
+    return Readiness(not unique, unique, layout)
+
+
+def _read_config(directory: pathlib.Path, size: int, reasons: list[str]) -> dict[str, Any] | None:
+    """``config.json`` as a dict, or None with the reason appended."""
+    config, problem = _read_json(directory, "config.json", size)
+    if problem:
+        reasons.append(problem)
+        return None
+    if not isinstance(config, dict):
+        reasons.append("config.json is not a JSON object")
+        return None
+    architectures = config.get("architectures")
+    if not (
+        isinstance(architectures, list)
+        and architectures
+        and all(isinstance(name, str) and name for name in architectures)
+    ):
+        reasons.append("config.json has no architectures")
+    return config
+
+
+def _read_json(directory: pathlib.Path, name: str, size: int = -1) -> tuple[Any, str | None]:
+    """The parsed JSON of one small file, or a plain-word reason it could not be had."""
+    if size > _MAX_JSON_BYTES:
+        return None, f"{name} is too large to read"
+    try:
+        with open(directory / name, "rb") as handle:
+            raw = handle.read(_MAX_JSON_BYTES + 1)
+    except OSError:
+        return None, f"{name} could not be read"
+    if len(raw) > _MAX_JSON_BYTES:
+        return None, f"{name} is too large to read"
+    try:
+        return json.loads(raw), None
+    except (ValueError, RecursionError):
+        return None, f"{name} is not valid JSON"
+
+
+def _selected_weights(config: Mapping[str, Any] | None, files: Mapping[str, int]) -> str | None:
+    """The weights file ``from_pretrained`` would load, or None when it would find none."""
+    if config is not None:
+        explicit = config.get("transformers_weights")
+        if isinstance(explicit, str) and explicit:
+            return explicit
+    for name, _ in _WEIGHTS_CANDIDATES:
+        if name in files:
+            return name
+    return None
+
+
+def _weights_reasons(directory: pathlib.Path, files: Mapping[str, int], weights_file: str) -> list[str]:
+    """What keeps the selected weights file (and, for an index, its shards) from loading."""
+    if weights_file not in files:
+        return [f"missing {weights_file}"]
+    if not weights_file.endswith(".index.json"):
+        return (
+            [f"{weights_file} is empty"] if weights_file.endswith(".bin") and files[weights_file] == 0 else []
+        )
+    index, problem = _read_json(directory, weights_file, files[weights_file])
+    if problem:
+        return [problem]
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        return [f"{weights_file} has no weight_map"]
+    if not all(isinstance(shard, str) and shard for shard in weight_map.values()):
+        return [f"{weights_file} has a malformed weight_map"]
+    shards: set[str] = set(weight_map.values())
+    base = weights_file.rsplit("/", 1)[0] + "/" if "/" in weights_file else ""
+    reasons: list[str] = []
+    for shard in sorted(shards):
+        path = base + shard
+        if path not in files:
+            reasons.append(f"missing {shard}")
+        elif path.endswith(".bin") and files[path] == 0:
+            reasons.append(f"{shard} is empty")
+    return reasons
+
+
+def _has_deepspeed_shards(files: Mapping[str, int], top: set[str]) -> bool:
+    """ZeRO writes ``<tag>/*model_states.pt`` and ``*optim_states.pt`` and a top-level ``latest``."""
+    if "latest" in top:
+        return True
+    return any("/" in name and _DEEPSPEED_SHARD.search(name.rsplit("/", 1)[-1]) for name in files)
+
+
+def _has_fsdp_shards(files: Mapping[str, int]) -> bool:
+    """FSDP sharded saves are ``*.distcp`` + ``.metadata`` (torch.distributed.checkpoint) or per-rank bins."""
+    for name in files:
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf.endswith(".distcp") or _FSDP_RANK_FILE.match(leaf):
+            return True
+        if leaf == ".metadata" and "/" in name and name.split("/")[-2].startswith("pytorch_model_fsdp"):
+            return True
+    return False
+
+
+def _safetensors_reasons(directory: pathlib.Path, files: Mapping[str, int]) -> list[str]:
+    reasons: list[str] = []
+    for name in sorted(files):
+        if name.endswith(".safetensors"):
+            problem = _safetensors_problem(directory, name, files[name])
+            if problem:
+                reasons.append(problem)
+    return reasons
+
+
+def _safetensors_problem(directory: pathlib.Path, name: str, size: int) -> str | None:
+    """Read only the header: an 8-byte little-endian length N, then N bytes of JSON.
+
+    The file is whole when ``8 + N + max(data_offsets end)`` equals its size, exactly as the
+    safetensors loader demands.
+    """
+    unreadable = f"{name} has an unreadable header"
+    truncated = f"{name} truncated"
+    try:
+        if size < 0:
+            size = os.stat(directory / name).st_size
+        if size < 8:
+            return truncated
+        with open(directory / name, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return truncated
+            header_length = int.from_bytes(prefix, "little")
+            if header_length > _MAX_SAFETENSORS_HEADER:
+                return unreadable
+            if 8 + header_length > size:
+                return truncated
+            raw = handle.read(header_length)
+    except OSError:
+        return unreadable
+    if len(raw) < header_length:
+        return truncated
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        return unreadable
+    if not isinstance(header, dict):
+        return unreadable
+    data_end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        end = _tensor_end(entry)
+        if end is None:
+            return unreadable
+        data_end = max(data_end, end)
+    total = 8 + header_length + data_end
+    if total > size:
+        return truncated
+    if total < size:
+        return f"{name} is longer than its header declares"
+    return None
+
+
+def _tensor_end(entry: Any) -> int | None:
+    """Where one tensor's bytes end, or None when its entry is malformed or inconsistent."""
+    if not isinstance(entry, dict):
+        return None
+    offsets = entry.get("data_offsets")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(value, int) and not isinstance(value, bool) for value in offsets)
+    ):
+        return None
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        return None
+    shape = entry.get("shape")
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        return None
+    width = _DTYPE_BYTES.get(str(entry.get("dtype")))
+    if width is not None and math.prod(shape) * width != end - begin:
+        return None
+    return int(end)

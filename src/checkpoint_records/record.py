@@ -1,0 +1,110 @@
+"""The checkpoint record: one pydantic model, serialised with FlexAI's field names and casing.
+
+The canonical record is a FlexAI ``Checkpoint`` object (``kind``/``metadata``/``spec``/``status``) with
+extra fields the FlexAI document does not have (job, epoch, metrics, readiness reasons, ...), so it
+validates against the FlexAI schema while staying the richest format. File sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .values import JsonScalar
+
+#: ``status.status`` values: written and complete, written but broken/absent, rotated away since.
+CheckpointStatus = Literal["available", "failed", "deleted"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class FileEntry(_Model):
+    path: str
+    size: int
+
+
+class RecordMetadata(_Model):
+    name: str = Field(min_length=1)
+    id: str
+    creator_user_id: str = Field(default="", alias="creatorUserID")
+    owner_org_id: str = Field(default="", alias="ownerOrgID")
+    job_id: str
+    job_name: str
+    revision: int = 1
+
+
+class RecordSpec(_Model):
+    from_local_files: list[str]
+    storage_provider: str = ""
+    source_path: str = ""
+    directory: str
+
+
+class TrainingMetadata(_Model):
+    name: str
+    node: str
+    step: int = Field(ge=0)
+    epoch: float | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    metrics: dict[str, JsonScalar] = Field(default_factory=dict)
+    non_finite: dict[str, str] = Field(default_factory=dict)
+    model: str
+    architecture: str | None = None
+    version: str
+    inference_ready: bool
+    inference_ready_reasons: list[str] = Field(default_factory=list)
+    layout: str
+    world_size: int = 1
+
+
+class RecordStatus(_Model):
+    status: CheckpointStatus
+    storage_provider_id: str = Field(default="", alias="storageProviderID")
+    size: int
+    files: list[FileEntry]
+    metadata: TrainingMetadata
+    created_at: str
+    updated_at: str
+
+
+class CheckpointRecord(_Model):
+    kind: Literal["Checkpoint"] = "Checkpoint"
+    metadata: RecordMetadata
+    spec: RecordSpec
+    status: RecordStatus
+
+    @property
+    def id(self) -> str:
+        return self.metadata.id
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def training(self) -> TrainingMetadata:
+        return self.status.metadata
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: FlexAI names, JSON-safe values."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_json(self) -> str:
+        """Compact, key-stable JSON (``allow_nan=False``: a NaN here is a bug, not data)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointRecord:
+        return cls.model_validate_json(text)
+
+
+def utc_now_iso() -> str:
+    """ISO 8601 UTC with microseconds and a ``Z``, as FlexAI prints timestamps."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,159 @@
+"""The recorder: from a checkpoint directory on disk to a durable, queued record.
+
+This is the one implementation behind the Trainer callback and plain training loops. Everything it does
+on the caller's thread is bounded and local (a directory scan, a few small reads, one SQLite
+transaction); delivery to sinks happens elsewhere, from the outbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import transformers
+
+from .build import SaveContext, build_record
+from .collect import read_model_facts, scan_checkpoint
+from .identity import checkpoint_id_for, default_job_key, job_id_for
+from .logs import logger, warn_once
+from .readiness import assess_readiness
+from .record import CheckpointRecord, utc_now_iso
+from .settings import check_name_template, environment, parse_bool, parse_seconds
+from .sinks import Sink
+from .store import RecordStore
+
+DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
+DEFAULT_FLUSH_TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    id: str
+    name: str
+
+
+def never_raises(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Run ``method``; on any exception, log it once (by method and exception type) and return None.
+
+    Training must never pay for a failure of ours: transformers does not catch callback exceptions.
+    """
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> T | None:
+        try:
+            return method(*args, **kwargs)
+        except Exception as error:
+            warn_once(
+                f"{method.__qualname__}:{type(error).__name__}",
+                "checkpoint-records: %s failed and was skipped, training goes on: %s: %s",
+                method.__qualname__,
+                type(error).__name__,
+                error,
+            )
+            logger.debug("traceback", exc_info=True)
+            return None
+
+    return guarded
+
+
+def base_model_name(model: Any, hub_model_id: str | None = None) -> str | None:
+    """The base model a live model was built from: a PEFT adapter's base, else ``name_or_path``."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, Mapping) and peft_config:
+        adapter = peft_config.get("default") or next(iter(peft_config.values()))
+        base = getattr(adapter, "base_model_name_or_path", None)
+        if base:
+            return str(base)
+    config = getattr(model, "config", None)
+    name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    return str(name) if name else hub_model_id or None
+
+
+class CheckpointRecorder:
+    """Records checkpoints into the store and queues them for the configured sinks."""
+
+    def __init__(
+        self,
+        *,
+        store: RecordStore | str | os.PathLike[str] | None = None,
+        sinks: Sequence[Sink] = (),
+        job_id: str | None = None,
+        job_name: str | None = None,
+        name_template: str | None = None,
+        flush_timeout: float | None = None,
+        record_every_node: bool | None = None,
+    ) -> None:
+        env = environment()
+        self.store = store if isinstance(store, RecordStore) else RecordStore(store or env.get("HOME"))
+        self.sinks = list(sinks)
+        self.job_id = job_id or env.get("JOB_ID")
+        self.job_name = job_name or env.get("JOB_NAME")
+        self.name_template = check_name_template(
+            name_template or env.get("NAME_TEMPLATE") or DEFAULT_NAME_TEMPLATE
+        )
+        self.flush_timeout = parse_seconds(
+            "flush_timeout",
+            flush_timeout if flush_timeout is not None else env.get("FLUSH_TIMEOUT"),
+            DEFAULT_FLUSH_TIMEOUT,
+        )
+        self.record_every_node = parse_bool(
+            "record_every_node",
+            record_every_node if record_every_node is not None else env.get("RECORD_EVERY_NODE"),
+        )
+        self.node = socket.gethostname()
+
+    def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
+        """The job's identity: explicit settings first, else derived from where and what it runs."""
+        key = self.job_id or default_job_key(output_dir, run_name)
+        name = self.job_name or run_name or Path(os.path.abspath(output_dir)).name or "job"
+        return JobIdentity(id=job_id_for(key), name=name)
+
+    def record_directory(
+        self,
+        directory: Path,
+        *,
+        job: JobIdentity,
+        step: int,
+        epoch: Any,
+        log_history: Iterable[Mapping[str, Any]],
+        base_model: str | None,
+        world_size: int = 1,
+        node_suffix: str | None = None,
+    ) -> CheckpointRecord:
+        """Build the record of ``directory`` and store it durably, queued for every sink."""
+        node = self.node if node_suffix is None else f"{self.node}/{node_suffix}"
+        name_fields = {"job_name": job.name, "job_id": job.id, "step": step, "node": node}
+        context = SaveContext(
+            record_id=checkpoint_id_for(job.id, step, node if node_suffix is not None else None),
+            name=self.name_template.format(**name_fields),
+            job_id=job.id,
+            job_name=job.name,
+            step=step,
+            epoch=epoch,
+            node=node,
+            log_history=log_history,
+            base_model=base_model,
+            library_version=transformers.__version__,
+            world_size=world_size,
+        )
+        scanned = scan_checkpoint(directory)
+        record = build_record(
+            context,
+            scanned,
+            read_model_facts(directory),
+            assess_readiness(directory, scanned.files),
+            utc_now_iso(),
+        )
+        return self.store.put(record, [sink.key for sink in self.sinks]).record
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.store.close()
