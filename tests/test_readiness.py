@@ -77,20 +77,24 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("readiness")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        plain = save_tiny_pretrained(root / "plain")
         dirs = {
-            "plain": save_tiny_pretrained(root / "plain"),
+            "plain": plain,
             "sharded": save_tiny_pretrained(root / "sharded", max_shard_size="20KB"),
-            "adapter": _save_adapter(root / "adapter"),
-            "adapter-new-tokens": _save_adapter(root / "adapter-new-tokens", modules_to_save=["wte"]),
+            "adapter": _save_adapter(root / "adapter", plain),
+            "adapter-new-tokens": _save_adapter(root / "adapter-new-tokens", plain, modules_to_save=["wte"]),
         }
     return dirs
 
 
-def _save_adapter(directory: Path, **lora: Any) -> Path:
+def _save_adapter(directory: Path, base: Path | None, **lora: Any) -> Path:
+    """A LoRA adapter of the model saved at ``base`` (or of a model built in memory, when None)."""
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
+    model = tiny_model() if base is None else AutoModelForCausalLM.from_pretrained(base)
     config = LoraConfig(task_type="CAUSAL_LM", target_modules=["c_attn"], **lora)
-    get_peft_model(tiny_model(), config).save_pretrained(directory)
+    get_peft_model(model, config).save_pretrained(directory)
     return directory
 
 
@@ -273,7 +277,16 @@ def test_adapter_is_ready_without_config_or_tokenizer(built: dict[str, Path]) ->
     files = scan(built["adapter"])
     assert "config.json" not in files
     assert "tokenizer.json" not in files
+    base = json.loads((built["adapter"] / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(built["plain"])
     expect(built["adapter"], "peft-adapter")
+
+
+def test_adapter_of_an_unnamed_model_names_no_base(tmp_path: Path) -> None:
+    """PEFT writes ``base_model_name_or_path: null`` for a model built in memory, not loaded."""
+    directory = _save_adapter(tmp_path / "unnamed", None)
+    assert json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    expect(directory, "peft-adapter", "adapter_config.json names no base model")
 
 
 def test_adapter_without_base_model(built: dict[str, Path], tmp_path: Path) -> None:
@@ -398,12 +411,16 @@ def test_accelerate_save_state(tmp_path: Path) -> None:
 
 
 def test_accelerate_state_without_model(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "state"
+    tmp_path.mkdir()
     (tmp_path / "optimizer.bin").write_bytes(b"x")
     (tmp_path / "random_states_0.pkl").write_bytes(b"x")
     expect(tmp_path, "accelerate-state", "missing config.json", "missing model weights", ACCELERATE)
 
 
 def test_bare_torch_save(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "bare"
+    tmp_path.mkdir()
     torch.save(tiny_model().state_dict(), tmp_path / "ckpt.pt")
     expect(
         tmp_path,
@@ -419,6 +436,8 @@ def test_bare_torch_save(tmp_path: Path) -> None:
 
 
 def test_empty_directory(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "empty"
+    tmp_path.mkdir()
     expect(tmp_path, "unknown", "missing config.json", "missing model weights")
 
 
@@ -435,6 +454,8 @@ def test_listing_that_does_not_match_the_disk(tmp_path: Path) -> None:
 
 
 def test_garbage_files(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "garbage"
+    tmp_path.mkdir()
     (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00garbage")
     (tmp_path / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00[]")
     (tmp_path / "extra.safetensors").write_bytes(b"\x00\x00")
