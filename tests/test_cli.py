@@ -13,10 +13,11 @@ import yaml
 
 from checkpoint_records import CheckpointRecordCallback
 from checkpoint_records.render import human_size
+from schema_files import load_schema
 from trainer_runs import tiny_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-FLEXAI_SCHEMA = json.loads((ROOT.parent / "shared/schemas/flexai-checkpoint.schema.json").read_text())
+FLEXAI_SCHEMA = load_schema("flexai-checkpoint")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -280,6 +280,11 @@ def test_adapter_is_ready_without_config_or_tokenizer(built: dict[str, Path]) ->
     base = json.loads((built["adapter"] / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == str(built["plain"])
     expect(built["adapter"], "peft-adapter")
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    AutoPeftModelForCausalLM.from_pretrained(built["adapter"])  # loads as it stands
+    AutoTokenizer.from_pretrained(base)  # and the tokenizer comes from the base model
 
 
 def test_adapter_of_an_unnamed_model_names_no_base(tmp_path: Path) -> None:
