@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError
 from .base import WireFormat
+from .flexai import FlexAIFormat
+from .llama_stack import LlamaStackFormat
+from .openai import OpenAIFormat
 from .record import RecordFormat
+from .training_job import TrainingJobFormat
 
 _FORMATS: dict[str, type[WireFormat]] = {
     RecordFormat.name: RecordFormat,
+    FlexAIFormat.name: FlexAIFormat,
+    OpenAIFormat.name: OpenAIFormat,
+    LlamaStackFormat.name: LlamaStackFormat,
+    TrainingJobFormat.name: TrainingJobFormat,
 }
 
 DEFAULT_FORMAT = RecordFormat.name
