@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -139,22 +140,42 @@ def test_only_the_world_main_process_records(tmp_path: Path, isolated_store: Pat
 
 
 class BrokenSink(Sink):
+    """A third-party sink with a bug: every send raises something that is not a DeliveryError."""
+
     @property
     def key(self) -> str:
+        return "broken://sink"
+
+    def send(self, document: dict[str, Any], idempotency_key: str) -> None:
         raise RuntimeError("sink exploded")
 
-    def send(self, record: CheckpointRecord, idempotency_key: str) -> None:
-        raise AssertionError("never reached")
 
-
-def test_a_failure_inside_the_library_never_reaches_training_and_is_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_failing_sink_never_reaches_training_is_logged_once_and_keeps_the_records(
+    tmp_path: Path, isolated_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="checkpoint_records")
-    trainer = tiny_trainer(tmp_path / "out", [CheckpointRecordCallback(sinks=[BrokenSink()])])
+    trainer = tiny_trainer(
+        tmp_path / "out", [CheckpointRecordCallback(sinks=[BrokenSink()], flush_timeout=1)]
+    )
     trainer.train()  # must not raise
     assert trainer.state.global_step == 6
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "sink exploded" in r.message]
+    assert len(warnings) == 1 and "broken://sink" in warnings[0].message
+    assert {delivery.state for delivery in RecordStore(isolated_store).deliveries()} == {"pending"}
+
+
+def test_a_failure_inside_the_library_never_reaches_training_and_is_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_put(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(RecordStore, "put", broken_put)
+    caplog.set_level(logging.DEBUG, logger="checkpoint_records")
+    trainer = tiny_trainer(tmp_path / "out", [CheckpointRecordCallback()])
+    trainer.train()  # must not raise
+    assert trainer.state.global_step == 6
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "disk on fire" in r.message]
     assert len(warnings) == 1
     assert "on_save" in warnings[0].message
 

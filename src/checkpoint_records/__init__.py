@@ -14,8 +14,11 @@ _EXPORTS = {
     "CheckpointRecordCallback": "callback",
     "CheckpointRecorder": "recorder",
     "ConfigurationError": "errors",
+    "HttpSink": "sinks",
     "Readiness": "readiness",
     "RecordStore": "store",
+    "Rejected": "sinks",
+    "RetryLater": "sinks",
     "Sink": "sinks",
     "assess_readiness": "readiness",
 }
@@ -25,8 +28,11 @@ __all__ = [
     "CheckpointRecordCallback",
     "CheckpointRecorder",
     "ConfigurationError",
+    "HttpSink",
     "Readiness",
     "RecordStore",
+    "Rejected",
+    "RetryLater",
     "Sink",
     "assess_readiness",
 ]
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
     from .readiness import Readiness, assess_readiness
     from .record import CheckpointRecord
     from .recorder import CheckpointRecorder
-    from .sinks import Sink
+    from .sinks import HttpSink, Rejected, RetryLater, Sink
     from .store import RecordStore
 
 

@@ -45,7 +45,7 @@ class CheckpointRecordCallback(TrainerCallback):
         self,
         *,
         store: RecordStore | str | os.PathLike[str] | None = None,
-        sinks: Sequence[Sink] = (),
+        sinks: Sequence[Sink | str] | None = None,
         job_id: str | None = None,
         job_name: str | None = None,
         name_template: str | None = None,
@@ -72,6 +72,13 @@ class CheckpointRecordCallback(TrainerCallback):
         return self.recorder.job_for(str(run_dir), args.run_name)
 
     @never_raises
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._should_record(args, state):
+            self.recorder.start_delivery()  # pending work from an earlier run goes out now
+
+    @never_raises
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -88,3 +95,10 @@ class CheckpointRecordCallback(TrainerCallback):
             base_model=base_model_name(model, args.hub_model_id),
             world_size=args.world_size,
         )
+
+    @never_raises
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._should_record(args, state):
+            self.recorder.flush()

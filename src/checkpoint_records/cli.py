@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
+from .delivery import DeliveryWorker
 from .errors import ConfigurationError
-from .render import human_record, records_table, to_yaml
-from .store import RecordStore, StoredRecord
+from .render import ProgressBar, delivery_state, delivery_summary, human_record, records_table, to_yaml
+from .settings import environment
+from .sinks import Sink, configured_sinks
+from .store import RecordStore
 
-
-def _delivery_summary(store: RecordStore, stored: StoredRecord) -> str:
-    deliveries = store.deliveries(stored.record.id)
-    if not deliveries:
-        return "local"
-    return ", ".join(f"{delivery.sink}: {delivery.state}" for delivery in deliveries)
+DEFAULT_FLUSH_TIMEOUT = 60.0
 
 
 def cmd_list(store: RecordStore, args: argparse.Namespace) -> int:
@@ -27,7 +26,12 @@ def cmd_list(store: RecordStore, args: argparse.Namespace) -> int:
     if not stored:
         print(f"no records in {store.path}", file=sys.stderr)
         return 0
-    print(records_table([(item.record, _delivery_summary(store, item)) for item in stored]))
+    now = time.time()
+    print(
+        records_table(
+            [(item.record, delivery_summary(store.deliveries(item.record.id), now)) for item in stored]
+        )
+    )
     return 0
 
 
@@ -45,13 +49,71 @@ def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliver(store: RecordStore, sinks: list[Sink], timeout: float) -> int:
+    """Deliver what is pending to ``sinks`` within ``timeout``, showing progress; 1 if anything is left."""
+    keys = [sink.key for sink in sinks]
+    store.requeue(["pending"], keys)  # due now: the user is asking for it
+    total = store.counts(keys)["pending"]
+    progress = ProgressBar(total, sys.stderr)
+    worker = DeliveryWorker(store, sinks)
+    worker.start()
+    try:
+        result = worker.flush(timeout, on_progress=lambda pending: progress.show(total - pending))
+    finally:
+        worker.close()
+    progress.show(total - result.pending, final=True)
+    print(
+        f"delivered {result.delivered}, rejected {result.dead}, still pending {result.pending}",
+        file=sys.stderr,
+    )
+    left = [delivery for delivery in store.deliveries() if delivery.state != "delivered"]
+    for delivery in left:
+        print(
+            f"  {delivery.record_id} -> {delivery.sink}: {delivery_state(delivery, time.time())}",
+            file=sys.stderr,
+        )
+    unconfigured = sorted(set(store.sinks_with("pending")) - set(keys))
+    for key in unconfigured:
+        print(
+            f"  pending for {key}, which is not configured here: pass --sink {key} "
+            "(and CHECKPOINT_RECORDS_TOKEN if it needs a token)",
+            file=sys.stderr,
+        )
+    return 1 if left or unconfigured else 0
+
+
+def _sinks(args: argparse.Namespace) -> list[Sink]:
+    return configured_sinks(args.sink or None, environment())
+
+
+def cmd_flush(store: RecordStore, args: argparse.Namespace) -> int:
+    return _deliver(store, _sinks(args), args.timeout)
+
+
+def cmd_resend(store: RecordStore, args: argparse.Namespace) -> int:
+    sinks = _sinks(args)
+    record_ids = None
+    if args.names:
+        found = {name: store.get(name) for name in args.names}
+        missing = [name for name, stored in found.items() if stored is None]
+        if missing:
+            print(f"no record named {', '.join(map(repr, missing))} in {store.path}", file=sys.stderr)
+            return 1
+        record_ids = [stored.record.id for stored in found.values() if stored is not None]
+    revived = store.requeue(["dead"], [sink.key for sink in sinks], record_ids)
+    print(f"re-sending {revived} rejected deliveries", file=sys.stderr)
+    return _deliver(store, sinks, args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store", default=argparse.SUPPRESS, help="store directory (default: $CHECKPOINT_RECORDS_HOME)"
     )
     parser = argparse.ArgumentParser(
-        prog="checkpoint-records", description="Inspect checkpoint records.", parents=[common]
+        prog="checkpoint-records",
+        description="Inspect checkpoint records and deliver them.",
+        parents=[common],
     )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", parents=[common], help="one line per record")
@@ -61,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("name", help="record name (or id)")
     inspect.add_argument("--json", action="store_true", help="JSON instead of YAML")
     inspect.set_defaults(run=cmd_inspect)
+    delivering = argparse.ArgumentParser(add_help=False)
+    delivering.add_argument(
+        "--sink",
+        action="append",
+        metavar="URL",
+        help="a sink to deliver to, as in CHECKPOINT_RECORDS_SINKS (repeatable; default: that variable)",
+    )
+    delivering.add_argument(
+        "--timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, help="seconds to keep trying (default 60)"
+    )
+    flush = commands.add_parser(
+        "flush", parents=[common, delivering], help="deliver everything pending; non-zero if some is left"
+    )
+    flush.set_defaults(run=cmd_flush)
+    resend = commands.add_parser(
+        "resend", parents=[common, delivering], help="re-send rejected (dead) records after fixing the cause"
+    )
+    resend.add_argument("names", nargs="*", help="record names or ids (default: every rejected record)")
+    resend.set_defaults(run=cmd_resend)
     return parser
 
 

@@ -19,12 +19,13 @@ import transformers
 
 from .build import SaveContext, build_record
 from .collect import read_model_facts, scan_checkpoint
+from .delivery import DeliveryWorker, FlushResult
 from .identity import checkpoint_id_for, default_job_key, job_id_for
 from .logs import logger, warn_once
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .settings import check_name_template, environment, parse_bool, parse_seconds
-from .sinks import Sink
+from .sinks import Sink, configured_sinks
 from .store import RecordStore
 
 DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
@@ -83,7 +84,7 @@ class CheckpointRecorder:
         self,
         *,
         store: RecordStore | str | os.PathLike[str] | None = None,
-        sinks: Sequence[Sink] = (),
+        sinks: Sequence[Sink | str] | None = None,
         job_id: str | None = None,
         job_name: str | None = None,
         name_template: str | None = None,
@@ -92,7 +93,7 @@ class CheckpointRecorder:
     ) -> None:
         env = environment()
         self.store = store if isinstance(store, RecordStore) else RecordStore(store or env.get("HOME"))
-        self.sinks = list(sinks)
+        self.sinks = configured_sinks(sinks, env)
         self.job_id = job_id or env.get("JOB_ID")
         self.job_name = job_name or env.get("JOB_NAME")
         self.name_template = check_name_template(
@@ -108,6 +109,7 @@ class CheckpointRecorder:
             record_every_node if record_every_node is not None else env.get("RECORD_EVERY_NODE"),
         )
         self.node = socket.gethostname()
+        self.delivery = DeliveryWorker(self.store, self.sinks)
 
     def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
         """The job's identity: explicit settings first, else derived from where and what it runs."""
@@ -151,9 +153,30 @@ class CheckpointRecorder:
             assess_readiness(directory, scanned.files),
             utc_now_iso(),
         )
-        return self.store.put(record, [sink.key for sink in self.sinks]).record
+        stored = self.store.put(record, [sink.key for sink in self.sinks]).record
+        self.start_delivery()
+        self.delivery.wake()
+        return stored
+
+    def start_delivery(self) -> None:
+        """Start delivering in the background, pending work from earlier runs included (main process only)."""
+        self.delivery.start()
+
+    def flush(self) -> FlushResult:
+        """Wait up to ``flush_timeout`` for delivery; what is left stays pending for the next run or ``flush``."""
+        result = self.delivery.flush(self.flush_timeout)
+        if result.pending:
+            logger.warning(
+                "checkpoint-records: %d record deliveries still pending after %.1fs; they stay in %s and go out "
+                "with the next run that uses this store, or with `checkpoint-records flush`.",
+                result.pending,
+                self.flush_timeout,
+                self.store.path,
+            )
+        return result
 
     def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+        """Flush (bounded), then stop delivery and release the store."""
+        self.flush()
+        self.delivery.close()
         self.store.close()

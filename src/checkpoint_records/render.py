@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
 from .record import CheckpointRecord
+from .store import Delivery
 
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
@@ -62,3 +63,41 @@ def records_table(rows: Sequence[tuple[CheckpointRecord, str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def delivery_state(delivery: Delivery, now: float) -> str:
+    """One delivery in words: ``delivered``, ``pending (next in 12s, 3 attempts: why)``, ``dead: why``."""
+    if delivery.state == "delivered":
+        return "delivered"
+    if delivery.state == "dead":
+        return f"dead: {delivery.last_error}"
+    wait = max(delivery.next_attempt_at - now, 0.0)
+    detail = f"next in {wait:.0f}s" if wait >= 1 else "due now"
+    if delivery.attempts:
+        detail += f", {delivery.attempts} attempts: {delivery.last_error}"
+    return f"pending ({detail})"
+
+
+def delivery_summary(deliveries: Sequence[Delivery], now: float) -> str:
+    """Every sink's delivery of one record, for the table; ``local`` when it goes to no sink."""
+    if not deliveries:
+        return "local"
+    return "; ".join(f"{delivery.sink}: {delivery_state(delivery, now)}" for delivery in deliveries)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; just the final line when the stream is not one."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.stream = total, stream
+        self.live = stream.isatty()
+
+    def show(self, done: int, final: bool = False) -> None:
+        if not (self.live or final):
+            return
+        filled = self.WIDTH if not self.total else self.WIDTH * done // self.total
+        line = f"delivering [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
+        self.stream.write(("\r" if self.live else "") + line + ("\n" if final else ""))
+        self.stream.flush()

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     updated_at REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL,
     PRIMARY KEY (sink, record_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_attempt_at);
@@ -72,6 +76,30 @@ class Delivery:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+
+
+_DELIVERY_COLUMNS = "sink, record_id, revision, state, attempts, next_attempt_at, last_error"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A pending delivery this process has claimed, with the record's stored body."""
+
+    sink: str
+    record_id: str
+    revision: int
+    attempts: int
+    body: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: the delivery's next state, when to try again, and why."""
+
+    claim: Claimed
+    state: DeliveryState
+    next_attempt_at: float
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +209,7 @@ class RecordStore:
             if row is not None:
                 existing = CheckpointRecord.from_json(row[0])
                 if _content(existing) == _content(record):
+                    _queue(connection, "INSERT OR IGNORE", sinks, record.id, row[1])  # a sink added since
                     return StoredRecord(existing, row[1])
                 revision = int(row[1]) + 1
                 record = _as_revision(record, revision, created_at=existing.status.created_at)
@@ -201,13 +230,7 @@ class RecordStore:
                     record.status.updated_at,
                 ),
             )
-            now = time.time()
-            connection.executemany(
-                "INSERT OR REPLACE INTO outbox"
-                " (sink, record_id, revision, state, attempts, next_attempt_at, last_error, updated_at)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, NULL, ?)",
-                [(sink, record.id, revision, now, now) for sink in sinks],
-            )
+            _queue(connection, "INSERT OR REPLACE", sinks, record.id, revision)
         return StoredRecord(record, revision)
 
     def get(self, name_or_id: str) -> StoredRecord | None:
@@ -234,11 +257,159 @@ class RecordStore:
     # -- outbox --------------------------------------------------------------------------------------
 
     def deliveries(self, record_id: str | None = None) -> list[Delivery]:
-        query = "SELECT sink, record_id, revision, state, attempts, next_attempt_at, last_error FROM outbox"
+        query = f"SELECT {_DELIVERY_COLUMNS} FROM outbox"
         params: tuple[Any, ...] = ()
         if record_id is not None:
             query, params = query + " WHERE record_id = ?", (record_id,)
         return [Delivery(*row) for row in self._connection().execute(query + " ORDER BY sink", params)]
+
+    def claim_due(self, sink: str, owner: str, lease: float, limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` pending deliveries to ``sink`` that are due, for ``lease`` seconds.
+
+        A claim keeps other processes (another job, ``checkpoint-records flush``) from sending the same
+        record at the same time; it lapses on its own if its owner dies.
+        """
+        now = time.time()
+        with self._transaction() as connection:
+            rows = connection.execute(
+                "SELECT o.record_id, o.revision, o.attempts, r.body FROM outbox o"
+                " JOIN records r ON r.id = o.record_id"
+                " WHERE o.sink = ? AND o.state = 'pending' AND o.next_attempt_at <= ?"
+                " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
+                " ORDER BY o.next_attempt_at, r.step LIMIT ?",
+                (sink, now, now, limit),
+            ).fetchall()
+            connection.executemany(
+                "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE sink = ? AND record_id = ?",
+                [(owner, now + lease, sink, record_id) for record_id, *_ in rows],
+            )
+        return [
+            Claimed(sink, record_id, revision, attempts, body) for record_id, revision, attempts, body in rows
+        ]
+
+    def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Write what came of claimed deliveries, in one transaction, and release their claims.
+
+        An outcome for a revision that has since been superseded changes nothing: the newer revision
+        stays pending and is sent under its own idempotency key.
+        """
+        if not outcomes:
+            return
+        now = time.time()
+        with self._transaction() as connection:
+            connection.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
+                " updated_at = ?, claimed_by = NULL, claimed_until = NULL"
+                " WHERE sink = ? AND record_id = ? AND revision = ?",
+                [
+                    (
+                        o.state,
+                        o.next_attempt_at,
+                        o.error,
+                        now,
+                        o.claim.sink,
+                        o.claim.record_id,
+                        o.claim.revision,
+                    )
+                    for o in outcomes
+                ],
+            )
+
+    def release(self, sink: str, owner: str | None = None) -> None:
+        """Drop claims on ``sink``: those of ``owner``, or of every owner that is no longer running."""
+        with self._transaction() as connection:
+            if owner is not None:
+                connection.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?",
+                    (sink, owner),
+                )
+                return
+            owners = connection.execute(
+                "SELECT DISTINCT claimed_by FROM outbox WHERE sink = ? AND claimed_by IS NOT NULL", (sink,)
+            ).fetchall()
+            gone = [(sink, name) for (name,) in owners if not owner_is_alive(name)]
+            connection.executemany(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?",
+                gone,
+            )
+
+    def next_due(self, sink: str) -> float | None:
+        """When the earliest pending delivery to ``sink`` is due (it may be claimed), or None."""
+        row = (
+            self._connection()
+            .execute("SELECT MIN(next_attempt_at) FROM outbox WHERE sink = ? AND state = 'pending'", (sink,))
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    def counts(self, sinks: Sequence[str] | None = None) -> dict[DeliveryState, int]:
+        """How many deliveries are pending, delivered and dead (to ``sinks``, or to any sink)."""
+        query, params = "SELECT state, COUNT(*) FROM outbox", list(sinks or ())
+        if sinks is not None:
+            query += f" WHERE sink IN ({_marks(params)})"
+        found: dict[DeliveryState, int] = {"pending": 0, "delivered": 0, "dead": 0}
+        for state, count in self._connection().execute(query + " GROUP BY state", params):
+            found[state] = count
+        return found
+
+    def requeue(
+        self,
+        states: Sequence[DeliveryState],
+        sinks: Sequence[str] | None = None,
+        record_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Make deliveries in ``states`` pending and due now (``resend`` revives dead ones); how many."""
+        query = f"UPDATE outbox SET state = 'pending', next_attempt_at = ? WHERE state IN ({_marks(states)})"
+        params: list[Any] = [time.time(), *states]
+        for column, values in (("sink", sinks), ("record_id", record_ids)):
+            if values is not None:
+                query += f" AND {column} IN ({_marks(values)})"
+                params += list(values)
+        with self._transaction() as connection:
+            return connection.execute(query, params).rowcount
+
+    def sinks_with(self, state: DeliveryState) -> list[str]:
+        """The sink keys that have deliveries in ``state``."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT sink FROM outbox WHERE state = ? ORDER BY sink", (state,)
+        )
+        return [sink for (sink,) in rows]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    """SQL placeholders for ``values``."""
+    return ",".join("?" * len(values))
+
+
+def _queue(
+    connection: sqlite3.Connection, verb: str, sinks: Sequence[str], record_id: str, revision: int
+) -> None:
+    now = time.time()
+    connection.executemany(
+        f"{verb} INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at, updated_at)"
+        " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+        [(sink, record_id, revision, now, now) for sink in sinks],
+    )
+
+
+def claim_owner() -> str:
+    """Who holds a claim: this host and process, and a random part for this holder."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_alive(owner: str) -> bool:
+    """False only when the owner ran on this host and its process is gone; other hosts' claims lapse."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _content(record: CheckpointRecord) -> str:

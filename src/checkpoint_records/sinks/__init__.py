@@ -1,5 +1,88 @@
-"""Destinations records are delivered to, through the outbox."""
+"""Destinations records are delivered to, registered by URL scheme in one place.
 
-from .base import Sink
+``sink_from_url("openai+https://host/path")`` builds an :class:`HttpSink` rendering the ``openai``
+format; other packages add schemes through the ``checkpoint_records.sinks`` entry-point group, whose
+entries are callables taking the URL and the keyword options below.
+"""
 
-__all__ = ["Sink"]
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from ..formats import DEFAULT_FORMAT
+from ..redaction import public_url
+from ..settings import parse_bool
+from .base import DeliveryError, Rejected, RetryLater, Sink
+from .http import HttpSink
+
+SinkFactory = Callable[..., Sink]
+ENTRY_POINT_GROUP = "checkpoint_records.sinks"
+
+_SCHEMES: dict[str, SinkFactory] = {"http": HttpSink, "https": HttpSink}
+
+
+def _factory(scheme: str) -> SinkFactory | None:
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme]
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == scheme:
+            factory: SinkFactory = entry.load()
+            return factory
+    return None
+
+
+def known_schemes() -> list[str]:
+    return sorted({*_SCHEMES, *(entry.name for entry in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def sink_from_url(spec: str, **options: Any) -> Sink:
+    """The sink a URL names: ``[format+]scheme://...``; ``options`` (token, ca_bundle, ...) pass through."""
+    spec = spec.strip()
+    scheme = urlsplit(spec).scheme
+    wire_format, _, transport = scheme.rpartition("+")
+    factory = _factory(transport)
+    if factory is None:
+        raise ConfigurationError(
+            f"sink {public_url(spec)!r}: unknown scheme {transport!r}; known: {', '.join(known_schemes())}"
+        )
+    url = spec[len(wire_format) + 1 :] if wire_format else spec
+    return factory(url, format=wire_format or DEFAULT_FORMAT, **options)
+
+
+def configured_sinks(sinks: Sequence[Sink | str] | None, env: Mapping[str, str]) -> list[Sink]:
+    """Sink objects from arguments (a URL string is shorthand) or, when there are none, the environment.
+
+    URL sinks get the token, CA bundle and insecure-http opt-in from the environment. Two sinks with the
+    same key would share outbox entries, so they are refused.
+    """
+    if sinks is None:
+        sinks = [url for url in env.get("SINKS", "").split(",") if url.strip()]
+    options = {
+        "token": env.get("TOKEN") or None,
+        "ca_bundle": env.get("CA_BUNDLE") or None,
+        "allow_insecure_http": parse_bool(
+            "CHECKPOINT_RECORDS_ALLOW_INSECURE_HTTP", env.get("ALLOW_INSECURE_HTTP")
+        ),
+    }
+    built = [sink_from_url(sink, **options) if isinstance(sink, str) else sink for sink in sinks]
+    keys = [sink.key for sink in built]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ConfigurationError(f"sinks configured twice: {', '.join(repeated)}; give each destination once")
+    return built
+
+
+__all__ = [
+    "DeliveryError",
+    "HttpSink",
+    "Rejected",
+    "RetryLater",
+    "Sink",
+    "configured_sinks",
+    "known_schemes",
+    "sink_from_url",
+]

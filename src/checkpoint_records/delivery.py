@@ -1,0 +1,221 @@
+"""Background delivery from the durable outbox: one thread per sink, so no sink ever waits on another.
+
+Each lane claims due deliveries in batches, renders each record in its sink's format, sends it, and
+settles the outcomes in one transaction. A retryable failure (endpoint down, 5xx, 429) pauses the whole
+lane with exponential backoff and jitter, or for as long as ``Retry-After`` says, and leaves the record
+pending; a rejection (other 4xx, redirect, TLS) moves only that record to ``dead`` with the reason.
+Nothing here runs on the training thread except :meth:`DeliveryWorker.wake` and the bounded
+:meth:`DeliveryWorker.flush`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .identity import idempotency_key
+from .logs import logger, warn_once
+from .record import CheckpointRecord
+from .sinks import DeliveryError, Sink
+from .store import Claimed, Outcome, RecordStore, claim_owner
+
+BATCH = 100
+#: Long enough for a batch against a slow endpoint; a dead owner's claims are released sooner.
+LEASE_SECONDS = 600.0
+#: Settle at least this often within a batch, so progress is visible and survives a crash.
+SETTLE_EVERY = 0.2
+IDLE_POLL = 1.0
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 3600.0
+
+
+def backoff(failures: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after ``failures`` consecutive failures; ``Retry-After`` wins when given."""
+    if retry_after is not None:
+        return min(retry_after, RETRY_AFTER_CAP)
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(failures - 1, 0))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What a flush achieved for the worker's sinks: delivered and dead during it, pending after it."""
+
+    delivered: int
+    dead: int
+    pending: int
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0
+
+
+class _Lane(threading.Thread):
+    """Delivers to one sink."""
+
+    def __init__(self, store: RecordStore, sink: Sink) -> None:
+        super().__init__(name=f"checkpoint-records {sink.key}", daemon=True)
+        self.store, self.sink = store, sink
+        self.owner = claim_owner()
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.failures = 0
+        self.delivered = 0
+        self.dead = 0
+
+    def run(self) -> None:
+        try:
+            self.store.release(self.sink.key)  # claims left by processes that died
+            while not self.stopping.is_set():
+                pause = self._deliver_batch()
+                if pause:  # the sink asked for time: new work does not cut that short
+                    self.stopping.wait(pause)
+                elif pause is None:  # nothing due: sleep until something is, or new work arrives
+                    due = self.store.next_due(self.sink.key)
+                    idle = IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.0))
+                    self.wakeup.wait(idle)
+                    self.wakeup.clear()
+        except Exception as error:  # the lane must not die silently: what it held stays pending
+            warn_once(
+                f"lane:{self.sink.key}",
+                "checkpoint-records: delivery to %s stopped: %r",
+                self.sink.key,
+                error,
+            )
+        finally:
+            self.store.release(self.sink.key, self.owner)
+            self.store.close()
+
+    def _deliver_batch(self) -> float | None:
+        """Send one batch; returns how long to pause (after a retryable failure), or None."""
+        claims = self.store.claim_due(self.sink.key, self.owner, LEASE_SECONDS, BATCH)
+        if not claims:
+            return None
+        outcomes: list[Outcome] = []
+        settled_at = time.monotonic()
+        pause: float | None = 0.0
+        for claim in claims:
+            if self.stopping.is_set():
+                break
+            outcome, wait = self._attempt(claim)
+            outcomes.append(outcome)
+            if wait is not None:
+                pause = wait
+                break
+            if time.monotonic() - settled_at > SETTLE_EVERY:
+                self.store.settle(outcomes)
+                outcomes, settled_at = [], time.monotonic()
+        self.store.settle(outcomes)
+        self.store.release(self.sink.key, self.owner)  # whatever the batch did not get to
+        return pause
+
+    def _attempt(self, claim: Claimed) -> tuple[Outcome, float | None]:
+        """Send one record; the outcome, and a pause for the lane when the sink asked to retry later."""
+        now = time.time()
+        try:
+            record = CheckpointRecord.from_json(claim.body)
+            document = self.sink.format.render(record)
+            self.sink.send(document, idempotency_key(claim.record_id, claim.revision, self.sink.format.name))
+        except DeliveryError as error:
+            if error.retryable:
+                return self._retry(claim, error.reason, getattr(error, "retry_after", None))
+            self.dead += 1
+            warn_once(
+                f"dead:{self.sink.key}:{error.reason}",
+                "checkpoint-records: %s rejected record %s: %s. It is kept as dead; fix the cause, then run "
+                "`checkpoint-records resend`.",
+                self.sink.key,
+                claim.record_id,
+                error.reason,
+            )
+            return Outcome(claim, "dead", now, error.reason), None
+        except Exception as error:  # a sink's own bug, or a record it cannot render: retry, say so once
+            return self._retry(claim, f"{type(error).__name__}: {error}", None)
+        if self.failures:
+            logger.info("checkpoint-records: %s is accepting records again", self.sink.key)
+        self.failures = 0
+        self.delivered += 1
+        return Outcome(claim, "delivered", now), None
+
+    def _retry(self, claim: Claimed, reason: str, retry_after: float | None) -> tuple[Outcome, float]:
+        self.failures += 1
+        wait = backoff(self.failures, retry_after)
+        warn_once(
+            f"retry:{self.sink.key}",
+            "checkpoint-records: %s is not accepting records (%s); they are kept and retried in the "
+            "background, training goes on.",
+            self.sink.key,
+            reason,
+        )
+        return Outcome(claim, "pending", time.time() + wait, reason), wait
+
+
+class DeliveryWorker:
+    """Delivers the outbox to ``sinks`` in the background, from the process that started it only.
+
+    A forked child (a DataLoader worker, say) inherits the object but not its threads: every method is a
+    no-op there, so nothing is ever sent twice from a copy of the parent.
+    """
+
+    def __init__(self, store: RecordStore, sinks: Sequence[Sink]) -> None:
+        self.store = store
+        self.sinks = list(sinks)
+        self._pid = os.getpid()
+        self._lanes: list[_Lane] = []
+
+    def _here(self) -> bool:
+        return os.getpid() == self._pid
+
+    def start(self) -> None:
+        if self._lanes or not self._here():
+            return
+        self._lanes = [_Lane(self.store, sink) for sink in self.sinks]
+        for lane in self._lanes:
+            lane.start()
+
+    def wake(self) -> None:
+        """Tell every lane there is new work (cheap: sets an event)."""
+        if self._here():
+            for lane in self._lanes:
+                lane.wakeup.set()
+
+    def flush(self, timeout: float, on_progress: Callable[[int], None] | None = None) -> FlushResult:
+        """Wait up to ``timeout`` seconds for every pending delivery to these sinks to settle.
+
+        ``on_progress`` is called with the number still pending each time it is checked.
+        """
+        keys = [sink.key for sink in self.sinks]
+        if not self._here() or not self._lanes:
+            return FlushResult(0, 0, self.store.counts(keys)["pending"] if keys else 0)
+        delivered, dead = self._totals()
+        deadline = time.monotonic() + timeout
+        self.wake()
+        pending = self.store.counts(keys)["pending"]
+        while pending and time.monotonic() < deadline and any(lane.is_alive() for lane in self._lanes):
+            time.sleep(min(0.02, max(deadline - time.monotonic(), 0.0)))
+            pending = self.store.counts(keys)["pending"]
+            if on_progress is not None:
+                on_progress(pending)
+        now_delivered, now_dead = self._totals()
+        return FlushResult(now_delivered - delivered, now_dead - dead, pending)
+
+    def _totals(self) -> tuple[int, int]:
+        return sum(lane.delivered for lane in self._lanes), sum(lane.dead for lane in self._lanes)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the lanes; one stuck on a hanging request is left to die with the process (daemon)."""
+        if not self._here():
+            return
+        for lane in self._lanes:
+            lane.stopping.set()
+            lane.wakeup.set()
+        for lane in self._lanes:
+            lane.join(timeout)
+        for sink in self.sinks:
+            sink.close()
+        self._lanes = []

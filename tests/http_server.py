@@ -1,0 +1,165 @@
+"""A real HTTP server on 127.0.0.1 that receives records and answers as a test scripts it.
+
+``Receiver`` keeps every request it saw, and checks the promise the delivery layer makes: an
+``Idempotency-Key`` never arrives with two different payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    #: Accept the request and never answer (until the server stops).
+    hang: bool = False
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    payload: Any
+    status: int
+    at: float
+
+
+#: Decides the reply to the n-th request (0-based) given the request.
+Script = Callable[[int, "Received"], Reply]
+
+
+def always(reply: Reply) -> Script:
+    return lambda index, request: reply
+
+
+def first_then(count: int, failing: Reply, then: Reply | None = None) -> Script:
+    """``failing`` for the first ``count`` requests, then ``then`` (200 by default)."""
+    return lambda index, request: failing if index < count else (then or Reply())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Receiver:
+    """Start with ``start()`` (or as a context manager); ``url`` works before it starts (endpoint down)."""
+
+    def __init__(
+        self,
+        script: Script | None = None,
+        port: int | None = None,
+        path: str = "/v1/checkpoints",
+        tls: ssl.SSLContext | None = None,
+    ):
+        self.script = script or always(Reply())
+        self.port = port or free_port()
+        self.tls = tls
+        self.url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{self.port}{path}"
+        self.requests: list[Received] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- what arrived --------------------------------------------------------------------------------
+
+    def accepted(self) -> list[Received]:
+        with self._lock:
+            return [request for request in self.requests if 200 <= request.status < 300]
+
+    def accepted_payloads(self) -> list[Any]:
+        return [request.payload for request in self.accepted()]
+
+    def accepted_names(self) -> set[str]:
+        return {payload["metadata"]["name"] for payload in self.accepted_payloads()}
+
+    def assert_idempotent(self) -> None:
+        """No ``Idempotency-Key`` ever came with two different payloads."""
+        seen: dict[str, Any] = {}
+        with self._lock:
+            for request in self.requests:
+                key = request.headers.get("Idempotency-Key")
+                assert key, f"request without Idempotency-Key: {request}"
+                assert seen.setdefault(key, request.payload) == request.payload, f"two payloads for {key}"
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.accepted()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.accepted()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                raw = self.rfile.read(length)
+                try:
+                    payload = json.loads(raw)
+                except ValueError:
+                    payload = raw.decode("utf-8", errors="replace")
+                with receiver._lock:
+                    index = len(receiver.requests)
+                probe = Received(self.path, dict(self.headers), payload, 0, time.time())
+                reply = receiver.script(index, probe)
+                with receiver._lock:
+                    receiver.requests.append(
+                        Received(
+                            self.path,
+                            dict(self.headers),
+                            payload,
+                            0 if reply.hang else reply.status,
+                            probe.at,
+                        )
+                    )
+                if reply.hang:
+                    receiver._release.wait()
+                    self.close_connection = True
+                    return
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,46 @@
+"""A tiny training run configured only through CHECKPOINT_RECORDS_* variables, that can die mid-way.
+
+Usage: python killed_run.py OUTPUT_DIR [--kill-after-save STEP] [--resume]
+With --kill-after-save, the process SIGKILLs itself right after the save at STEP returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "examples")]
+
+from transformers import TrainerCallback  # noqa: E402
+
+from checkpoint_records import CheckpointRecordCallback  # noqa: E402
+from trainer_runs import tiny_trainer  # noqa: E402
+
+
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("--kill-after-save", type=int)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    callbacks: list[TrainerCallback] = [CheckpointRecordCallback()]
+    if args.kill_after_save:
+        callbacks.append(KillAfterSave(args.kill_after_save))
+    tiny_trainer(Path(args.output_dir), callbacks).train(resume_from_checkpoint=args.resume or None)
+
+
+if __name__ == "__main__":
+    main()
