@@ -1,7 +1,8 @@
 """A tiny training run configured only through CHECKPOINT_RECORDS_* variables, that can die mid-way.
 
-Usage: python killed_run.py OUTPUT_DIR [--kill-after-save STEP] [--resume]
-With --kill-after-save, the process SIGKILLs itself right after the save at STEP returned.
+Usage: python killed_run.py OUTPUT_DIR [--kill-after-save STEP | --raise-at STEP KIND] [--resume]
+With --kill-after-save, the process SIGKILLs itself right after the save at STEP returned; with
+--raise-at, training raises KIND (RuntimeError or KeyboardInterrupt) at the end of that step.
 """
 
 from __future__ import annotations
@@ -30,15 +31,30 @@ class KillAfterSave(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RaiseAt(TrainerCallback):
+    def __init__(self, step: int, kind: str) -> None:
+        self.step, self.kind = (
+            step,
+            {"RuntimeError": RuntimeError, "KeyboardInterrupt": KeyboardInterrupt}[kind],
+        )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise self.kind("stopped by the test")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
     parser.add_argument("--kill-after-save", type=int)
+    parser.add_argument("--raise-at", nargs=2, metavar=("STEP", "KIND"))
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     callbacks: list[TrainerCallback] = [CheckpointRecordCallback()]
     if args.kill_after_save:
         callbacks.append(KillAfterSave(args.kill_after_save))
+    if args.raise_at:
+        callbacks.append(RaiseAt(int(args.raise_at[0]), args.raise_at[1]))
     tiny_trainer(Path(args.output_dir), callbacks).train(resume_from_checkpoint=args.resume or None)
 
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
-from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers
-from jsonschema import Draft202012Validator, FormatChecker
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from checkpoint_records import CheckpointRecordCallback, RecordStore
@@ -32,43 +28,11 @@ from checkpoint_records.formats.training_job import (
 )
 from checkpoint_records.record import CheckpointRecord
 from records_factory import make_record
-from schema_files import load_schema
+from schema_files import SCHEMA_OF, validate
 from tiny import TinyTextDataset, tiny_config, tiny_model, tiny_tokenizer
 from trainer_runs import tiny_args, tiny_trainer
 
 RECORD_FORMATS = ("record", "flexai", "openai", "llama-stack")
-SCHEMA_OF = {
-    "record": "flexai-checkpoint",
-    "flexai": "flexai-checkpoint",
-    "openai": "openai-fine-tuning-job-checkpoint",
-}
-
-# jsonschema checks "date-time" only with an optional package installed: check it here, strictly.
-FORMATS = FormatChecker()
-_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$", re.IGNORECASE)
-
-
-@FORMATS.checks("date-time", raises=ValueError)
-def _is_date_time(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    if not _RFC3339.match(value):
-        return False
-    datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    return True
-
-
-@cache
-def _validator(name: str) -> Draft202012Validator:
-    schema = load_schema(name)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=FORMATS)
-
-
-def validate(instance: dict[str, Any], schema: str) -> dict[str, Any]:
-    """Valid against ``schema`` and strict JSON (no NaN); returns the JSON round trip."""
-    _validator(schema).validate(instance)
-    return dict(json.loads(json.dumps(instance, allow_nan=False)))
 
 
 def validate_checkpoint(wire_format: str, record: CheckpointRecord) -> dict[str, Any]:

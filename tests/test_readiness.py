@@ -387,6 +387,67 @@ def test_fsdp_sharded_with_consolidated_weights(built: dict[str, Path], tmp_path
     expect(directory, "transformers")
 
 
+def _rng_states(directory: Path, ranks: int = 2) -> None:
+    """Each rank's ``random_states_<rank>.pkl``, as accelerate's ``save_state`` writes them."""
+    for rank in range(ranks):
+        torch.save({"random_state": random.getstate()}, directory / f"random_states_{rank}.pkl")
+
+
+def _save_state_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "checkpoints" / "checkpoint_0"
+    directory.mkdir(parents=True)
+    _rng_states(directory)
+    return directory
+
+
+def test_accelerate_save_state_under_fsdp_sharded_state_dict(tmp_path: Path) -> None:
+    """SHARDED_STATE_DICT: the model and the optimizer as torch.distributed.checkpoint folders."""
+    import torch.distributed.checkpoint as dcp
+
+    directory = _save_state_dir(tmp_path)
+    _fsdp_shards(directory)
+    optimizer = torch.optim.AdamW(tiny_model().parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"optimizer": optimizer.state_dict()}, checkpoint_id=str(directory / "optimizer_0"))
+    expect(directory, "fsdp-sharded", "missing config.json", FSDP)
+
+
+@pytest.mark.parametrize("prefix", ["pytorch_model_fsdp", "pytorch_model_fsdp_0"])
+def test_accelerate_save_state_under_fsdp_per_rank_shards(tmp_path: Path, prefix: str) -> None:
+    """LOCAL_STATE_DICT (``pytorch_model_fsdp_rank<r>.bin``) or sharded without DCP (``..._0_rank<r>.bin``)."""
+    directory = _save_state_dir(tmp_path)
+    state = tiny_model().state_dict()
+    for rank in range(2):
+        shard = {name: tensor.flatten().chunk(2)[rank].clone() for name, tensor in state.items()}
+        torch.save(shard, directory / f"{prefix}_rank{rank}.bin")
+    expect(directory, "fsdp-sharded", "missing config.json", FSDP)
+
+
+def test_accelerate_save_state_under_fsdp_full_state_dict(tmp_path: Path) -> None:
+    """FULL_STATE_DICT: whole weights, but a bare state dict for ``load_state``, not ``from_pretrained``."""
+    directory = _save_state_dir(tmp_path)
+    torch.save(tiny_model().state_dict(), directory / "pytorch_model_fsdp.bin")
+    torch.save(torch.optim.AdamW(tiny_model().parameters()).state_dict(), directory / "optimizer.bin")
+    expect(directory, "accelerate-state", "missing config.json", ACCELERATE)
+
+
+def test_accelerate_save_state_under_deepspeed_zero2(tmp_path: Path) -> None:
+    """The DeepSpeed engine's checkpoint in accelerate's ``pytorch_model`` tag folder (ZeRO-2 file names)."""
+    directory = _save_state_dir(tmp_path)
+    tag = directory / "pytorch_model"
+    tag.mkdir()
+    torch.save({"module": tiny_model().state_dict()}, tag / "mp_rank_00_model_states.pt")
+    for rank in range(2):
+        torch.save(
+            {"optimizer_state_dict": {"single_partition_of_fp32_groups": [torch.zeros(8)]}},
+            tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        )
+    (directory / "latest").write_text("pytorch_model")
+    (directory / "zero_to_fp32.py").write_text("# DeepSpeed's consolidation script\n")
+    expect(directory, "deepspeed-zero", "missing config.json", DEEPSPEED)
+
+
 def test_accelerate_save_state(tmp_path: Path) -> None:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState

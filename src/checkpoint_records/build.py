@@ -83,3 +83,19 @@ def build_record(
             updated_at=now,
         ),
     )
+
+
+#: Why a record whose directory disappeared after a complete save is no longer ready.
+DIRECTORY_GONE = "checkpoint directory no longer exists (rotated away by save_total_limit, or deleted)"
+
+
+def as_deleted(record: CheckpointRecord, now: str) -> CheckpointRecord:
+    """The record of a checkpoint whose files are gone: ``deleted``, not ready, updated ``now``.
+
+    Its file list stays what the checkpoint held, so the platform still knows what was there.
+    """
+    training = record.training.model_copy(
+        update={"inference_ready": False, "inference_ready_reasons": [DIRECTORY_GONE]}
+    )
+    status = record.status.model_copy(update={"status": "deleted", "updated_at": now, "metadata": training})
+    return record.model_copy(update={"status": status})

@@ -9,6 +9,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .distributed import trainer_role, wait_for_everyone
+from .lifecycle import JobLifecycle
 from .record import CheckpointRecord
 from .recorder import CheckpointRecorder, JobIdentity, base_model_name, never_raises
 from .sinks import Sink
@@ -62,11 +64,10 @@ class CheckpointRecordCallback(TrainerCallback):
             record_every_node=record_every_node,
         )
         self.last_record: CheckpointRecord | None = None
+        self.lifecycle = JobLifecycle(self.recorder)
 
     def _should_record(self, args: TrainingArguments, state: TrainerState) -> bool:
-        if self.recorder.record_every_node and args.save_on_each_node:
-            return state.is_local_process_zero
-        return state.is_world_process_zero
+        return trainer_role(args, state).records(self.recorder.record_every_node)
 
     def _job(self, args: TrainingArguments, run_dir: Path) -> JobIdentity:
         return self.recorder.job_for(str(run_dir), args.run_name)
@@ -75,13 +76,27 @@ class CheckpointRecordCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self._should_record(args, state):
-            self.recorder.start_delivery()  # pending work from an earlier run goes out now
+        if not self._should_record(args, state):
+            return
+        self.recorder.start_delivery()  # pending work from an earlier run goes out now
+        job = self._job(args, Path(str(args.output_dir)))
+        self.recorder.watch_job(job)
+        if state.is_world_process_zero:  # the job as a whole is reported once
+            model = kwargs.get("model")
+            self.lifecycle.begin(job, args, state, model, base_model_name(model, args.hub_model_id))
+
+    @never_raises
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.lifecycle.logged(state.global_step)
 
     @never_raises
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        # Every rank has written its part (rng_state_<rank>.pth, shards) only once all of them got here.
+        wait_for_everyone(getattr(args, "distributed_state", None))
         if not self._should_record(args, state):
             return
         directory = checkpoint_directory(args, state)
@@ -94,11 +109,16 @@ class CheckpointRecordCallback(TrainerCallback):
             log_history=state.log_history or [],
             base_model=base_model_name(model, args.hub_model_id),
             world_size=args.world_size,
+            node_suffix=trainer_role(args, state).node_suffix(self.recorder.record_every_node),
         )
+        self.recorder.record_rotations()  # save_total_limit has just deleted the oldest, if any
+        self.lifecycle.report("Running")
 
     @never_raises
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self._should_record(args, state):
+            self.recorder.record_rotations()
+            self.lifecycle.end("Success")
             self.recorder.flush()

@@ -10,7 +10,18 @@ from collections.abc import Sequence
 
 from .delivery import DeliveryWorker
 from .errors import ConfigurationError
-from .render import ProgressBar, delivery_state, delivery_summary, human_record, records_table, to_yaml
+from .formats import DEFAULT_FORMAT, get_format, known_formats
+from .formats.training_job import render_job
+from .lifecycle import cancel_abandoned
+from .render import (
+    ProgressBar,
+    delivery_state,
+    delivery_summary,
+    human_record,
+    jobs_table,
+    records_table,
+    to_yaml,
+)
 from .settings import environment
 from .sinks import Sink, configured_sinks
 from .store import RecordStore
@@ -42,16 +53,40 @@ def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
             f"no record named {args.name!r} in {store.path} (see: checkpoint-records list)", file=sys.stderr
         )
         return 1
-    if args.json:
-        print(json.dumps(stored.record.to_dict(), indent=2, allow_nan=False))
+    wire_format = get_format(args.format)
+    if wire_format.name == DEFAULT_FORMAT:
+        document = stored.record.to_dict() if args.json else human_record(stored.record)
+    elif wire_format.renders_records:
+        document = wire_format.render(stored.record)
     else:
-        print(to_yaml(human_record(stored.record)), end="")
+        job = store.job(stored.record.metadata.job_id)
+        if job is None:
+            print(f"no job-level events were stored for {stored.record.metadata.job_name!r}", file=sys.stderr)
+            return 1
+        document = render_job(job.job)
+    print(
+        json.dumps(document, indent=2, allow_nan=False) if args.json else to_yaml(document),
+        end="\n" if args.json else "",
+    )
+    return 0
+
+
+def cmd_jobs(store: RecordStore, args: argparse.Namespace) -> int:
+    details = [render_job(stored.job) for stored in store.jobs()]
+    if args.json:
+        print(json.dumps(details, indent=2, allow_nan=False))
+        return 0
+    print(jobs_table(details))
     return 0
 
 
 def _deliver(store: RecordStore, sinks: list[Sink], timeout: float) -> int:
     """Deliver what is pending to ``sinks`` within ``timeout``, showing progress; 1 if anything is left."""
     keys = [sink.key for sink in sinks]
+    for name in cancel_abandoned(store, [sink.key for sink in sinks if not sink.format.renders_records]):
+        print(
+            f"job {name} was still Running under a process that is gone: reported Cancelled", file=sys.stderr
+        )
     store.requeue(["pending"], keys)  # due now: the user is asking for it
     total = store.counts(keys)["pending"]
     progress = ProgressBar(total, sys.stderr)
@@ -122,7 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", parents=[common], help="one whole record")
     inspect.add_argument("name", help="record name (or id)")
     inspect.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    inspect.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        choices=known_formats(),
+        help="show it as that wire format sends it (training-job: the record's job)",
+    )
     inspect.set_defaults(run=cmd_inspect)
+    jobs = commands.add_parser("jobs", parents=[common], help="one line per job: status and progress")
+    jobs.add_argument(
+        "--json", action="store_true", help="every job as a TrainingJobDetail, in one JSON array"
+    )
+    jobs.set_defaults(run=cmd_jobs)
     delivering = argparse.ArgumentParser(add_help=False)
     delivering.add_argument(
         "--sink",

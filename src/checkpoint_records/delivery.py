@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from .identity import idempotency_key
 from .logs import logger, warn_once
-from .record import CheckpointRecord
 from .sinks import DeliveryError, Sink
 from .store import Claimed, Outcome, RecordStore, claim_owner
 
@@ -65,31 +64,41 @@ class _Lane(threading.Thread):
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.failures = 0
+        self._released_stale = False
         self.delivered = 0
         self.dead = 0
 
     def run(self) -> None:
         try:
-            self.store.release(self.sink.key)  # claims left by processes that died
             while not self.stopping.is_set():
-                pause = self._deliver_batch()
-                if pause:  # the sink asked for time: new work does not cut that short
-                    self.stopping.wait(pause)
-                elif pause is None:  # nothing due: sleep until something is, or new work arrives
-                    due = self.store.next_due(self.sink.key)
-                    idle = IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.0))
-                    self.wakeup.wait(idle)
-                    self.wakeup.clear()
-        except Exception as error:  # the lane must not die silently: what it held stays pending
-            warn_once(
-                f"lane:{self.sink.key}",
-                "checkpoint-records: delivery to %s stopped: %r",
-                self.sink.key,
-                error,
-            )
+                try:
+                    self._run_once()
+                except Exception as error:  # a store hiccup (locked, disk full) must not end delivery
+                    warn_once(
+                        f"lane:{self.sink.key}:{type(error).__name__}",
+                        "checkpoint-records: delivery to %s hit %r; it is retried, nothing is lost",
+                        self.sink.key,
+                        error,
+                    )
+                    self.stopping.wait(IDLE_POLL)
         finally:
-            self.store.release(self.sink.key, self.owner)
-            self.store.close()
+            try:
+                self.store.release(self.sink.key, self.owner)
+            finally:
+                self.store.close()
+
+    def _run_once(self) -> None:
+        if not self._released_stale:
+            self.store.release(self.sink.key)  # claims left by processes that died
+            self._released_stale = True
+        pause = self._deliver_batch()
+        if pause:  # the sink asked for time: new work does not cut that short
+            self.stopping.wait(pause)
+        elif pause is None:  # nothing due: sleep until something is, or new work arrives
+            due = self.store.next_due(self.sink.key)
+            idle = IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.0))
+            self.wakeup.wait(idle)
+            self.wakeup.clear()
 
     def _deliver_batch(self) -> float | None:
         """Send one batch; returns how long to pause (after a retryable failure), or None."""
@@ -118,8 +127,7 @@ class _Lane(threading.Thread):
         """Send one record; the outcome, and a pause for the lane when the sink asked to retry later."""
         now = time.time()
         try:
-            record = CheckpointRecord.from_json(claim.body)
-            document = self.sink.format.render(record)
+            document = self.sink.format.render_stored(claim.body)
             self.sink.send(document, idempotency_key(claim.record_id, claim.revision, self.sink.format.name))
         except DeliveryError as error:
             if error.retryable:
@@ -170,6 +178,11 @@ class DeliveryWorker:
 
     def _here(self) -> bool:
         return os.getpid() == self._pid
+
+    @property
+    def running(self) -> bool:
+        """Whether this process delivers: it started the lanes (a fork or a non-main rank never does)."""
+        return self._here() and bool(self._lanes)
 
     def start(self) -> None:
         if self._lanes or not self._here():

@@ -15,9 +15,10 @@ Rules, and why:
   directory as an adapter). Otherwise, consolidated weights (``model.safetensors``,
   ``pytorch_model.bin`` or their ``*.index.json``) make a Transformers checkpoint, or an
   accelerate ``save_state`` one when ``config.json`` is missing and accelerate's own files are
-  there. Without consolidated weights: DeepSpeed ZeRO shards, FSDP sharded state dicts,
-  accelerate ``save_state`` files, ``config.json`` alone (Transformers, weights missing), bare
-  ``torch.save`` files, in that order; else "unknown".
+  there. Without consolidated weights: DeepSpeed ZeRO shards, FSDP sharded state dicts (DCP
+  folders or per-rank ``pytorch_model_fsdp*_rank<r>.bin``), accelerate ``save_state`` files (weights
+  missing, unless FSDP's full ``pytorch_model_fsdp.bin`` is there), ``config.json`` alone
+  (Transformers, weights missing), bare ``torch.save`` files, in that order; else "unknown".
 * **Weights.** Judged the way ``from_pretrained`` picks them: the first of ``model.safetensors``,
   ``model.safetensors.index.json``, ``pytorch_model.bin``, ``pytorch_model.bin.index.json`` that
   exists (or the file ``config.json`` names in ``transformers_weights``) is the one that is loaded,
@@ -111,7 +112,10 @@ _VOCABLESS_TOKENIZERS = frozenset({"ByT5Tokenizer", "CanineTokenizer", "Perceive
 
 _TORCH_SAVE_SUFFIXES = (".pt", ".pth", ".ckpt")
 _DEEPSPEED_SHARD = re.compile(r"(?:^|[-_])(?:model_states|optim_states)\.pt$")
-_FSDP_RANK_FILE = re.compile(r"^pytorch_model_fsdp_\d+_rank\d+\.bin$")
+#: FSDP through accelerate: per-rank shards (``LOCAL_STATE_DICT``, or sharded without DCP), and the full
+#: state dict (``FULL_STATE_DICT``: whole weights, but a bare state dict for ``load_state``).
+_FSDP_RANK_FILE = re.compile(r"^pytorch_model_fsdp(?:_\d+)?_rank\d+\.bin$")
+_FSDP_FULL_FILE = re.compile(r"^pytorch_model_fsdp(?:_\d+)?\.bin$")
 _ACCELERATE_FILE = re.compile(
     r"^(?:optimizer(?:_\d+)?\.bin|scheduler(?:_\d+)?\.bin|sampler(?:_\d+)?\.bin"
     r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl|dl_state_dict(?:_\d+)?\.bin)$"
@@ -246,7 +250,9 @@ def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
         reasons.append(_FSDP_REASON)
     elif accelerate and "config.json" not in top:
         layout = "accelerate-state"
-        reasons.extend((_MISSING_WEIGHTS, _ACCELERATE_REASON))
+        if not any(_FSDP_FULL_FILE.match(name) for name in top):
+            reasons.append(_MISSING_WEIGHTS)
+        reasons.append(_ACCELERATE_REASON)
     elif "config.json" in top:
         layout = "transformers"
         reasons.append(_MISSING_WEIGHTS)

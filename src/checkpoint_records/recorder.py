@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 import transformers
 
-from .build import SaveContext, build_record
+from .build import SaveContext, as_deleted, build_record
 from .collect import read_model_facts, scan_checkpoint
 from .delivery import DeliveryWorker, FlushResult
+from .distributed import accelerator_role, launcher_role, wait_for_everyone
 from .identity import checkpoint_id_for, default_job_key, job_id_for
 from .logs import logger, warn_once
 from .readiness import assess_readiness
@@ -110,6 +111,17 @@ class CheckpointRecorder:
         )
         self.node = socket.gethostname()
         self.delivery = DeliveryWorker(self.store, self.sinks)
+        #: Directories of this job's ``available`` records, by record id: watched for rotation.
+        self._live: dict[str, Path] = {}
+
+    @property
+    def record_sinks(self) -> list[Sink]:
+        return [sink for sink in self.sinks if sink.format.renders_records]
+
+    @property
+    def job_sinks(self) -> list[Sink]:
+        """Sinks of job-level events (the ``training-job`` format)."""
+        return [sink for sink in self.sinks if not sink.format.renders_records]
 
     def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
         """The job's identity: explicit settings first, else derived from where and what it runs."""
@@ -153,10 +165,40 @@ class CheckpointRecorder:
             assess_readiness(directory, scanned.files),
             utc_now_iso(),
         )
-        stored = self.store.put(record, [sink.key for sink in self.sinks]).record
+        stored = self.store.put(record, [sink.key for sink in self.record_sinks]).record
+        if stored.status.status == "available":
+            self._live[stored.id] = directory
         self.start_delivery()
         self.delivery.wake()
         return stored
+
+    def watch_job(self, job: JobIdentity) -> None:
+        """Watch the directories of ``job``'s available checkpoints on this node (those of a resumed run too)."""
+        for stored in self.store.records(job.id):
+            record = stored.record
+            node = record.training.node
+            if record.status.status == "available" and (
+                node == self.node or node.startswith(f"{self.node}/")
+            ):
+                self._live[record.id] = Path(record.spec.directory)
+
+    def record_rotations(self) -> list[CheckpointRecord]:
+        """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates.
+
+        A ``stat`` per watched checkpoint on the training thread; only a deletion costs a write.
+        """
+        updated = []
+        for record_id, directory in list(self._live.items()):
+            if directory.is_dir():
+                continue
+            del self._live[record_id]
+            stored = self.store.get(record_id)
+            if stored is not None and stored.record.status.status == "available":
+                deleted = as_deleted(stored.record, utc_now_iso())
+                updated.append(self.store.put(deleted, [sink.key for sink in self.record_sinks]).record)
+        if updated:
+            self.delivery.wake()
+        return updated
 
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""
@@ -176,7 +218,57 @@ class CheckpointRecorder:
         return result
 
     def close(self) -> None:
-        """Flush (bounded), then stop delivery and release the store."""
-        self.flush()
+        """Flush (bounded) when this process delivers, then stop delivery and release the store."""
+        if self.delivery.running:
+            self.flush()
         self.delivery.close()
         self.store.close()
+
+    def __enter__(self) -> CheckpointRecorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @never_raises
+    def record(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        step: int,
+        epoch: float | None = None,
+        train_loss: Any = None,
+        eval_loss: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        model: Any = None,
+        accelerator: Any = None,
+    ) -> CheckpointRecord | None:
+        """Record the checkpoint a training loop of your own has just written to ``directory``.
+
+        Call it on every process, right after the save (``accelerator.save_state`` or ``save_pretrained``):
+        it waits for every process to finish writing, then records on the main process only (on each
+        node's main with ``record_every_node`` when every node saves its own copy) and returns the record
+        there, None elsewhere. Losses and metrics may be floats or scalar tensors. With ``accelerator``
+        the job is its ``project_dir`` (where ``automatic_checkpoint_naming`` writes
+        ``checkpoints/checkpoint_<n>``), else the directory's parent.
+        """
+        role = launcher_role() if accelerator is None else accelerator_role(accelerator)
+        wait_for_everyone(accelerator)
+        if not role.records(self.record_every_node):
+            return None
+        path = Path(directory)
+        if accelerator is not None and model is not None:
+            model = accelerator.unwrap_model(model)
+        logged = {"step": step, "loss": train_loss, "eval_loss": eval_loss, **(metrics or {})}
+        recorded = self.record_directory(
+            path,
+            job=self.job_for(str(getattr(accelerator, "project_dir", None) or path.parent), None),
+            step=step,
+            epoch=epoch,
+            log_history=[{key: value for key, value in logged.items() if value is not None}],
+            base_model=base_model_name(model),
+            world_size=role.world_size,
+            node_suffix=role.node_suffix(self.record_every_node),
+        )
+        self.record_rotations()  # accelerate's total_limit deletes the oldest checkpoints too
+        return recorded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import yaml
@@ -58,11 +59,7 @@ def records_table(rows: Sequence[tuple[CheckpointRecord, str]]) -> str:
                 delivery,
             )
         )
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    return _table(lines)
 
 
 def delivery_state(delivery: Delivery, now: float) -> str:
@@ -101,3 +98,21 @@ class ProgressBar:
         line = f"delivering [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
         self.stream.write(("\r" if self.live else "") + line + ("\n" if final else ""))
         self.stream.flush()
+
+
+def _table(lines: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def jobs_table(details: Sequence[dict[str, Any]]) -> str:
+    """One line per job (``TrainingJobDetail`` objects): name, status, progress, updated, id."""
+    lines = [("NAME", "STATUS", "PROGRESS", "UPDATED", "ID")]
+    for detail in details:
+        updated = datetime.fromtimestamp(detail["updated_at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append((detail["name"], detail["status"], f"{detail['progress']:g}%", updated, detail["id"]))
+    return _table(lines)

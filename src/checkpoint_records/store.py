@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigurationError
+from .formats.training_job import JobSnapshot
 from .record import CheckpointRecord
 
 DATABASE_NAME = "records.db"
@@ -60,6 +61,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (sink, record_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -100,6 +110,14 @@ class Outcome:
     state: DeliveryState
     next_attempt_at: float
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    job: JobSnapshot
+    revision: int
+    #: The process that last ran it (``host/pid/...``), to tell an interrupted attempt.
+    owner: str | None
 
 
 @dataclass(frozen=True)
@@ -168,9 +186,7 @@ class RecordStore:
             # A connection inherited through fork() must never be used: open a fresh one.
             connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
-            connection.execute(f"PRAGMA journal_mode={'DELETE' if network else 'WAL'}")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.executescript(_SCHEMA)
+            _set_up(connection, "delete" if network else "wal")
             self._local.connection, self._local.owner = connection, owner
         return connection
 
@@ -254,6 +270,44 @@ class RecordStore:
         rows = self._connection().execute(query + " ORDER BY created_at, step", params).fetchall()
         return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
 
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def put_job(self, job: JobSnapshot, sinks: Sequence[str] = (), owner: str | None = None) -> int:
+        """Store the job's latest snapshot and queue it for ``sinks``; returns its revision.
+
+        ``owner`` (see :func:`claim_owner`) names the process running the job, so a later run can tell
+        that an attempt which never finished was interrupted. Unchanged content is a no-op.
+        """
+        body = job.model_dump_json()
+        with self._transaction() as connection:
+            row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if row is not None and _job_content(row[0]) == _job_content(body):
+                return int(row[1])
+            revision = 1 if row is None else int(row[1]) + 1
+            connection.execute(
+                "INSERT OR REPLACE INTO jobs (id, name, revision, status, owner, body, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.name, revision, job.status, owner, body, time.time()),
+            )
+            _queue(connection, "INSERT OR REPLACE", sinks, job.id, revision)
+        return revision
+
+    def job(self, job_id: str) -> StoredJob | None:
+        row = (
+            self._connection()
+            .execute("SELECT body, revision, owner FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else StoredJob(JobSnapshot.model_validate_json(row[0]), row[1], row[2])
+
+    def jobs(self) -> list[StoredJob]:
+        """Every job, oldest update first."""
+        rows = self._connection().execute("SELECT body, revision, owner FROM jobs ORDER BY updated_at")
+        return [
+            StoredJob(JobSnapshot.model_validate_json(body), revision, owner)
+            for body, revision, owner in rows
+        ]
+
     # -- outbox --------------------------------------------------------------------------------------
 
     def deliveries(self, record_id: str | None = None) -> list[Delivery]:
@@ -272,11 +326,12 @@ class RecordStore:
         now = time.time()
         with self._transaction() as connection:
             rows = connection.execute(
-                "SELECT o.record_id, o.revision, o.attempts, r.body FROM outbox o"
-                " JOIN records r ON r.id = o.record_id"
+                "SELECT o.record_id, o.revision, o.attempts, COALESCE(r.body, j.body) FROM outbox o"
+                " LEFT JOIN records r ON r.id = o.record_id LEFT JOIN jobs j ON j.id = o.record_id"
                 " WHERE o.sink = ? AND o.state = 'pending' AND o.next_attempt_at <= ?"
                 " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
-                " ORDER BY o.next_attempt_at, r.step LIMIT ?",
+                " AND COALESCE(r.body, j.body) IS NOT NULL"
+                " ORDER BY o.next_attempt_at, COALESCE(r.step, 0) LIMIT ?",
                 (sink, now, now, limit),
             ).fetchall()
             connection.executemany(
@@ -376,6 +431,22 @@ class RecordStore:
         return [sink for (sink,) in rows]
 
 
+def _set_up(connection: sqlite3.Connection, journal_mode: str, attempts: int = 200) -> None:
+    """Journal mode, durability and tables. Switching the journal mode does not wait on SQLite's busy
+    timeout when another connection holds a lock, so that step is retried here for up to ~10 s."""
+    connection.execute("PRAGMA synchronous=FULL")
+    for attempt in range(attempts):
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != journal_mode:
+                connection.execute(f"PRAGMA journal_mode={journal_mode}")
+            connection.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _marks(values: Sequence[Any]) -> str:
     """SQL placeholders for ``values``."""
     return ",".join("?" * len(values))
@@ -418,6 +489,13 @@ def _content(record: CheckpointRecord) -> str:
     data["metadata"].pop("revision", None)
     data["status"].pop("createdAt", None)
     data["status"].pop("updatedAt", None)
+    return json.dumps(data, sort_keys=True)
+
+
+def _job_content(body: str) -> str:
+    """A job snapshot's content without its update time."""
+    data = json.loads(body)
+    data.pop("updated_at", None)
     return json.dumps(data, sort_keys=True)
 
 

@@ -13,7 +13,13 @@ class WireFormat(ABC):
 
     #: The name users select it by (``HttpSink(url, format=name)``, ``name+https://...``).
     name: str
+    #: False for a format of job-level events: its sinks get job snapshots, not checkpoint records.
+    renders_records = True
 
     @abstractmethod
     def render(self, record: CheckpointRecord) -> dict[str, Any]:
         """The JSON object to send for ``record``."""
+
+    def render_stored(self, body: str) -> dict[str, Any]:
+        """The JSON object to send for a document as the store keeps it (a record's JSON, by default)."""
+        return self.render(CheckpointRecord.from_json(body))

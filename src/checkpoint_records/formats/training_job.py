@@ -183,6 +183,9 @@ class TrainingJobFormat(WireFormat):
     def render_job(self, snapshot: JobSnapshot) -> dict[str, Any]:
         return render_job(snapshot)
 
+    def render_stored(self, body: str) -> dict[str, Any]:
+        return render_job(JobSnapshot.model_validate_json(body))
+
 
 # --- building a snapshot from a live Trainer ---------------------------------------------------
 
