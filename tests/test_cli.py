@@ -13,17 +13,12 @@ import yaml
 
 from checkpoint_records import CheckpointRecordCallback
 from checkpoint_records.render import human_size
+from commands import cli
 from schema_files import load_schema
 from trainer_runs import tiny_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEXAI_SCHEMA = load_schema("flexai-checkpoint")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "checkpoint_records.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture

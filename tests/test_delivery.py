@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,21 +17,11 @@ import pytest
 
 from checkpoint_records import CheckpointRecordCallback, HttpSink, RecordStore
 from checkpoint_records.store import Delivery
+from commands import cli, killed_run
 from http_server import Receiver, Reply, always, first_then
 from trainer_runs import tiny_trainer
 
-TESTS = Path(__file__).resolve().parent
 NAMES = {"out-checkpoint-2", "out-checkpoint-4", "out-checkpoint-6"}
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "checkpoint_records.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def train(tmp_path: Path, *sinks: HttpSink, flush_timeout: float = 5.0) -> CheckpointRecordCallback:
@@ -174,16 +162,6 @@ def test_malformed_and_huge_replies(tmp_path: Path, isolated_store: Path) -> Non
     errors = [delivery.last_error for delivery in deliveries(isolated_store, settled=True)]
     assert errors == [None, None, None]
     receiver.assert_idempotent()
-
-
-def killed_run(output_dir: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(TESTS / "killed_run.py"), str(output_dir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
 
 
 @pytest.mark.parametrize("recovery", ["flush", "resumed run"])

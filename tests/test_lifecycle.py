@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, HttpSink, RecordStore
+from commands import cli, killed_run
 from http_server import Receiver
 from schema_files import SCHEMA_OF, validate
 from trainer_runs import tiny_trainer
-
-TESTS = Path(__file__).resolve().parent
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "checkpoint_records.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def validated(wire_format: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -88,16 +78,6 @@ def test_a_rotated_checkpoint_is_updated_to_deleted_and_the_update_delivered(
     receiver.assert_idempotent()  # the update came under a new key
 
 
-def run_script(output_dir: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(TESTS / "killed_run.py"), str(output_dir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
-
-
 @pytest.mark.parametrize(("kind", "status"), [("RuntimeError", "Failed"), ("KeyboardInterrupt", "Cancelled")])
 def test_a_run_that_raises_is_reported_failed_or_cancelled(
     tmp_path: Path, isolated_store: Path, kind: str, status: str
@@ -106,7 +86,7 @@ def test_a_run_that_raises_is_reported_failed_or_cancelled(
         env = {
             "CHECKPOINT_RECORDS_SINKS": f"training-job+{receiver.url},{receiver.url.replace('/v1', '/v2')}"
         }
-        run = run_script(tmp_path / "out", env, "--raise-at", "3", kind)
+        run = killed_run(tmp_path / "out", env, "--raise-at", "3", kind)
         assert run.returncode != 0 and "stopped by the test" in run.stderr
         receiver.wait_for(1)
     jobs = [r.payload for r in receiver.accepted() if r.path == "/v1/checkpoints"]
@@ -124,7 +104,7 @@ def test_a_run_that_raises_is_reported_failed_or_cancelled(
 def test_a_killed_run_is_reported_cancelled(tmp_path: Path, isolated_store: Path, recovery: str) -> None:
     with Receiver() as receiver:
         env = {"CHECKPOINT_RECORDS_SINKS": f"training-job+{receiver.url}"}
-        assert run_script(tmp_path / "out", env, "--kill-after-save", "4").returncode == -9
+        assert killed_run(tmp_path / "out", env, "--kill-after-save", "4").returncode == -9
         assert json.loads(cli("jobs", "--json").stdout)[0]["status"] == "Running"
         if recovery == "flush":
             flushed = cli("flush", "--sink", f"training-job+{receiver.url}")
@@ -132,7 +112,7 @@ def test_a_killed_run_is_reported_cancelled(tmp_path: Path, isolated_store: Path
             assert json.loads(cli("jobs", "--json").stdout)[0]["status"] == "Cancelled"
             final = "Cancelled"
         else:
-            resumed = run_script(tmp_path / "out", env, "--resume")
+            resumed = killed_run(tmp_path / "out", env, "--resume")
             assert resumed.returncode == 0, resumed.stderr[-2000:]
             assert "ended without finishing" in resumed.stderr
             final = "Success"
