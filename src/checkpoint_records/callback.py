@@ -112,7 +112,8 @@ class CheckpointRecordCallback(TrainerCallback):
             node_suffix=trainer_role(args, state).node_suffix(self.recorder.record_every_node),
         )
         self.recorder.record_rotations()  # save_total_limit has just deleted the oldest, if any
-        self.lifecycle.report("Running")
+        if self.recorder.job_sinks:  # progress is news only to job-level platforms
+            self.lifecycle.report("Running")
 
     @never_raises
     def on_train_end(

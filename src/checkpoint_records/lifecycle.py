@@ -110,7 +110,9 @@ class JobLifecycle:
             self.report(status)
 
     def _put(self, snapshot: JobSnapshot) -> None:
-        self.recorder.store.put_job(snapshot, [sink.key for sink in self.recorder.job_sinks], self.owner)
+        sinks = [sink.key for sink in self.recorder.job_sinks]
+        # Progress at each save need not cost the training thread a disk flush; a status change does.
+        self.recorder.store.put_job(snapshot, sinks, self.owner, durable=snapshot.status != "Running")
         self.recorder.delivery.wake()
 
 

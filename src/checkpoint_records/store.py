@@ -187,12 +187,20 @@ class RecordStore:
             connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
             _set_up(connection, "delete" if network else "wal")
+            self._local.synchronous = "FULL"
             self._local.connection, self._local.owner = connection, owner
         return connection
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. ``durable`` ones are fsynced at commit (they survive a power loss);
+        the others (outbox bookkeeping, job progress) only survive the process, which a crash or
+        ``kill -9`` never loses either, and cost the training thread no disk flush."""
         connection = self._connection()
+        level = "FULL" if durable else "NORMAL"
+        if getattr(self._local, "synchronous", "FULL") != level:
+            connection.execute(f"PRAGMA synchronous={level}")
+            self._local.synchronous = level
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
@@ -272,14 +280,16 @@ class RecordStore:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def put_job(self, job: JobSnapshot, sinks: Sequence[str] = (), owner: str | None = None) -> int:
+    def put_job(
+        self, job: JobSnapshot, sinks: Sequence[str] = (), owner: str | None = None, durable: bool = True
+    ) -> int:
         """Store the job's latest snapshot and queue it for ``sinks``; returns its revision.
 
         ``owner`` (see :func:`claim_owner`) names the process running the job, so a later run can tell
         that an attempt which never finished was interrupted. Unchanged content is a no-op.
         """
         body = job.model_dump_json()
-        with self._transaction() as connection:
+        with self._transaction(durable) as connection:
             row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
             if row is not None and _job_content(row[0]) == _job_content(body):
                 return int(row[1])
@@ -324,7 +334,7 @@ class RecordStore:
         record at the same time; it lapses on its own if its owner dies.
         """
         now = time.time()
-        with self._transaction() as connection:
+        with self._transaction(durable=False) as connection:
             rows = connection.execute(
                 "SELECT o.record_id, o.revision, o.attempts, COALESCE(r.body, j.body) FROM outbox o"
                 " LEFT JOIN records r ON r.id = o.record_id LEFT JOIN jobs j ON j.id = o.record_id"
@@ -351,7 +361,7 @@ class RecordStore:
         if not outcomes:
             return
         now = time.time()
-        with self._transaction() as connection:
+        with self._transaction(durable=False) as connection:
             connection.executemany(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
                 " updated_at = ?, claimed_by = NULL, claimed_until = NULL"
@@ -372,7 +382,7 @@ class RecordStore:
 
     def release(self, sink: str, owner: str | None = None) -> None:
         """Drop claims on ``sink``: those of ``owner``, or of every owner that is no longer running."""
-        with self._transaction() as connection:
+        with self._transaction(durable=False) as connection:
             if owner is not None:
                 connection.execute(
                     "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?",
@@ -420,7 +430,7 @@ class RecordStore:
             if values is not None:
                 query += f" AND {column} IN ({_marks(values)})"
                 params += list(values)
-        with self._transaction() as connection:
+        with self._transaction(durable=False) as connection:
             return connection.execute(query, params).rowcount
 
     def sinks_with(self, state: DeliveryState) -> list[str]:
