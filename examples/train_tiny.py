@@ -86,6 +86,19 @@ class TinyTextDataset(torch.utils.data.Dataset):
         return {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
 
 
+def tiny_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
+    """Training arguments for a tiny run on the CPU: batch 4, no reporting, no progress bars."""
+    settings: dict[str, Any] = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    return TrainingArguments(**{**settings, **overrides})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="outputs/tiny-run")
@@ -94,19 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-steps", type=int, default=4)
     options = parser.parse_args(argv)
 
-    args = TrainingArguments(
-        output_dir=options.output_dir,
+    args = tiny_arguments(
+        options.output_dir,
         run_name="tiny-run",
         max_steps=options.max_steps,
         save_steps=options.save_steps,
         logging_steps=1,
         eval_strategy="steps",
         eval_steps=options.save_steps,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
     )
     trainer = Trainer(
         model=tiny_model(),

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train_tiny import TinyTextDataset, tiny_config, tiny_model, tiny_tokenizer
+from train_tiny import TinyTextDataset, tiny_arguments, tiny_config, tiny_model, tiny_tokenizer
 
-__all__ = ["TinyTextDataset", "save_tiny_pretrained", "tiny_config", "tiny_model", "tiny_tokenizer"]
+__all__ = [
+    "TinyTextDataset",
+    "save_tiny_pretrained",
+    "tiny_arguments",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]
 
 
 def save_tiny_pretrained(directory: Path, with_tokenizer: bool = True, **save_kwargs: Any) -> Path:

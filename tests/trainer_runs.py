@@ -7,24 +7,20 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from tiny import TinyTextDataset, tiny_model, tiny_tokenizer
+from tiny import TinyTextDataset, tiny_arguments, tiny_model, tiny_tokenizer
 
 
 def tiny_args(output_dir: Path, **overrides: Any) -> TrainingArguments:
+    """Six steps, a save every two, an evaluation every three: three records per run."""
     settings: dict[str, Any] = dict(
-        output_dir=str(output_dir),
         max_steps=6,
         save_steps=2,
         logging_steps=1,
         eval_strategy="steps",
         eval_steps=3,
-        per_device_train_batch_size=4,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
+        learning_rate=5e-5,
     )
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return tiny_arguments(str(output_dir), **{**settings, **overrides})
 
 
 def tiny_trainer(

@@ -57,9 +57,11 @@ class FlushResult:
 class _Lane(threading.Thread):
     """Delivers to one sink."""
 
-    def __init__(self, store: RecordStore, sink: Sink) -> None:
+    def __init__(self, store: RecordStore, sink: Sink, settled: threading.Event) -> None:
         super().__init__(name=f"checkpoint-records {sink.key}", daemon=True)
         self.store, self.sink = store, sink
+        #: Set after every settle, so a flush notices progress at once instead of polling.
+        self.settled = settled
         self.owner = claim_owner()
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
@@ -118,9 +120,11 @@ class _Lane(threading.Thread):
                 break
             if time.monotonic() - settled_at > SETTLE_EVERY:
                 self.store.settle(outcomes)
+                self.settled.set()
                 outcomes, settled_at = [], time.monotonic()
         self.store.settle(outcomes)
         self.store.release(self.sink.key, self.owner)  # whatever the batch did not get to
+        self.settled.set()
         return pause
 
     def _attempt(self, claim: Claimed) -> tuple[Outcome, float | None]:
@@ -175,6 +179,7 @@ class DeliveryWorker:
         self.sinks = list(sinks)
         self._pid = os.getpid()
         self._lanes: list[_Lane] = []
+        self._settled = threading.Event()
 
     def _here(self) -> bool:
         return os.getpid() == self._pid
@@ -187,7 +192,7 @@ class DeliveryWorker:
     def start(self) -> None:
         if self._lanes or not self._here():
             return
-        self._lanes = [_Lane(self.store, sink) for sink in self.sinks]
+        self._lanes = [_Lane(self.store, sink, self._settled) for sink in self.sinks]
         for lane in self._lanes:
             lane.start()
 
@@ -210,7 +215,8 @@ class DeliveryWorker:
         self.wake()
         pending = self.store.counts(keys)["pending"]
         while pending and time.monotonic() < deadline and any(lane.is_alive() for lane in self._lanes):
-            time.sleep(min(0.02, max(deadline - time.monotonic(), 0.0)))
+            self._settled.wait(min(0.05, max(deadline - time.monotonic(), 0.0)))
+            self._settled.clear()
             pending = self.store.counts(keys)["pending"]
             if on_progress is not None:
                 on_progress(pending)

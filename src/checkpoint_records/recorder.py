@@ -195,7 +195,9 @@ class CheckpointRecorder:
             stored = self.store.get(record_id)
             if stored is not None and stored.record.status.status == "available":
                 deleted = as_deleted(stored.record, utc_now_iso())
-                updated.append(self.store.put(deleted, [sink.key for sink in self.record_sinks]).record)
+                # Not fsynced: it survives a crash, and the training thread pays no second disk flush.
+                keys = [sink.key for sink in self.record_sinks]
+                updated.append(self.store.put(deleted, keys, durable=False).record)
         if updated:
             self.delivery.wake()
         return updated

@@ -220,13 +220,13 @@ class RecordStore:
 
     # -- records -------------------------------------------------------------------------------------
 
-    def put(self, record: CheckpointRecord, sinks: Sequence[str] = ()) -> StoredRecord:
+    def put(self, record: CheckpointRecord, sinks: Sequence[str] = (), durable: bool = True) -> StoredRecord:
         """Store ``record`` and queue it for ``sinks``, durably, in one transaction.
 
         The same content again is a no-op (a re-emitted record is recognised by its deterministic id);
         changed content becomes the next revision, keeping the first ``createdAt``.
         """
-        with self._transaction() as connection:
+        with self._transaction(durable) as connection:
             row = connection.execute(
                 "SELECT body, revision FROM records WHERE id = ?", (record.id,)
             ).fetchone()
