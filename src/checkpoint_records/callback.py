@@ -111,7 +111,6 @@ class CheckpointRecordCallback(TrainerCallback):
             world_size=args.world_size,
             node_suffix=trainer_role(args, state).node_suffix(self.recorder.record_every_node),
         )
-        self.recorder.record_rotations()  # save_total_limit has just deleted the oldest, if any
         if self.recorder.job_sinks:  # progress is news only to job-level platforms
             self.lifecycle.report("Running")
 

@@ -168,8 +168,9 @@ class CheckpointRecorder:
         stored = self.store.put(record, [sink.key for sink in self.record_sinks]).record
         if stored.status.status == "available":
             self._live[stored.id] = directory
+        self.record_rotations()  # the Trainer's save_total_limit (or accelerate's) has just deleted some
         self.start_delivery()
-        self.delivery.wake()
+        self.delivery.wake()  # last: the delivery thread then competes with training, not with this save
         return stored
 
     def watch_job(self, job: JobIdentity) -> None:
@@ -198,8 +199,6 @@ class CheckpointRecorder:
                 # Not fsynced: it survives a crash, and the training thread pays no second disk flush.
                 keys = [sink.key for sink in self.record_sinks]
                 updated.append(self.store.put(deleted, keys, durable=False).record)
-        if updated:
-            self.delivery.wake()
         return updated
 
     def start_delivery(self) -> None:
@@ -262,7 +261,7 @@ class CheckpointRecorder:
         if accelerator is not None and model is not None:
             model = accelerator.unwrap_model(model)
         logged = {"step": step, "loss": train_loss, "eval_loss": eval_loss, **(metrics or {})}
-        recorded = self.record_directory(
+        return self.record_directory(
             path,
             job=self.job_for(str(getattr(accelerator, "project_dir", None) or path.parent), None),
             step=step,
@@ -272,5 +271,3 @@ class CheckpointRecorder:
             world_size=role.world_size,
             node_suffix=role.node_suffix(self.record_every_node),
         )
-        self.record_rotations()  # accelerate's total_limit deletes the oldest checkpoints too
-        return recorded
