@@ -23,7 +23,7 @@ from .render import (
     to_yaml,
 )
 from .settings import environment
-from .sinks import Sink, configured_sinks
+from .sinks import Sink, configured_sinks, job_sinks
 from .store import RecordStore
 
 DEFAULT_FLUSH_TIMEOUT = 60.0
@@ -83,7 +83,7 @@ def cmd_jobs(store: RecordStore, args: argparse.Namespace) -> int:
 def _deliver(store: RecordStore, sinks: list[Sink], timeout: float) -> int:
     """Deliver what is pending to ``sinks`` within ``timeout``, showing progress; 1 if anything is left."""
     keys = [sink.key for sink in sinks]
-    for name in cancel_abandoned(store, [sink.key for sink in sinks if not sink.format.renders_records]):
+    for name in cancel_abandoned(store, [sink.key for sink in job_sinks(sinks)]):
         print(
             f"job {name} was still Running under a process that is gone: reported Cancelled", file=sys.stderr
         )

@@ -49,10 +49,6 @@ class FlushResult:
     dead: int
     pending: int
 
-    @property
-    def complete(self) -> bool:
-        return self.pending == 0
-
 
 class _Lane(threading.Thread):
     """Delivers to one sink."""
@@ -208,7 +204,7 @@ class DeliveryWorker:
         ``on_progress`` is called with the number still pending each time it is checked.
         """
         keys = [sink.key for sink in self.sinks]
-        if not self._here() or not self._lanes:
+        if not self.running:
             return FlushResult(0, 0, self.store.counts(keys)["pending"] if keys else 0)
         delivered, dead = self._totals()
         deadline = time.monotonic() + timeout

@@ -157,8 +157,8 @@ def _install_hooks() -> None:
         previous = sys.excepthook
 
         def excepthook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
-            cancelled = issubclass(kind, KeyboardInterrupt)
-            _end_all("Cancelled" if cancelled else "Failed", f"stopped by {kind.__name__}: {error}")
+            interrupted = issubclass(kind, KeyboardInterrupt)
+            _end_all("Cancelled" if interrupted else "Failed", f"stopped by {kind.__name__}: {error}")
             previous(kind, error, trace)
 
         sys.excepthook = excepthook

@@ -26,7 +26,7 @@ from .logs import logger, warn_once
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .settings import check_name_template, environment, parse_bool, parse_seconds
-from .sinks import Sink, configured_sinks
+from .sinks import Sink, configured_sinks, job_sinks, record_sinks
 from .store import RecordStore
 
 DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
@@ -116,12 +116,12 @@ class CheckpointRecorder:
 
     @property
     def record_sinks(self) -> list[Sink]:
-        return [sink for sink in self.sinks if sink.format.renders_records]
+        return record_sinks(self.sinks)
 
     @property
     def job_sinks(self) -> list[Sink]:
         """Sinks of job-level events (the ``training-job`` format)."""
-        return [sink for sink in self.sinks if not sink.format.renders_records]
+        return job_sinks(self.sinks)
 
     def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
         """The job's identity: explicit settings first, else derived from where and what it runs."""
@@ -183,12 +183,11 @@ class CheckpointRecorder:
             ):
                 self._live[record.id] = Path(record.spec.directory)
 
-    def record_rotations(self) -> list[CheckpointRecord]:
+    def record_rotations(self) -> None:
         """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates.
 
         A ``stat`` per watched checkpoint on the training thread; only a deletion costs a write.
         """
-        updated = []
         for record_id, directory in list(self._live.items()):
             if directory.is_dir():
                 continue
@@ -197,9 +196,7 @@ class CheckpointRecorder:
             if stored is not None and stored.record.status.status == "available":
                 deleted = as_deleted(stored.record, utc_now_iso())
                 # Not fsynced: it survives a crash, and the training thread pays no second disk flush.
-                keys = [sink.key for sink in self.record_sinks]
-                updated.append(self.store.put(deleted, keys, durable=False).record)
-        return updated
+                self.store.put(deleted, [sink.key for sink in self.record_sinks], durable=False)
 
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""

@@ -98,7 +98,6 @@ class Claimed:
     sink: str
     record_id: str
     revision: int
-    attempts: int
     body: str
 
 
@@ -336,7 +335,7 @@ class RecordStore:
         now = time.time()
         with self._transaction(durable=False) as connection:
             rows = connection.execute(
-                "SELECT o.record_id, o.revision, o.attempts, COALESCE(r.body, j.body) FROM outbox o"
+                "SELECT o.record_id, o.revision, COALESCE(r.body, j.body) FROM outbox o"
                 " LEFT JOIN records r ON r.id = o.record_id LEFT JOIN jobs j ON j.id = o.record_id"
                 " WHERE o.sink = ? AND o.state = 'pending' AND o.next_attempt_at <= ?"
                 " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
@@ -348,9 +347,7 @@ class RecordStore:
                 "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE sink = ? AND record_id = ?",
                 [(owner, now + lease, sink, record_id) for record_id, *_ in rows],
             )
-        return [
-            Claimed(sink, record_id, revision, attempts, body) for record_id, revision, attempts, body in rows
-        ]
+        return [Claimed(sink, record_id, revision, body) for record_id, revision, body in rows]
 
     def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Write what came of claimed deliveries, in one transaction, and release their claims.

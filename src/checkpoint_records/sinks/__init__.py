@@ -76,6 +76,16 @@ def configured_sinks(sinks: Sequence[Sink | str] | None, env: Mapping[str, str])
     return built
 
 
+def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
+    """The sinks that receive checkpoint records."""
+    return [sink for sink in sinks if sink.format.renders_records]
+
+
+def job_sinks(sinks: Sequence[Sink]) -> list[Sink]:
+    """The sinks that receive job-level events instead (the ``training-job`` format)."""
+    return [sink for sink in sinks if not sink.format.renders_records]
+
+
 __all__ = [
     "DeliveryError",
     "HttpSink",
@@ -83,6 +93,8 @@ __all__ = [
     "RetryLater",
     "Sink",
     "configured_sinks",
+    "job_sinks",
     "known_schemes",
+    "record_sinks",
     "sink_from_url",
 ]
