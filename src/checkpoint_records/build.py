@@ -69,6 +69,8 @@ def build_record(
                 epoch=None if epoch is None else float(epoch),
                 train_loss=logged.train_loss,
                 eval_loss=logged.eval_loss,
+                train_loss_step=logged.train_loss_step,
+                eval_loss_step=logged.eval_loss_step,
                 metrics=logged.metrics,
                 non_finite=logged.non_finite,
                 model=context.base_model or facts.adapter_base_model or facts.name_or_path or "",

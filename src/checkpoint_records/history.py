@@ -1,8 +1,15 @@
-"""Reading the Trainer's ``log_history`` as of one step: the losses and metrics a record carries."""
+"""Reading the Trainer's ``log_history``: the losses and metrics a record carries, and the job's series.
+
+``log_history`` grows by one entry per log for the whole run (100,000 entries with ``logging_steps=1``
+over 100,000 steps), so nothing here re-reads it whole at a save: :class:`LogAccumulator` takes the new
+entries since the last save and keeps only the latest value of each field, and the series a job document
+or a page shows is cut to a bounded number of points by :func:`downsample`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,47 +26,168 @@ class LoggedMetrics:
     metrics: dict[str, JsonScalar] = field(default_factory=dict)
     #: Record field (``trainLoss``, ``evalLoss``, or a metric name) to the spelling of a NaN/inf value.
     non_finite: dict[str, str] = field(default_factory=dict)
+    #: The step each loss was logged at (a record's ``trainLoss`` may come from an earlier step).
+    train_loss_step: int | None = None
+    eval_loss_step: int | None = None
+
+
+class LogAccumulator:
+    """The latest losses and metrics of a log, fed incrementally: constant memory, constant cost per entry.
+
+    The train loss is the last one logged; the eval loss the one of the highest step (an evaluation at the
+    save's own step wins over an older one); every other field keeps its latest value.
+    """
+
+    def __init__(self) -> None:
+        self._train: tuple[Any, int | None] = (None, None)
+        self._eval: tuple[Any, int] = (None, -1)
+        self._latest: dict[str, Any] = {}
+
+    def add(self, entries: Iterable[Mapping[str, Any]], up_to_step: int | None = None) -> None:
+        """Take ``entries`` in log order (those after ``up_to_step`` are skipped)."""
+        for entry in entries:
+            entry_step = step_of(entry)
+            if entry_step is None or (up_to_step is not None and entry_step > up_to_step):
+                continue
+            if "loss" in entry:
+                self._train = (entry["loss"], entry_step)
+            if "eval_loss" in entry and entry_step >= self._eval[1]:
+                self._eval = (entry["eval_loss"], entry_step)
+            for key, value in entry.items():
+                if key not in _NOT_METRICS:
+                    self._latest[key] = value
+
+    def metrics(self) -> LoggedMetrics:
+        """What a record says about the log so far: JSON-safe numbers, non-finite values named."""
+        non_finite: dict[str, str] = {}
+        train_number, spelling = to_number(self._train[0])
+        if spelling:
+            non_finite["trainLoss"] = spelling
+        eval_number, spelling = to_number(self._eval[0])
+        if spelling:
+            non_finite["evalLoss"] = spelling
+        metrics: dict[str, JsonScalar] = {}
+        for key, value in sorted(self._latest.items()):
+            metrics[key], spelling = to_json_scalar(value)
+            if spelling:
+                non_finite[key] = spelling
+        known_train = self._train[0] is not None
+        known_eval = self._eval[0] is not None
+        return LoggedMetrics(
+            train_loss=None if train_number is None else float(train_number),
+            eval_loss=None if eval_number is None else float(eval_number),
+            metrics=metrics,
+            non_finite=non_finite,
+            train_loss_step=self._train[1] if known_train else None,
+            eval_loss_step=self._eval[1] if known_eval else None,
+        )
 
 
 def metrics_at_step(log_history: Iterable[Mapping[str, Any]], step: int) -> LoggedMetrics:
     """The last training loss at or before ``step``; the eval loss logged at ``step`` if there was one,
     else the latest before it; and the latest value of every other logged metric up to ``step``."""
-    train_loss: Any = None
-    eval_loss: Any = None
-    eval_step = -1
-    latest: dict[str, Any] = {}
-    for entry in log_history:
-        entry_step = _step_of(entry)
-        if entry_step is None or entry_step > step:
-            continue
-        if "loss" in entry:
-            train_loss = entry["loss"]
-        if "eval_loss" in entry and entry_step >= eval_step:
-            eval_loss, eval_step = entry["eval_loss"], entry_step
-        for key, value in entry.items():
-            if key not in _NOT_METRICS:
-                latest[key] = value
-
-    non_finite: dict[str, str] = {}
-    train_number, spelling = to_number(train_loss)
-    if spelling:
-        non_finite["trainLoss"] = spelling
-    eval_number, spelling = to_number(eval_loss)
-    if spelling:
-        non_finite["evalLoss"] = spelling
-    metrics: dict[str, JsonScalar] = {}
-    for key, value in sorted(latest.items()):
-        metrics[key], spelling = to_json_scalar(value)
-        if spelling:
-            non_finite[key] = spelling
-    return LoggedMetrics(
-        train_loss=None if train_number is None else float(train_number),
-        eval_loss=None if eval_number is None else float(eval_number),
-        metrics=metrics,
-        non_finite=non_finite,
-    )
+    accumulator = LogAccumulator()
+    accumulator.add(log_history, up_to_step=step)
+    return accumulator.metrics()
 
 
-def _step_of(entry: Mapping[str, Any]) -> int | None:
+def step_of(entry: Mapping[str, Any]) -> int | None:
     number, _ = to_number(entry.get("step"))
     return None if number is None else int(number)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One ``log_history`` entry as the store keeps it: position in the log, step, JSON-safe values."""
+
+    #: Index of the entry in the run's ``log_history`` (a resumed run's log restarts from its checkpoint's).
+    seq: int
+    step: int
+    values: dict[str, JsonScalar]
+    #: Unix seconds when it was logged, when known (``log_history`` itself keeps no time).
+    logged_at: float | None = None
+
+    @property
+    def loss(self) -> float | None:
+        return _finite(self.values.get("loss"))
+
+    @property
+    def eval_loss(self) -> float | None:
+        return _finite(self.values.get("eval_loss"))
+
+    def body(self) -> str:
+        return json.dumps(self.values, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def log_entry(seq: int, entry: Mapping[str, Any], logged_at: float | None = None) -> LogEntry | None:
+    """The stored form of ``entry`` (None when it has no step): non-finite values become ``null``."""
+    step = step_of(entry)
+    if step is None:
+        return None
+    values = {str(key): to_json_scalar(value)[0] for key, value in entry.items()}
+    values["step"] = step
+    return LogEntry(seq=seq, step=step, values=values, logged_at=logged_at)
+
+
+def _finite(value: JsonScalar) -> float | None:
+    number, _ = to_number(value)
+    return None if number is None else float(number)
+
+
+def downsample(
+    steps: Sequence[int],
+    values: Sequence[float | None],
+    max_points: int | None,
+    keep_steps: Iterable[int] = (),
+) -> list[int]:
+    """Indices of at most ``max_points`` points of a series that still show its shape, in order.
+
+    Always kept: the first and last point, the points at ``keep_steps`` (the checkpoints' steps) and the
+    series' minimum and maximum. The rest of the budget goes to an even min/max cut: the series is split
+    into equal runs of points and each run keeps its lowest and highest value (so a spike survives,
+    unlike with every n-th point). When the always-kept points alone exceed the budget, an even choice of
+    them is kept, with the first, last and extremes.
+    """
+    count = len(steps)
+    if max_points is None or count <= max_points:
+        return list(range(count))
+    if max_points <= 0:
+        return []
+    known = [index for index in range(count) if values[index] is not None]
+    extremes = set()
+    if known:
+        extremes = {
+            min(known, key=lambda index: values[index]),  # type: ignore[arg-type,return-value]
+            max(known, key=lambda index: values[index]),  # type: ignore[arg-type,return-value]
+        }
+    essential = sorted({0, count - 1} | extremes)
+    wanted = set(keep_steps)
+    pinned = [index for index in range(count) if steps[index] in wanted and index not in extremes]
+    kept = set(essential)
+    room = max_points - len(kept)
+    if room <= 0:
+        return essential[:max_points]
+    if len(pinned) > room:
+        return sorted(kept | set(_even(pinned, room)))
+    kept.update(pinned)
+    room = max_points - len(kept)
+    buckets = room // 2
+    if buckets > 0:
+        size = count / buckets
+        for bucket in range(buckets):
+            run = range(int(bucket * size), min(int((bucket + 1) * size), count))
+            in_run = [index for index in run if values[index] is not None] or list(run)[:1]
+            if in_run:
+                kept.add(min(in_run, key=lambda index: values[index] or 0.0))
+                kept.add(max(in_run, key=lambda index: values[index] or 0.0))
+    return sorted(kept)  # at most len(kept) + 2 * buckets <= max_points
+
+
+def _even(indices: Sequence[int], count: int) -> list[int]:
+    """``count`` of ``indices``, evenly spread."""
+    if count <= 0:
+        return []
+    if count >= len(indices):
+        return list(indices)
+    stride = len(indices) / count
+    return [indices[int(position * stride)] for position in range(count)]

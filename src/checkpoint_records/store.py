@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from .errors import ConfigurationError
 from .formats.training_job import JobSnapshot
+from .history import LogEntry, downsample
 from .record import CheckpointRecord
 
 DATABASE_NAME = "records.db"
@@ -70,6 +71,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     body TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log_entries (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    loss REAL,
+    eval_loss REAL,
+    logged_at REAL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -317,6 +328,63 @@ class RecordStore:
             for body, revision, owner in rows
         ]
 
+    # -- the job's log -------------------------------------------------------------------------------
+
+    def append_log(self, job_id: str, entries: Sequence[LogEntry], durable: bool = False) -> None:
+        """Add (or replace, by position) logged entries of ``job_id``: the new ones since the last save."""
+        if not entries:
+            return
+        with self._transaction(durable) as connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO log_entries (job_id, seq, step, loss, eval_loss, logged_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(job_id, e.seq, e.step, e.loss, e.eval_loss, e.logged_at, e.body()) for e in entries],
+            )
+
+    def truncate_log(self, job_id: str, keep: int) -> None:
+        """Forget entries from position ``keep`` on: a resumed run logs them again from its checkpoint."""
+        with self._transaction(durable=False) as connection:
+            connection.execute("DELETE FROM log_entries WHERE job_id = ? AND seq >= ?", (job_id, keep))
+
+    def log_series(
+        self, job_id: str, max_points: int | None = None, having: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The job's logged entries, oldest first, each with ``step`` (and ``logged_at``, Unix seconds,
+        when known); at most ``max_points`` of them, chosen by :func:`~.history.downsample` on the
+        training loss (the eval loss when no training loss was logged), keeping the checkpoints' steps.
+        ``having`` (``"loss"`` or ``"eval_loss"``) keeps only entries with that finite loss."""
+        if having not in (None, "loss", "eval_loss"):
+            raise ValueError(f"having={having!r}: use 'loss', 'eval_loss' or None")
+        connection = self._connection()
+        where = "job_id = ?" + (f" AND {having} IS NOT NULL" if having else "")
+        rows = connection.execute(
+            f"SELECT seq, step, COALESCE(loss, eval_loss) FROM log_entries WHERE {where} ORDER BY seq",
+            (job_id,),
+        ).fetchall()
+        checkpoints = [
+            step for (step,) in connection.execute("SELECT step FROM records WHERE job_id = ?", (job_id,))
+        ]
+        chosen = downsample([row[1] for row in rows], [row[2] for row in rows], max_points, checkpoints)
+        wanted = [rows[index][0] for index in chosen]
+        series = []
+        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            part = wanted[start : start + 500]
+            series += connection.execute(
+                f"SELECT body, logged_at FROM log_entries WHERE job_id = ? AND seq IN ({_marks(part)})"
+                " ORDER BY seq",
+                (job_id, *part),
+            ).fetchall()
+        return [_logged(body, logged_at) for body, logged_at in series]
+
+    def log_length(self, job_id: str) -> int:
+        """How many entries of the job's log are stored (the next position)."""
+        row = (
+            self._connection()
+            .execute("SELECT MAX(seq) FROM log_entries WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
     # -- outbox --------------------------------------------------------------------------------------
 
     def deliveries(self, record_id: str | None = None) -> list[Delivery]:
@@ -488,6 +556,13 @@ def owner_is_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _logged(body: str, logged_at: float | None) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(body)
+    if logged_at is not None:
+        entry["logged_at"] = logged_at
+    return entry
 
 
 def _content(record: CheckpointRecord) -> str:
