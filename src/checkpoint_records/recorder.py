@@ -521,9 +521,10 @@ class CheckpointRecorder:
             for directory, step in checkpoint_folders(path)
             if written_before is None or _modified(directory) < written_before
         ]
+        recorded = {stored.record.spec.directory for stored in self.store.records(job.id)}
         recovered = []
         for directory, step in folders:
-            if self.store.get(checkpoint_id_for(job.id, step)) is not None:
+            if str(directory.absolute()) in recorded or self.store.get(checkpoint_id_for(job.id, step)):
                 continue
             found = read_checkpoint(directory, step)
             record = self._build(directory, job, found.step, found.epoch, found.logged, recovered=True)
@@ -544,6 +545,20 @@ class CheckpointRecorder:
             )
             self.delivery.wake()
         return recovered
+
+    def recover_known(self) -> list[CheckpointRecord]:
+        """:meth:`recover` every directory where the store knows a job wrote checkpoints."""
+        places: dict[Path, JobIdentity] = {}
+        for stored_job in self.store.jobs():
+            if stored_job.job.directory:
+                places[Path(stored_job.job.directory)] = JobIdentity(stored_job.job.id, stored_job.job.name)
+        for stored in self.store.records():
+            metadata = stored.record.metadata
+            place = Path(stored.record.spec.directory).parent
+            if place.name == "checkpoints":  # accelerate's project_dir/checkpoints/checkpoint_<n>
+                place = place.parent
+            places.setdefault(place, JobIdentity(metadata.job_id, metadata.job_name))
+        return [record for place, job in places.items() for record in self.recover(place, job)]
 
 
 def _modified(path: Path) -> float:
