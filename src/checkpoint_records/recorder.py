@@ -179,7 +179,6 @@ class CheckpointRecorder:
         self._live: dict[str, Path] = {}
         self._runs: dict[str, _Run] = {}
         self._jobs: dict[tuple[str, str | None], JobIdentity] = {}
-        self._last_step: int | None = None
 
     @property
     def record_sinks(self) -> list[Sink]:
@@ -208,7 +207,8 @@ class CheckpointRecorder:
 
     def hand_off(self, save: Save) -> None:
         """A checkpoint was saved: its record is built and stored in the background."""
-        self._last_step = save.step
+        if save.reports_job and not lifecycle.tracked(self):  # a loop's job starts with its first save
+            lifecycle.track(self)
         self._background.submit("on_save", self._record_save, save)
 
     def end(self, status: JobStatus, step: int | None = None) -> None:
@@ -245,7 +245,7 @@ class CheckpointRecorder:
 
     def close(self) -> None:
         """End what this recorder ran, flush (bounded) when this process delivers, stop its threads."""
-        if self._runs or lifecycle.tracked(self):
+        if lifecycle.tracked(self):
             self.end("Success")
         if self.delivery.running or self._background.pending:
             self.flush()
@@ -346,7 +346,9 @@ class CheckpointRecorder:
         ):  # a loop without on_train_begin: the job starts at its first save
             self._begin(Begin(job=job, directory=save.run_dir, base_model=save.base_model))
             run = self._runs[job.id]
-        elif run is None:
+        elif run is None:  # another node's main recording its own copy: the job is reported elsewhere
+            self.start_delivery()
+            self.watch_job(job)
             snapshot = job_snapshot(
                 None, "loop", "Running", None, job_id=job.id, job_name=job.name, created_at=0
             )
