@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from checkpoint_records import RecordStore
-from checkpoint_records.history import downsample, log_entry
+from checkpoint_records.history import LogEntry, downsample, log_entry
+from checkpoint_records.job import MAX_LOSS_POINTS, LossSeries
 from records_factory import make_record
 
 
@@ -50,3 +51,19 @@ def test_log_series_is_appended_incrementally_and_bounded(tmp_path: Path) -> Non
     store.truncate_log(job, keep=5)  # a resumed run restarts the log from its checkpoint
     assert [entry["step"] for entry in store.log_series(job)] == [1, 2, 3, 4, 5]
     assert store.log_series("no-such-job") == []
+
+
+def test_a_job_documents_loss_series_stays_bounded_over_a_long_run() -> None:
+    series = LossSeries()
+    for save in range(1, 201):  # 100,000 logged steps, a save every 500
+        entries = [
+            LogEntry(seq=step, step=step, values={"loss": 1.0 / step, "step": step}, logged_at=float(step))
+            for step in range((save - 1) * 500 + 1, save * 500 + 1)
+        ]
+        series.add(entries, checkpoint_step=save * 500)
+        assert len(series.points) <= 2 * MAX_LOSS_POINTS
+    bounded = series.bounded()
+    assert len(bounded) <= MAX_LOSS_POINTS
+    assert bounded[0].step == 1 and bounded[-1].step == 100_000  # both ends, so the extremes too
+    series.add([LogEntry(seq=0, step=99_000, values={"loss": 5.0}, logged_at=1.0)])  # a resumed run
+    assert series.points[-1].step == 99_000 and all(point.step < 99_000 for point in series.points[:-1])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .history import LogEntry, downsample
 from .values import to_json_scalar, to_number
 
 if TYPE_CHECKING:
@@ -305,14 +306,47 @@ def job_snapshot(
     )
 
 
-def loss_points(entries: Iterable[Mapping[str, Any]]) -> list[LossPoint]:
-    """The training losses of stored log entries (``RecordStore.log_series``) whose log time is known."""
-    points = []
-    for entry in entries:
-        loss, when = entry.get("loss"), entry.get("logged_at")
-        if isinstance(loss, (int, float)) and isinstance(when, (int, float)):
-            points.append(LossPoint(step=int(entry["step"]), loss=float(loss), timestamp=float(when)))
-    return points
+class LossSeries:
+    """A job document's ``training_loss``: bounded whatever the run's length, at a cost per save that
+    does not grow with it.
+
+    Points are appended as saves hand over new log entries (a point at or past a new one's step is
+    dropped first: a resumed run logs those steps again). Past ``2 * MAX_LOSS_POINTS`` points the series
+    is cut back to ``MAX_LOSS_POINTS`` by :func:`~.history.downsample` (first and last point, the minimum
+    and maximum, the checkpoints' steps, then the lowest and highest of equal runs), so each point is
+    handled a bounded number of times on average.
+    """
+
+    def __init__(self, points: Iterable[LossPoint] = ()) -> None:
+        self.points = list(points)
+        self._checkpoints: set[int] = set()
+
+    def add(self, entries: Iterable[LogEntry], checkpoint_step: int | None = None) -> None:
+        for entry in entries:
+            loss = entry.loss
+            if loss is None or entry.logged_at is None:
+                continue
+            while self.points and self.points[-1].step >= entry.step:
+                self.points.pop()
+            self.points.append(LossPoint(step=entry.step, loss=loss, timestamp=entry.logged_at))
+        if checkpoint_step is not None:
+            self._checkpoints.add(checkpoint_step)
+        if len(self.points) > 2 * MAX_LOSS_POINTS:
+            kept = downsample(
+                [point.step for point in self.points],
+                [point.loss for point in self.points],
+                MAX_LOSS_POINTS,
+                self._checkpoints,
+            )
+            self.points = [self.points[index] for index in kept]
+
+    def bounded(self) -> list[LossPoint]:
+        """The series as a document carries it: at most ``MAX_LOSS_POINTS`` points."""
+        if len(self.points) <= MAX_LOSS_POINTS:
+            return list(self.points)
+        steps = [point.step for point in self.points]
+        kept = downsample(steps, [point.loss for point in self.points], MAX_LOSS_POINTS, self._checkpoints)
+        return [self.points[index] for index in kept]
 
 
 def progressed(snapshot: JobSnapshot, status: JobStatus, **changes: Any) -> JobSnapshot:

@@ -31,12 +31,11 @@ from .distributed import accelerator_role, launcher_role, wait_for_everyone
 from .history import LogAccumulator, LoggedMetrics, log_entry
 from .identity import checkpoint_id_for, default_job_key, job_id_for
 from .job import (
-    MAX_LOSS_POINTS,
     JobIdentity,
     JobSnapshot,
     JobStatus,
+    LossSeries,
     job_snapshot,
-    loss_points,
     progressed,
     trainer_class_name,
 )
@@ -101,8 +100,9 @@ class Save:
     entries: Sequence[Mapping[str, Any]] = ()
     #: Position of ``entries[0]`` in the run's log; None: after the job's entries of earlier steps.
     first_seq: int | None = None
-    #: Position in the log to the Unix time the entry was logged.
+    #: Position in the log to the Unix time the entry was logged; ``logged_at`` for the others.
     log_times: Mapping[int, float] = field(default_factory=dict)
+    logged_at: float | None = None
     base_model: str | None = None
     world_size: int = 1
     node_suffix: str | None = None
@@ -134,6 +134,7 @@ class _Run:
     #: Whether this process reports the job (its status, progress): only one process of a run does.
     reported: bool = True
     log: LogAccumulator = field(default_factory=LogAccumulator)
+    losses: LossSeries = field(default_factory=LossSeries)
     best: Best | None = None
 
 
@@ -300,7 +301,7 @@ class CheckpointRecorder:
                 step=step,
                 epoch=epoch,
                 entries=[{key: value for key, value in logged.items() if value is not None}],
-                log_times={},
+                logged_at=time.time(),
                 base_model=base_model_name(model),
                 world_size=role.world_size,
                 node_suffix=role.node_suffix(self.record_every_node),
@@ -333,7 +334,9 @@ class CheckpointRecorder:
             model=begin.model,
             directory=str(begin.directory.absolute()),
         )
-        self._runs[begin.job.id] = _Run(snapshot)
+        earlier = LossSeries(() if previous is None else previous.job.training_loss)  # a resumed job's
+        snapshot = snapshot.model_copy(update={"training_loss": earlier.bounded()})
+        self._runs[begin.job.id] = _Run(snapshot, losses=earlier)
         self._put_job(snapshot)
         if begin.started_at is not None:  # what a crash left on disk without a record
             self.recover(begin.directory, begin.job, written_before=begin.started_at)
@@ -341,9 +344,7 @@ class CheckpointRecorder:
     def _record_save(self, save: Save) -> None:
         job = save.job
         run = self._runs.get(job.id)
-        if (
-            run is None and save.reports_job
-        ):  # a loop without on_train_begin: the job starts at its first save
+        if run is None and save.reports_job:  # a loop without on_train_begin: its job starts here
             self._begin(Begin(job=job, directory=save.run_dir, base_model=save.base_model))
             run = self._runs[job.id]
         elif run is None:  # another node's main recording its own copy: the job is reported elsewhere
@@ -357,12 +358,14 @@ class CheckpointRecorder:
         if first is None:
             first = self.store.log_length(job.id, before_step=save.step)
         entries = [
-            log_entry(first + offset, entry, save.log_times.get(first + offset))
+            log_entry(first + offset, entry, save.log_times.get(first + offset, save.logged_at))
             for offset, entry in enumerate(save.entries)
         ]
-        self.store.append_log(job.id, [entry for entry in entries if entry is not None])
+        logged = [entry for entry in entries if entry is not None]
+        self.store.append_log(job.id, logged)
         self.store.truncate_log(job.id, first + len(save.entries))  # a resumed run's log replaces the rest
         run.log.add(save.entries, up_to_step=save.step)
+        run.losses.add(logged, checkpoint_step=save.step)
         best = save.best.parsed() if save.best is not None else None
         record = self._build(
             save.directory,
@@ -383,7 +386,7 @@ class CheckpointRecorder:
             "Running",
             global_step=save.step,
             max_steps=save.max_steps or run.snapshot.max_steps,
-            training_loss=self._losses(job.id),
+            training_loss=run.losses.bounded(),
         )
         if run.reported:  # progress survives the process, and costs no disk flush
             self._put_job(run.snapshot, durable=False)
@@ -391,10 +394,10 @@ class CheckpointRecorder:
 
     def _end(self, status: JobStatus, step: int | None) -> None:
         self.record_rotations()
-        for job_id, run in list(self._runs.items()):
+        for run in list(self._runs.values()):
             if not run.reported:
                 continue
-            changes: dict[str, Any] = {"training_loss": self._losses(job_id)}
+            changes: dict[str, Any] = {"training_loss": run.losses.bounded()}
             if step is not None:
                 changes["global_step"] = step
             self._put_job(progressed(run.snapshot, status, **changes))
@@ -465,9 +468,6 @@ class CheckpointRecorder:
                 self.store.put(marked, [sink.key for sink in self.record_sinks], durable=False)
         if run is not None:
             run.best = best
-
-    def _losses(self, job_id: str) -> list[Any]:
-        return loss_points(self.store.log_series(job_id, MAX_LOSS_POINTS, having="loss"))
 
     def _put_job(self, snapshot: JobSnapshot, durable: bool = True) -> None:
         """Keep the job's document in the store (always) and queue it for the job-level sinks."""
