@@ -115,7 +115,7 @@ def checkpoint(output: Path, step: int, fill: Callable[[Path], None], log: list[
     fill(directory)
 
 
-def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog) -> Result:
+def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, interval: float) -> Result:
     result = Result()
     first_message = len(log.messages)
     output = workdir / "output"
@@ -126,8 +126,8 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog) -
     durable_at: dict[int, float] = {}
     store_record = callback.recorder._store_record
 
-    def stamped(record: Any) -> Any:
-        stored = store_record(record)
+    def stamped(record: Any, **options: Any) -> Any:
+        stored = store_record(record, **options)
         durable_at[record.training.step] = time.monotonic()
         return stored
 
@@ -137,18 +137,19 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog) -
     state = TrainerState(global_step=0, max_steps=case.saves, log_history=history)
     control = TrainerControl()
     callback.on_train_begin(args, state, control)
-    callback.recorder.drain(30)
     started: dict[int, float] = {}
     locker = None
-    for index in range(1, case.saves + 1):
+    for index in range(case.saves + 1):  # save 0: an untimed warm-up (it hands over the prefilled log)
+        if index == 1:
+            callback.recorder.drain(60)
         step = case.history + index * case.per_save_entries
         for offset in range(case.per_save_entries):
             entry_step = step - case.per_save_entries + offset + 1
             state.log_history.append(
-                {"loss": 1.0 / entry_step, "step": entry_step, "epoch": entry_step / 1000}
+                {"loss": 1.0 / (entry_step + 1), "step": entry_step, "epoch": entry_step / 1000}
             )
         checkpoint(output, step, case.fill, state.log_history)
-        if case.lock_seconds and locker is None:
+        if case.lock_seconds and index == 1:
             locker = subprocess.Popen(
                 [sys.executable, "-c", LOCKER, str(workdir / "store" / "records.db"), str(case.lock_seconds)],
                 stdout=subprocess.PIPE,
@@ -156,11 +157,12 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog) -
             )
             assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         state.global_step = step
-        started[step] = time.monotonic()
+        began = time.monotonic()
         callback.on_save(args, state, control)
-        result.on_save.append(time.monotonic() - started[step])
-        if case.interval:
-            time.sleep(case.interval)
+        if index:
+            result.on_save.append(time.monotonic() - began)
+            started[step] = began
+        time.sleep(case.interval or interval)
     callback.on_train_end(args, state, control)
     callback.recorder.close()
     if locker is not None:
@@ -179,7 +181,7 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog) -
         name = f"{job_name}-checkpoint-{step}"
         if name in arrivals:
             result.delivered.append(arrivals[name] - at)
-    result.stored = len(durable_at)
+    result.stored = len(set(started) & set(durable_at))
     result.messages = log.messages[first_message:]
     return result
 
@@ -204,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saves", type=int, default=200)
     parser.add_argument("--lock", type=float, default=5.0, help="seconds the other process holds the lock")
     parser.add_argument("--import-count", type=int, default=1000)
+    parser.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between saves (0: back to back, the worst case)"
+    )
     parser.add_argument("--no-2gb", action="store_true", help="leave out the 2 GB case")
     parser.add_argument("--quick", action="store_true", help="50 saves per case, no 2 GB")
     options = parser.parse_args(argv)
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 work = root / label.replace(" ", "-").replace(",", "")
                 work.mkdir()
                 case = make(work)
-                result = run_case(case, work, endpoints, log)
+                result = run_case(case, work, endpoints, log, options.interval)
                 shutil.rmtree(work, ignore_errors=True)
                 rows.append(
                     [

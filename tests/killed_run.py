@@ -51,10 +51,10 @@ def hold_records_from(step: int) -> None:
     """Block the background thread before it stores the record of a save at ``step`` or later."""
     store_record = CheckpointRecorder._store_record
 
-    def held(self: CheckpointRecorder, record: Any) -> Any:
+    def held(self: CheckpointRecorder, record: Any, **options: Any) -> Any:
         if record.training.step >= step:
             threading.Event().wait()  # forever: the process is killed meanwhile
-        return store_record(self, record)
+        return store_record(self, record, **options)
 
     CheckpointRecorder._store_record = held  # type: ignore[method-assign]
 

@@ -445,9 +445,9 @@ class CheckpointRecorder:
     def _node(self, node_suffix: str | None) -> str:
         return self.node if node_suffix is None else f"{self.node}/{node_suffix}"
 
-    def _store_record(self, record: CheckpointRecord) -> CheckpointRecord:
-        """Store ``record`` durably, queued for every record sink; watch its directory for rotation."""
-        stored = self.store.put(record, [sink.key for sink in self.record_sinks]).record
+    def _store_record(self, record: CheckpointRecord, durable: bool = True) -> CheckpointRecord:
+        """Store ``record`` (durably), queued for every record sink; watch its directory for rotation."""
+        stored = self.store.put(record, [sink.key for sink in self.record_sinks], durable=durable).record
         if stored.status.status == "available":
             self._live[stored.id] = Path(stored.spec.directory)
         return stored
@@ -524,13 +524,17 @@ class CheckpointRecorder:
             if written_before is None or _modified(directory) < written_before
         ]
         recorded = {stored.record.spec.directory for stored in self.store.records(job.id)}
-        recovered = []
+        built = []
         for directory, step in folders:
             if str(directory.absolute()) in recorded or self.store.get(checkpoint_id_for(job.id, step)):
                 continue
             found = read_checkpoint(directory, step)
             record = self._build(directory, job, found.step, found.epoch, found.logged, recovered=True)
-            recovered.append(self._store_record(with_best(record, found.best) if found.best else record))
+            built.append(with_best(record, found.best) if found.best else record)
+        # One disk flush for them all: the last commit's fsync makes every earlier one durable too.
+        recovered = [
+            self._store_record(record, durable=index == len(built) - 1) for index, record in enumerate(built)
+        ]
         newest = read_checkpoint(*folders[-1]) if folders else None
         if newest is not None and newest.log_history:
             known = self.store.log_length(job.id)
