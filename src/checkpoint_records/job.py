@@ -223,42 +223,25 @@ def job_snapshot_from_trainer(
     status: JobStatus,
     base_model: str | None,
     *,
-    job_id: str,
-    job_name: str,
-    created_at: float,
-    updated_at: float | None = None,
     log_times: Mapping[int, float] | None = None,
-    model: Any = None,
-    created_by: str = "",
-    task_type: TaskType | None = None,
-    training_technique: TrainingTechnique | None = None,
-    base_fine_tuned_model: str | None = None,
-    base_fine_tuned_model_checkpoint: int | None = None,
+    **details: Any,
 ) -> JobSnapshot:
     """A :class:`JobSnapshot` from the Trainer's arguments and state. Pure: reads, never changes them.
 
     ``trainer_class_name`` is the trainer's class or its name (``type(trainer)`` lets a subclass of
-    ``GRPOTrainer`` be told apart); ``model`` (optional) gives the task type and LoRA settings;
-    ``log_times`` maps a logged step to the Unix time it was logged.
+    ``GRPOTrainer`` be told apart); ``log_times`` maps a logged step to the Unix time it was logged;
+    ``details`` are :func:`job_snapshot`'s keyword arguments (``job_id``, ``job_name``, ``created_at``,
+    ``model``...).
     """
     return job_snapshot(
         args,
         trainer_class_name,
         status,
         base_model,
-        job_id=job_id,
-        job_name=job_name,
-        created_at=created_at,
-        updated_at=updated_at,
         global_step=int(state.global_step or 0),
         max_steps=int(state.max_steps or 0),
         training_loss=losses_from(list(state.log_history or []), log_times),
-        model=model,
-        created_by=created_by,
-        task_type=task_type,
-        training_technique=training_technique,
-        base_fine_tuned_model=base_fine_tuned_model,
-        base_fine_tuned_model_checkpoint=base_fine_tuned_model_checkpoint,
+        **details,
     )
 
 
