@@ -81,10 +81,11 @@ class Settings:
 @dataclass
 class RunResult:
     wall_s: float
+    job_name: str = ""
     hooks_s: float = 0.0
     on_save_s: list[float] = field(default_factory=list)
-    #: (record name, monotonic times on_save was called and returned), for our callback only.
-    returned: list[tuple[str, float, float]] = field(default_factory=list)
+    #: (checkpoint step, monotonic times on_save was called and returned), for our callback only.
+    returned: list[tuple[int, float, float]] = field(default_factory=list)
     #: What checkpoint-records logged during the run (a lane that died, a save that failed, ...).
     messages: list[str] = field(default_factory=list)
     saves: int = 0
@@ -104,12 +105,11 @@ class CallbackTimer:
 
     def __init__(self, callback: TrainerCallback, result: RunResult) -> None:
         self.callback, self.result = callback, result
-        self._last_record: object = None
         self._wrap("on_save", self._after_save)
         self._wrap("on_train_begin", self._after_hook)
         self._wrap("on_train_end", self._after_hook)
 
-    def _wrap(self, hook: str, after: Callable[[float], None]) -> None:
+    def _wrap(self, hook: str, after: Callable[[float, int], None]) -> None:
         original: Callable[..., Any] = getattr(self.callback, hook)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -117,20 +117,18 @@ class CallbackTimer:
             try:
                 return original(*args, **kwargs)
             finally:
-                after(time.perf_counter() - start)
+                after(time.perf_counter() - start, args[1].global_step)
 
         setattr(self.callback, hook, timed)
 
-    def _after_save(self, seconds: float) -> None:
+    def _after_save(self, seconds: float, step: int) -> None:
         returned_at = time.monotonic()
         self.result.on_save_s.append(seconds)
-        record = getattr(self.callback, "last_record", None)
-        if record is not None and record is not self._last_record:  # unchanged: this save failed
-            # perf_counter and monotonic are the same clock on Linux (CLOCK_MONOTONIC)
-            self.result.returned.append((record.name, returned_at - seconds, returned_at))
-            self._last_record = record
+        # perf_counter and monotonic are the same clock on Linux (CLOCK_MONOTONIC). The record itself is
+        # built in the background: it is matched to its arrival by step, never waited for here.
+        self.result.returned.append((step, returned_at - seconds, returned_at))
 
-    def _after_hook(self, seconds: float) -> None:
+    def _after_hook(self, seconds: float, step: int) -> None:
         self.result.hooks_s += seconds
 
 
@@ -212,7 +210,7 @@ def train_once(
     run_dir = workdir / f"round-{round_}"
     job_name = f"{config}-{settings.size}-{round_}"
     callback = make_callback(config, settings, run_dir, job_name)
-    result = RunResult(wall_s=0.0)
+    result = RunResult(wall_s=0.0, job_name=job_name)
     if callback is not None:
         CallbackTimer(callback, result)
     args = tiny_arguments(
@@ -370,15 +368,14 @@ def run_rounds(
 
 
 def e2e_latencies(result: RunResult, endpoints: Endpoints) -> tuple[list[float], list[float]]:
-    """Seconds from on_save's call, and from its return, to the record's first arrival, per save.
-
-    The second can be negative: delivery starts inside on_save, which goes on (rotation bookkeeping)
-    after the record is durable and the delivery thread woken.
-    """
-    arrived: dict[str, float] = {}
+    """Seconds from on_save's call, and from its return, to the record's first arrival, per save (the
+    record is built, stored and delivered in the background after on_save handed the save over)."""
+    arrived: dict[int, float] = {}
     for arrival in endpoints.arrivals():
-        arrived.setdefault(arrival.name, arrival.at)
-    found = [(arrived[name], called, back) for name, called, back in result.returned if name in arrived]
+        step = arrival.name.rpartition("-checkpoint-")[2]
+        if arrival.name.startswith(f"{result.job_name}-checkpoint-") and step.isdigit():
+            arrived.setdefault(int(step), arrival.at)
+    found = [(arrived[step], called, back) for step, called, back in result.returned if step in arrived]
     result.arrived = len(found)
     return [at - called for at, called, _ in found], [at - back for at, _, back in found]
 
