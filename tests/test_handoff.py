@@ -129,3 +129,13 @@ def test_an_outbox_from_before_the_kind_column_is_upgraded(tmp_path: Path) -> No
     assert kinds == {make_record(1).id: "record", "job-1": "job"}
     claimed = upgraded.claim_due("training-job+https://sink", "me", 60, 10)
     assert [claim.body for claim in claimed] == [job_body]
+
+
+def test_the_recorder_thread_ends_with_training(tmp_path: Path, isolated_store: Path) -> None:
+    callback = CheckpointRecordCallback()
+    for run in range(2):  # a notebook calling train() again
+        tiny_trainer(tmp_path / f"out-{run}", [callback], max_steps=2).train()
+        assert not [
+            thread for thread in threading.enumerate() if thread.name == "checkpoint-records recorder"
+        ]
+    assert len(RecordStore(isolated_store).records()) == 2

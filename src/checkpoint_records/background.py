@@ -70,8 +70,10 @@ class Background:
             return True
         self._queue.put(_STOP)
         thread.join(timeout)
+        if thread.is_alive():  # still busy (a locked store): it ends on its own at the stop mark
+            return False
         self._thread = None
-        return not thread.is_alive()
+        return True
 
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

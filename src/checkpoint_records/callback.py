@@ -152,3 +152,4 @@ class CheckpointRecordCallback(TrainerCallback):
         if self._should_record(args, state):
             self.recorder.end("Success", state.global_step)
             self.recorder.flush()
+            self.recorder.stop_background()  # a notebook's next train() starts a fresh one

@@ -244,13 +244,17 @@ class CheckpointRecorder:
             )
         return result
 
+    def stop_background(self) -> None:
+        """End the recorder's thread once it is idle (bounded); the next hand-off starts it again."""
+        self._background.stop(self.flush_timeout)
+
     def close(self) -> None:
         """End what this recorder ran, flush (bounded) when this process delivers, stop its threads."""
         if lifecycle.tracked(self):
             self.end("Success")
         if self.delivery.running or self._background.pending:
             self.flush()
-        self._background.stop(self.flush_timeout)
+        self.stop_background()
         self.delivery.close()
         self.store.close()
 
