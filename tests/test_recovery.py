@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from checkpoint_records import CheckpointRecordCallback, RecordStore
+from checkpoint_records import CheckpointRecordCallback, HttpSink, RecordStore
 from checkpoint_records.history import metrics_at_step
 from checkpoint_records.identity import checkpoint_id_for, default_job_key, job_id_for
 from commands import cli, killed_run
@@ -41,12 +41,12 @@ def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
             assert resumed.returncode == 0, resumed.stderr[-2000:]
             expected = [2, 4, 6]
         elif recovery == "flush":
+            bare = cli("flush")  # no sink configured here: recorded, queued to the sink the run had
+            assert "recorded 1 checkpoint(s) from disk" in bare.stderr and "out-checkpoint-4" in bare.stderr
+            queued = {d.sink for d in RecordStore(isolated_store).deliveries(by_step(isolated_store)[4].id)}
+            assert queued == {HttpSink(receiver.url).key}
             flushed = cli("flush", "--sink", receiver.url)
             assert flushed.returncode == 0, flushed.stderr
-            assert (
-                "recorded 1 checkpoint(s) from disk" in flushed.stderr
-                and "out-checkpoint-4" in flushed.stderr
-            )
             expected = [2, 4]
         else:
             imported = cli("import", str(output), "--sink", receiver.url)

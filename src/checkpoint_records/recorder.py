@@ -449,9 +449,13 @@ class CheckpointRecorder:
     def _node(self, node_suffix: str | None) -> str:
         return self.node if node_suffix is None else f"{self.node}/{node_suffix}"
 
-    def _store_record(self, record: CheckpointRecord, durable: bool = True) -> CheckpointRecord:
-        """Store ``record`` (durably), queued for every record sink; watch its directory for rotation."""
-        stored = self.store.put(record, [sink.key for sink in self.record_sinks], durable=durable).record
+    def _store_record(
+        self, record: CheckpointRecord, durable: bool = True, sinks: Sequence[str] | None = None
+    ) -> CheckpointRecord:
+        """Store ``record`` (durably), queued for ``sinks`` (default: every record sink); watch its
+        directory for rotation."""
+        keys = [sink.key for sink in self.record_sinks] if sinks is None else sinks
+        stored = self.store.put(record, keys, durable=durable).record
         if stored.status.status == "available":
             self._live[stored.id] = Path(stored.spec.directory)
         return stored
@@ -527,7 +531,8 @@ class CheckpointRecorder:
             for directory, step in checkpoint_folders(path)
             if written_before is None or _modified(directory) < written_before
         ]
-        recorded = {stored.record.spec.directory for stored in self.store.records(job.id)}
+        records = self.store.records(job.id)
+        recorded = {stored.record.spec.directory for stored in records}
         built = []
         for directory, step in folders:
             if str(directory.absolute()) in recorded or self.store.get(checkpoint_id_for(job.id, step)):
@@ -535,9 +540,14 @@ class CheckpointRecorder:
             found = read_checkpoint(directory, step)
             record = self._build(directory, job, found.step, found.epoch, found.logged, recovered=True)
             built.append(with_best(record, found.best) if found.best else record)
-        # One disk flush for them all: the last commit's fsync makes every earlier one durable too.
+        # To the sinks configured here and to those the job's other records went to (the run that died
+        # had its own); one disk flush for them all: the last commit's fsync makes the earlier ones durable.
+        ids = {stored.record.id for stored in records}
+        sinks = {sink.key for sink in self.record_sinks}
+        sinks.update(d.sink for d in self.store.deliveries() if d.kind == "record" and d.record_id in ids)
         recovered = [
-            self._store_record(record, durable=index == len(built) - 1) for index, record in enumerate(built)
+            self._store_record(record, durable=index == len(built) - 1, sinks=sorted(sinks))
+            for index, record in enumerate(built)
         ]
         newest = read_checkpoint(*folders[-1]) if folders else None
         if newest is not None and newest.log_history:
