@@ -3,10 +3,11 @@
 Issue 3's benchmark (not a test). Two measurements:
 
 1. Time inside ``CheckpointRecordCallback.on_save`` on the training thread, per save, during a real
-   ``Trainer`` run of the tiny GPT-2 saving at every step, with: no sink (the floor: one durable SQLite
-   write and a directory scan), a healthy endpoint, a down endpoint (nothing listening) and a hanging
-   one (accepts, never answers). States alternate round-robin over ``--reps`` to spread machine drift.
-   Target: p99 within a few milliseconds in every state.
+   ``Trainer`` run of the tiny GPT-2 saving at every step, with: no sink (the floor: the hand-off to the
+   recorder's background thread, which scans and commits), a healthy endpoint, a down endpoint (nothing
+   listening) and a hanging one (accepts, never answers). States alternate round-robin over ``--reps``
+   to spread machine drift. Target: p99 within a few milliseconds in every state (``hand_off.py``
+   measures the hand-off itself per checkpoint shape, issue 11).
 2. Drain rate: ``--backlog`` records put in the store pending for one ``HttpSink``, then a
    ``DeliveryWorker`` flushes them to the healthy endpoint over keep-alive. Target: >= 1,000 records/s.
    The endpoint's own ceiling is measured first with the lightest stdlib client (``http.client``) and
