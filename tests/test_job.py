@@ -89,3 +89,25 @@ def test_the_best_checkpoint_is_marked_and_moves(tmp_path: Path, isolated_store:
     }
     assert {step: training.best for step, training in again.items()} == best
     assert (again[4].best_metric, again[4].best_metric_value) == ("eval_score", 3.0)
+
+
+def test_the_best_checkpoint_is_right_after_a_resume(tmp_path: Path, isolated_store: Path) -> None:
+    output = tmp_path / "out"
+    settings: dict[str, Any] = dict(
+        eval_steps=2, metric_for_best_model="score", greater_is_better=True, load_best_model_at_end=True
+    )
+    for max_steps, given in ((4, (1.0, 3.0)), (8, (2.0, 5.0))):  # the resumed run's best moves to step 8
+        trainer = tiny_trainer(output, [CheckpointRecordCallback()], max_steps=max_steps, **settings)
+        trainer.compute_metrics = scores(*given)
+        trainer.preprocess_logits_for_metrics = lambda logits, labels: torch.zeros(1)  # type: ignore[assignment]
+        trainer.train(resume_from_checkpoint=max_steps == 8)
+    assert trainer.state.best_model_checkpoint == str(output / "checkpoint-8")
+    stored = {item.record.training.step: item for item in RecordStore(isolated_store).records()}
+    assert {step: item.record.training.best for step, item in stored.items()} == {
+        2: False,
+        4: False,
+        6: False,
+        8: True,
+    }
+    assert stored[8].record.training.best_metric_value == 5.0
+    assert stored[4].revision == 2  # best of the first run, until the resumed run beat it
