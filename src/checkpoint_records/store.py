@@ -8,6 +8,15 @@ record is never stored without being queued for delivery, nor queued without bei
 Network filesystems: SQLite's WAL mode needs shared memory that NFS/Lustre/GPFS cannot provide across
 hosts, so on such mounts the store falls back to the rollback journal (``journal_mode=DELETE``), which
 relies only on POSIX byte-range locks. The default location is a per-user cache directory on local disk.
+
+Schema versions: the store's version is SQLite's ``PRAGMA user_version`` (0 for a store written before
+versions existed). ``_SCHEMA`` always describes the latest tables and is applied on every open
+(``CREATE ... IF NOT EXISTS``: a new table needs nothing else). A change that cannot be said that way (a
+new column on an existing table, rewritten rows) is a *step* appended to ``_MIGRATIONS``: step ``n``
+takes a store from version ``n - 1`` to ``n``, runs (before ``_SCHEMA``) inside the one transaction that
+also sets the new version, and must be harmless on a new, empty store too (use :func:`add_column`, which
+does nothing when the table does not exist yet or has the column). Never edit or reorder a released step.
+A store of a newer version than this release knows is refused, never written.
 """
 
 from __future__ import annotations
@@ -19,8 +28,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,6 +170,7 @@ class RecordStore:
         self.path = self.home / DATABASE_NAME
         self._local = threading.local()
         self._check_writable()
+        self._check_readable()
 
     def _check_writable(self) -> None:
         """Fail now, not at the first save; without creating the database (non-main ranks never write)."""
@@ -171,6 +181,24 @@ class RecordStore:
         target = self.path if self.path.exists() else self.home
         if not os.access(target, os.W_OK):
             self._unwritable("permission denied")
+
+    def _check_readable(self) -> None:
+        """Fail now on a store this release cannot use (not SQLite, damaged, or newer), touching nothing."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        try:
+            with closing(sqlite3.connect(self.path, timeout=5.0)) as connection:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                version = schema_version(connection)
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                return  # a writer is busy with it: it is a database, in use
+            raise ConfigurationError(
+                f"checkpoint-records cannot read its store {self.path}: {error}. It was left as it is. "
+                f"To start a new store, move it aside (mv {self.path} {self.path}.broken); or point "
+                "store=/CHECKPOINT_RECORDS_HOME at another directory."
+            ) from None
+        _refuse_newer(version, self.path)
 
     def _unwritable(self, why: str) -> None:
         raise ConfigurationError(
@@ -185,7 +213,7 @@ class RecordStore:
             # A connection inherited through fork() must never be used: open a fresh one.
             connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
-            _set_up(connection, "delete" if network else "wal")
+            _set_up(connection, self.path, "delete" if network else "wal")
             self._local.synchronous = "FULL"
             self._local.connection, self._local.owner = connection, owner
         return connection
@@ -438,20 +466,87 @@ class RecordStore:
         return [sink for (sink,) in rows]
 
 
-def _set_up(connection: sqlite3.Connection, journal_mode: str, attempts: int = 200) -> None:
-    """Journal mode, durability and tables. Switching the journal mode does not wait on SQLite's busy
-    timeout when another connection holds a lock, so that step is retried here for up to ~10 s."""
+def _set_up(connection: sqlite3.Connection, path: Path, journal_mode: str, attempts: int = 200) -> None:
+    """Journal mode, durability, tables and schema version. Switching the journal mode does not wait on
+    SQLite's busy timeout when another connection holds a lock, so that step is retried for up to ~10 s."""
     connection.execute("PRAGMA synchronous=FULL")
     for attempt in range(attempts):
         try:
             if connection.execute("PRAGMA journal_mode").fetchone()[0] != journal_mode:
                 connection.execute(f"PRAGMA journal_mode={journal_mode}")
-            connection.executescript(_SCHEMA)
+            _migrate(connection, path)
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+
+
+# -- schema versions (see the module docstring) ------------------------------------------------------
+
+
+def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> None:
+    """Add ``column`` to ``table`` unless it has it already, or the table does not exist yet (a new
+    store, which ``_SCHEMA`` then creates whole): what a migration step adding a column calls."""
+    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+    if columns and column not in columns:
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _first_versioned_release(connection: sqlite3.Connection) -> None:
+    """0 -> 1: the tables of the releases before versions are unchanged; the store now says its version."""
+
+
+#: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_first_versioned_release,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Bring the store to :data:`SCHEMA_VERSION`, in one transaction; refuse a newer store."""
+    version = schema_version(connection)
+    _refuse_newer(version, path)
+    if version == SCHEMA_VERSION:
+        connection.executescript(_SCHEMA)  # tables added since: no write when they all exist
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(connection)  # another process may have upgraded it meanwhile
+        _refuse_newer(version, path)
+        for step in _MIGRATIONS[version:]:
+            step(connection)
+        for statement in _statements(_SCHEMA):
+            connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the checkpoint-records store {path} was written by a newer release (schema version "
+            f"{version}; this release reads up to {SCHEMA_VERSION}). Upgrade checkpoint-records "
+            "(pip install -U checkpoint-records), or point store=/CHECKPOINT_RECORDS_HOME elsewhere; "
+            "the store was left untouched."
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, one by one (``executescript`` would commit the transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 def _marks(values: Sequence[Any]) -> str:
