@@ -70,7 +70,9 @@ def test_a_store_full_of_random_bytes_fails_fast_and_is_never_overwritten(tmp_pa
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and words in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and words in r.getMessage()
+    ]
 
 
 @pytest.mark.parametrize("removed", ["the file", "the whole home"])

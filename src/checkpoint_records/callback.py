@@ -121,4 +121,4 @@ class CheckpointRecordCallback(TrainerCallback):
         if self._should_record(args, state):
             self.recorder.record_rotations()
             self.lifecycle.end("Success")
-            self.recorder.flush()
+            self.recorder.close()  # flush (bounded), then stop what this run started

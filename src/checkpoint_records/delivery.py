@@ -21,7 +21,6 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ IDLE_POLL = 1.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 3600.0
-#: How long a normal exit waits for each lane to write down what it sent.
+#: How long a normal exit waits for the lanes to write down what they sent.
 EXIT_JOIN = 2.0
 
 
@@ -104,6 +103,7 @@ class _Lane(threading.Thread):
                 self.store.release(self.sink.key, self.owner)
             finally:
                 self.store.close()
+                _running.discard(self)
 
     def _run_once(self) -> None:
         self.store.write_kept()  # what a full disk kept in memory, should no save come to do it
@@ -227,8 +227,8 @@ class DeliveryWorker:
             return
         self._lanes = [_Lane(self.store, sink, self._settled) for sink in self.sinks]
         for lane in self._lanes:
+            _running.add(lane)
             lane.start()
-        _started.add(self)
 
     def wake(self) -> None:
         """Tell every lane there is new work (cheap: sets an event)."""
@@ -260,13 +260,9 @@ class DeliveryWorker:
     def _totals(self) -> tuple[int, int]:
         return sum(lane.delivered for lane in self._lanes), sum(lane.dead for lane in self._lanes)
 
-    def close(self, timeout: float = 1.0, *, exiting: bool = False) -> None:
-        """Stop the lanes; each writes down what it sent and releases its claims.
-
-        A lane stuck on a hanging request is left to finish it (bounded by the sink's deadline) and
-        settle it then, or to die with the process (daemon); ``exiting`` (the process ends now) releases
-        its claims at once, so the next run or ``flush`` need not wait for them to lapse.
-        """
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the lanes; each writes down what it sent and releases its claims. One in the middle of a
+        slow request finishes it (within the sink's deadline) and settles it then, or at exit."""
         if not self._here():
             return
         for lane in self._lanes:
@@ -274,25 +270,29 @@ class DeliveryWorker:
             lane.wakeup.set()
         for lane in self._lanes:
             lane.join(timeout)
-            if exiting and lane.is_alive():
-                self.store.release(lane.sink.key, lane.owner)
         for sink in self.sinks:
             sink.close()
         self._lanes = []
-        _started.discard(self)
 
 
-#: Workers whose lanes run in this process, stopped at a normal exit.
-_started: weakref.WeakSet[DeliveryWorker] = weakref.WeakSet()
+#: Lanes whose thread runs in this process: at a normal exit they are stopped and waited for.
+_running: set[_Lane] = set()
 
 
-def _stop_started() -> None:
+def _stop_lanes_at_exit() -> None:
     """Registered at import, so it runs after the hooks that report and flush a job at exit."""
-    for worker in list(_started):
-        try:
-            worker.close(EXIT_JOIN, exiting=True)
-        except Exception as error:  # never mask the user's own exit
-            logger.debug("checkpoint-records: could not stop delivery at exit: %r", error)
+    lanes = list(_running)
+    for lane in lanes:
+        lane.stopping.set()
+        lane.wakeup.set()
+    deadline = time.monotonic() + EXIT_JOIN
+    for lane in lanes:
+        lane.join(max(deadline - time.monotonic(), 0.0))
+        if lane.is_alive():  # stuck on a request: it dies with the process, its claims need not lapse
+            try:
+                lane.store.release(lane.sink.key, lane.owner)
+            except Exception as error:  # never mask the user's own exit
+                logger.debug("checkpoint-records: could not release claims at exit: %r", error)
 
 
-atexit.register(_stop_started)
+atexit.register(_stop_lanes_at_exit)
