@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from checkpoint_records import ConfigurationError, HttpSink, RecordStore
 from checkpoint_records.delivery import BACKOFF_CAP, DeliveryWorker, backoff
+from checkpoint_records.formats import WireFormat
+from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.sinks import RetryLater, sink_from_url
 from checkpoint_records.sinks.http import retry_after_seconds
 from commands import cli
@@ -186,3 +189,28 @@ def test_no_other_process_can_claim_a_record_while_it_is_being_sent(
     assert server.requests, "the lane never sent"
     first_start, first_end = server.requests[0]
     assert claimed_at is None or claimed_at > first_end, (claimed_at - first_start, first_end - first_start)
+
+
+class Unrenderable(WireFormat):
+    """A format with a bug: it cannot render any record."""
+
+    name = "broken"
+
+    def render(self, record: CheckpointRecord) -> dict[str, Any]:
+        raise KeyError("no such field")
+
+
+def test_a_record_that_cannot_be_rendered_is_dead_at_once_and_not_blamed_on_the_sink(
+    isolated_store: Path,
+) -> None:
+    with Receiver() as receiver:
+        sink = HttpSink(receiver.url, format=Unrenderable())
+        store = queued(isolated_store, sink, range(1, 3))
+        worker = DeliveryWorker(store, [sink])
+        worker.start()
+        result = worker.flush(10)
+        worker.close()
+    assert (result.dead, result.pending) == (2, 0) and receiver.requests == []
+    for delivery in store.deliveries():
+        assert delivery.attempts == 1 and delivery.last_error
+        assert delivery.last_error.startswith("cannot render it as broken: KeyError")

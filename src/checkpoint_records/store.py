@@ -298,9 +298,8 @@ class RecordStore:
                     self._kept[0]()
                     self._kept.pop(0)
                     written += 1
-            except (sqlite3.OperationalError, OSError) as error:
-                if not _disk_full(error):
-                    raise
+            except (sqlite3.Error, OSError) as error:  # still full, or locked meanwhile: kept, in order
+                logger.debug("checkpoint-records: kept writes wait for %s: %r", self.path, error)
             if written:
                 logger.warning(
                     "checkpoint-records: %d write(s) kept while the disk was full are now in %s%s",
@@ -603,12 +602,15 @@ def _set_up(
 # -- schema versions (see the module docstring) ------------------------------------------------------
 
 
-def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> None:
+def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> bool:
     """Add ``column`` to ``table`` unless it has it already, or the table does not exist yet (a new
-    store, which ``_SCHEMA`` then creates whole): what a migration step adding a column calls."""
+    store, which ``_SCHEMA`` then creates whole): what a migration step adding a column calls. Whether
+    it added it (a step may then fill it for the existing rows)."""
     columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-    if columns and column not in columns:
-        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    if not columns or column in columns:
+        return False
+    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return True
 
 
 def _first_versioned_release(connection: sqlite3.Connection) -> None:
