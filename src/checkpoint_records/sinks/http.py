@@ -1,32 +1,21 @@
 """``HttpSink``: POST each record as JSON, with an idempotency key, to an HTTP(S) endpoint.
 
 It owns no retry loop (the delivery worker does): one ``send`` is one request, with explicit connect and
-read timeouts and a total deadline, no redirects followed (a token must not travel where the user did not
-send it), and the outcome classified as delivered, :class:`RetryLater` or :class:`Rejected` with a
-secret-free reason.
-
-Why a total deadline: connect and read timeouts bound each wait for a byte, not the request, so a server
-trickling one byte a second would hold a delivery forever (past its claim, so another process could send
-the same record meanwhile). A timer shuts the request's socket down when the deadline passes; it reaches
-the socket through urllib3's connection class, the one place that sees every request's connection.
+read timeouts and a total deadline (:mod:`.deadline` says why), no redirects followed (a token must not
+travel where the user did not send it), and the outcome classified as delivered, :class:`RetryLater` or
+:class:`Rejected` with a secret-free reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import math
 import os
-import socket
-import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader
 from urllib3.util import Retry
 
@@ -34,6 +23,7 @@ from ..errors import ConfigurationError
 from ..formats import DEFAULT_FORMAT, WireFormat
 from ..redaction import Redactor, public_url, url_secrets
 from .base import DeliveryError, Rejected, RetryLater, Sink
+from .deadline import Deadline, DeadlineAdapter
 
 #: Statuses worth retrying: the request may succeed later as it is.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -96,74 +86,6 @@ def describe_reply(status: int, reason: str, body: bytes, redact: Redactor | Non
         return head
     detail = scrub(" ".join(str(detail).split()))
     return f"{head}: {detail[:MAX_DETAIL]}{'...' if len(detail) > MAX_DETAIL else ''}"
-
-
-class _Deadline:
-    """The total deadline of the request in flight on this thread: shuts its socket down when it passes."""
-
-    _current = threading.local()
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._connection: HTTPConnection | None = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        _Deadline._current.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-        _Deadline._current.deadline = None
-
-    @classmethod
-    def watch(cls, connection: HTTPConnection) -> None:
-        """Called by every request of our connections: the deadline of this thread's send covers it."""
-        deadline: _Deadline | None = getattr(cls._current, "deadline", None)
-        if deadline is not None:
-            with deadline._lock:
-                deadline._connection = connection
-            if deadline.expired:
-                deadline._expire()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sock = getattr(self._connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read at once, unlike close()
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _Deadline.watch(self)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _Deadline.watch(self)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class _DeadlineAdapter(HTTPAdapter):
-    """requests' adapter, with connections that a :class:`_Deadline` can cut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 def _read_limited(response: requests.Response, limit: int = MAX_REPLY_BYTES) -> bytes:
@@ -247,8 +169,8 @@ class HttpSink(Sink):
         if self._session is None:
             session = requests.Session()
             session.trust_env = False  # no .netrc credentials or proxy settings slipped in
-            session.mount("https://", _DeadlineAdapter(pool_maxsize=1, max_retries=0))
-            session.mount("http://", _DeadlineAdapter(pool_maxsize=1, max_retries=0))
+            session.mount("https://", DeadlineAdapter(pool_maxsize=1, max_retries=0))
+            session.mount("http://", DeadlineAdapter(pool_maxsize=1, max_retries=0))
             self._session = session
         return self._session
 
@@ -261,7 +183,7 @@ class HttpSink(Sink):
         }
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        with _Deadline(self.max_send_seconds) as deadline:
+        with Deadline(self.max_send_seconds) as deadline:
             try:
                 self._post(body, headers)
             except DeliveryError as error:  # a TLS handshake cut short reads as a TLS failure: it is not
