@@ -195,7 +195,7 @@ class RecordStore:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return
         try:
-            with closing(sqlite3.connect(self.path, timeout=5.0)) as connection:
+            with closing(sqlite3.connect(self.path, timeout=1.0)) as connection:
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 version = schema_version(connection)
         except sqlite3.DatabaseError as error:
@@ -269,28 +269,32 @@ class RecordStore:
     def _write(self, write: Callable[[], T], kept: T) -> T:
         """``write()``, after any earlier writes kept in memory; when the disk is full, keep it (and
         return ``kept``) to be written, in order, once there is room: nothing is lost, nothing waits."""
-        with self._kept_lock:
-            if self._kept and not self.write_kept():
+        if self._kept:
+            with self._kept_lock:
+                if not self.write_kept():
+                    self._kept.append(write)
+                    return kept
+        try:
+            return write()
+        except (sqlite3.OperationalError, OSError) as error:
+            if not _disk_full(error):
+                raise
+            with self._kept_lock:
                 self._kept.append(write)
-                return kept
-            try:
-                return write()
-            except (sqlite3.OperationalError, OSError) as error:
-                if not _disk_full(error):
-                    raise
-                self._kept.append(write)
-                warn_once(
-                    f"store-full:{self.path}",
-                    "checkpoint-records: the disk holding %s is full (%s). Records are kept in memory "
-                    "and written as soon as there is room (tried again at each save and every second); "
-                    "training goes on. Free some space.",
-                    self.path,
-                    error,
-                )
-                return kept
+            warn_once(
+                f"store-full:{self.path}",
+                "checkpoint-records: the disk holding %s is full (%s). Records are kept in memory and "
+                "written as soon as there is room (tried again at each save and every second); training "
+                "goes on. Free some space.",
+                self.path,
+                error,
+            )
+            return kept
 
     def write_kept(self) -> bool:
         """Write what a full disk kept in memory, oldest first; whether all of it is on disk now."""
+        if not self._kept:  # the common case costs no lock
+            return True
         with self._kept_lock:
             written = 0
             try:
