@@ -151,5 +151,5 @@ class CheckpointRecordCallback(TrainerCallback):
     ) -> None:
         if self._should_record(args, state):
             self.recorder.end("Success", state.global_step)
-            self.recorder.flush()
-            self.recorder.stop_background()  # a notebook's next train() starts a fresh one
+            self.recorder.close()  # flush (bounded), then stop what this run started: a notebook's next
+            # train() starts afresh, leaving no thread or open file behind

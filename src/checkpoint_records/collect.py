@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .logs import warn_once
+
 
 @dataclass(frozen=True)
 class ScannedCheckpoint:
@@ -30,25 +32,52 @@ class ScannedCheckpoint:
 
 
 def scan_checkpoint(directory: Path) -> ScannedCheckpoint:
-    """Every regular file under ``directory`` with its size; a missing directory scans as empty."""
+    """Every regular file under ``directory`` with its size; a missing directory scans as empty.
+
+    Odd entries never cost the record: one that cannot be looked at (a symbolic-link loop, a file
+    removed while we look, no permission) is not a file of the checkpoint, and a name that is not valid
+    UTF-8 is recorded with its stray bytes as backslash escapes (``bad\\xff.bin``), said once.
+    """
     files: dict[str, int] = {}
+    escaped: list[str] = []
     pending = [(directory, "")]
     while pending:
         current, prefix = pending.pop()
         try:
             entries = list(os.scandir(current))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except OSError:
             continue
         for entry in entries:
-            relative = f"{prefix}{entry.name}"
+            name = text_name(entry.name)
+            if name != entry.name:
+                escaped.append(name)
+            relative = f"{prefix}{name}"
             try:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((Path(entry.path), f"{relative}/"))
                 elif entry.is_file():
                     files[relative] = entry.stat().st_size
-            except FileNotFoundError:  # removed while we looked (rotation): it is not part of it
+            except OSError:  # removed while we looked (rotation), a link loop, no permission
                 continue
+    if escaped:
+        warn_once(
+            f"odd-names:{directory}",
+            "checkpoint-records: file names in %s are not valid UTF-8; they are recorded with their stray "
+            "bytes as backslash escapes: %s",
+            directory,
+            ", ".join(escaped[:5]),
+        )
     return ScannedCheckpoint(directory=directory, files=dict(sorted(files.items())))
+
+
+def text_name(name: str) -> str:
+    """A file name as valid text: the bytes that are not UTF-8 (kept by Python as lone surrogates,
+    which no JSON encoder or terminal takes) become backslash escapes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+    return name
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:

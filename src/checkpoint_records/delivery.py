@@ -6,10 +6,17 @@ lane with exponential backoff and jitter, or for as long as ``Retry-After`` says
 pending; a rejection (other 4xx, redirect, TLS) moves only that record to ``dead`` with the reason.
 Nothing here runs on the training thread except :meth:`DeliveryWorker.wake` and the bounded
 :meth:`DeliveryWorker.flush`.
+
+A claim is held longer than any one send can take (:attr:`Sink.max_send_seconds`) and extended during a
+long batch, so no other process sends a record while this one still is. At a normal exit the lanes stop
+first (``atexit``): what they sent is written down and their claims are released, so neither a ``flush``
+waiting beside them nor the next run sends it again.
 """
 
 from __future__ import annotations
 
+import atexit
+import math
 import os
 import random
 import threading
@@ -25,20 +32,29 @@ from .store import Claimed, Outcome, RecordStore, claim_owner
 BATCH = 100
 #: Long enough for a batch against a slow endpoint; a dead owner's claims are released sooner.
 LEASE_SECONDS = 600.0
+#: A claim is extended when less than one send plus this is left of it.
+LEASE_MARGIN = 5.0
 #: Settle at least this often within a batch, so progress is visible and survives a crash.
 SETTLE_EVERY = 0.2
 IDLE_POLL = 1.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 3600.0
+#: How long a normal exit waits for the lanes to write down what they sent.
+EXIT_JOIN = 2.0
 
 
 def backoff(failures: int, retry_after: float | None = None) -> float:
-    """Seconds to wait after ``failures`` consecutive failures; ``Retry-After`` wins when given."""
-    if retry_after is not None:
-        return min(retry_after, RETRY_AFTER_CAP)
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(failures - 1, 0))
-    return ceiling * random.uniform(0.5, 1.0)
+    """Seconds to wait after ``failures`` consecutive failures: exponential with jitter, capped.
+
+    A ``Retry-After`` can ask for longer (up to an hour), never for sooner: ``0``, a date in the past or
+    a value that is not a number cannot turn a lane into a hot loop.
+    """
+    exponent = min(max(failures - 1, 0), math.ceil(math.log2(BACKOFF_CAP / BACKOFF_BASE)))
+    ours = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**exponent) * random.uniform(0.5, 1.0)
+    if retry_after is not None and math.isfinite(retry_after):
+        return max(ours, min(retry_after, RETRY_AFTER_CAP))
+    return ours
 
 
 @dataclass(frozen=True)
@@ -62,9 +78,12 @@ class _Lane(threading.Thread):
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.failures = 0
-        self._released_stale = False
         self.delivered = 0
         self.dead = 0
+        send_bound = getattr(sink, "max_send_seconds", Sink.max_send_seconds) + LEASE_MARGIN
+        #: Claims are extended when less than this is left: one send can never outlast them.
+        self.lease_floor = send_bound
+        self.lease = max(LEASE_SECONDS, 2 * send_bound)
 
     def run(self) -> None:
         try:
@@ -84,31 +103,41 @@ class _Lane(threading.Thread):
                 self.store.release(self.sink.key, self.owner)
             finally:
                 self.store.close()
+                _running.discard(self)
 
     def _run_once(self) -> None:
-        if not self._released_stale:
-            self.store.release(self.sink.key)  # claims left by processes that died
-            self._released_stale = True
+        self.store.write_kept()  # what a full disk kept in memory, should no save come to do it
         pause = self._deliver_batch()
         if pause:  # the sink asked for time: new work does not cut that short
             self.stopping.wait(pause)
-        elif pause is None:  # nothing due: sleep until something is, or new work arrives
+        elif pause is None:  # nothing to claim: sleep until something is due, or new work arrives
             due = self.store.next_due(self.sink.key)
             idle = IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.0))
+            if due is not None and idle == 0.0:
+                # Due but claimed by someone else: released now if that process is gone, else looked at
+                # again shortly (it releases its claims when it stops).
+                idle = 0.0 if self.store.release(self.sink.key) else IDLE_POLL
             self.wakeup.wait(idle)
             self.wakeup.clear()
 
     def _deliver_batch(self) -> float | None:
         """Send one batch; returns how long to pause (after a retryable failure), or None."""
-        claims = self.store.claim_due(self.sink.key, self.owner, LEASE_SECONDS, BATCH)
+        claims = self.store.claim_due(self.sink.key, self.owner, self.lease, BATCH)
         if not claims:
             return None
+        held_until = time.time() + self.lease
+        held: set[str] | None = None  # None: every claim of the batch
         outcomes: list[Outcome] = []
         settled_at = time.monotonic()
         pause: float | None = 0.0
         for claim in claims:
             if self.stopping.is_set():
                 break
+            if held_until - time.time() < self.lease_floor:
+                held_until = time.time() + self.lease
+                held = self.store.extend_claims(self.sink.key, self.owner, held_until)
+            if held is not None and claim.record_id not in held:
+                continue  # our claim lapsed (a frozen process?) and someone else holds it now
             outcome, wait = self._attempt(claim)
             outcomes.append(outcome)
             if wait is not None:
@@ -128,27 +157,35 @@ class _Lane(threading.Thread):
         now = time.time()
         try:
             document = self.sink.format.render_stored(claim.body)
+        except Exception as error:  # the record's fault, not the sink's: trying again cannot help
+            return self._dead(
+                claim, f"cannot render it as {self.sink.format.name}: {type(error).__name__}: {error}"
+            )
+        try:
             self.sink.send(document, idempotency_key(claim.record_id, claim.revision, self.sink.format.name))
         except DeliveryError as error:
             if error.retryable:
                 return self._retry(claim, error.reason, getattr(error, "retry_after", None))
-            self.dead += 1
-            warn_once(
-                f"dead:{self.sink.key}:{error.reason}",
-                "checkpoint-records: %s rejected record %s: %s. It is kept as dead; fix the cause, then run "
-                "`checkpoint-records resend`.",
-                self.sink.key,
-                claim.record_id,
-                error.reason,
-            )
-            return Outcome(claim, "dead", now, error.reason), None
-        except Exception as error:  # a sink's own bug, or a record it cannot render: retry, say so once
+            return self._dead(claim, error.reason)
+        except Exception as error:  # a sink's own bug: retry, say so once
             return self._retry(claim, f"{type(error).__name__}: {error}", None)
         if self.failures:
             logger.info("checkpoint-records: %s is accepting records again", self.sink.key)
         self.failures = 0
         self.delivered += 1
         return Outcome(claim, "delivered", now), None
+
+    def _dead(self, claim: Claimed, reason: str) -> tuple[Outcome, None]:
+        self.dead += 1
+        warn_once(
+            f"dead:{self.sink.key}:{reason}",
+            "checkpoint-records: %s rejected record %s: %s. It is kept as dead; fix the cause, then run "
+            "`checkpoint-records resend`.",
+            self.sink.key,
+            claim.record_id,
+            reason,
+        )
+        return Outcome(claim, "dead", time.time(), reason), None
 
     def _retry(self, claim: Claimed, reason: str, retry_after: float | None) -> tuple[Outcome, float]:
         self.failures += 1
@@ -190,6 +227,7 @@ class DeliveryWorker:
             return
         self._lanes = [_Lane(self.store, sink, self._settled) for sink in self.sinks]
         for lane in self._lanes:
+            _running.add(lane)
             lane.start()
 
     def wake(self) -> None:
@@ -223,7 +261,8 @@ class DeliveryWorker:
         return sum(lane.delivered for lane in self._lanes), sum(lane.dead for lane in self._lanes)
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the lanes; one stuck on a hanging request is left to die with the process (daemon)."""
+        """Stop the lanes; each writes down what it sent and releases its claims. One in the middle of a
+        slow request finishes it (within the sink's deadline) and settles it then, or at exit."""
         if not self._here():
             return
         for lane in self._lanes:
@@ -234,3 +273,26 @@ class DeliveryWorker:
         for sink in self.sinks:
             sink.close()
         self._lanes = []
+
+
+#: Lanes whose thread runs in this process: at a normal exit they are stopped and waited for.
+_running: set[_Lane] = set()
+
+
+def _stop_lanes_at_exit() -> None:
+    """Registered at import, so it runs after the hooks that report and flush a job at exit."""
+    lanes = list(_running)
+    for lane in lanes:
+        lane.stopping.set()
+        lane.wakeup.set()
+    deadline = time.monotonic() + EXIT_JOIN
+    for lane in lanes:
+        lane.join(max(deadline - time.monotonic(), 0.0))
+        if lane.is_alive():  # stuck on a request: it dies with the process, its claims need not lapse
+            try:
+                lane.store.release(lane.sink.key, lane.owner)
+            except Exception as error:  # never mask the user's own exit
+                logger.debug("checkpoint-records: could not release claims at exit: %r", error)
+
+
+atexit.register(_stop_lanes_at_exit)

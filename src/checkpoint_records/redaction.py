@@ -7,6 +7,7 @@ store or print goes through :func:`public_url` or :class:`Redactor` first.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -14,12 +15,13 @@ MASK = "***"
 
 
 def public_url(url: str) -> str:
-    """``url`` without userinfo and with every query value masked: safe to store and print."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    """``url`` without userinfo and with every query value masked: safe to store and print (also when
+    the URL is invalid, e.g. its port: the host and port are kept as written)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it is shown
+        return "(an invalid URL)"
+    netloc = parts.netloc.rpartition("@")[2].lower()
     query = "&".join(f"{name}={MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
@@ -35,14 +37,24 @@ def url_secrets(url: str) -> list[str]:
 
 
 class Redactor:
-    """Masks known secrets in text; the longest first, so a secret containing another goes whole."""
+    """Masks known secrets in text, in every form a server may echo them (as is, URL-quoted, JSON-escaped);
+    the longest first, so a secret containing another goes whole. A text that ends with the start of a
+    secret (cut off by a size limit) has that start masked too."""
+
+    #: The shortest start of a secret masked at the end of a text.
+    PARTIAL = 4
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         unique = {secret for secret in secrets if secret and len(secret) >= 3}
         unique |= {quote(secret, safe="") for secret in unique}  # as it appears inside a URL
+        unique |= {json.dumps(secret)[1:-1] for secret in unique}  # as it appears inside a JSON string
         self._secrets = sorted(unique, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
+        for secret in self._secrets:
+            for size in range(min(len(secret) - 1, len(text)), self.PARTIAL - 1, -1):
+                if text.endswith(secret[:size]):
+                    return text[:-size] + MASK
         return text

@@ -8,10 +8,20 @@ record is never stored without being queued for delivery, nor queued without bei
 Network filesystems: SQLite's WAL mode needs shared memory that NFS/Lustre/GPFS cannot provide across
 hosts, so on such mounts the store falls back to the rollback journal (``journal_mode=DELETE``), which
 relies only on POSIX byte-range locks. The default location is a per-user cache directory on local disk.
+
+Schema versions: the store's version is SQLite's ``PRAGMA user_version`` (0 for a store written before
+versions existed). ``_SCHEMA`` always describes the latest tables and is applied on every open
+(``CREATE ... IF NOT EXISTS``: a new table needs nothing else). A change that cannot be said that way (a
+new column on an existing table, rewritten rows) is a *step* appended to ``_MIGRATIONS``: step ``n``
+takes a store from version ``n - 1`` to ``n``, runs (before ``_SCHEMA``) inside the one transaction that
+also sets the new version, and must be harmless on a new, empty store too (use :func:`add_column`, which
+does nothing when the table does not exist yet or has the column). Never edit or reorder a released step.
+A store of a newer version than this release knows is refused, never written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -19,18 +29,20 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigurationError
 from .history import LogEntry, downsample
 from .job import JobSnapshot
+from .logs import logger, warn_once
 from .record import CheckpointRecord
 
 DATABASE_NAME = "records.db"
+T = TypeVar("T")
 _NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs", "ceph", "9p"}
 )
@@ -175,7 +187,13 @@ class RecordStore:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.path = self.home / DATABASE_NAME
         self._local = threading.local()
+        #: Set once the file was deleted under this process (see :meth:`_deleted`).
+        self._replaced = False
+        #: Writes that found the disk full, in order, kept until there is room (see :meth:`_write`).
+        self._kept: list[Callable[[], object]] = []
+        self._kept_lock = threading.RLock()
         self._check_writable()
+        self._check_readable()
 
     def _check_writable(self) -> None:
         """Fail now, not at the first save; without creating the database (non-main ranks never write)."""
@@ -187,6 +205,24 @@ class RecordStore:
         if not os.access(target, os.W_OK):
             self._unwritable("permission denied")
 
+    def _check_readable(self) -> None:
+        """Fail now on a store this release cannot use (not SQLite, damaged, or newer), touching nothing."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        try:
+            with closing(sqlite3.connect(self.path, timeout=1.0)) as connection:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                version = schema_version(connection)
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                return  # a writer is busy with it: it is a database, in use
+            raise ConfigurationError(
+                f"checkpoint-records cannot read its store {self.path}: {error}. It was left as it is. "
+                f"To start a new store, move it aside (mv {self.path} {self.path}.broken); or point "
+                "store=/CHECKPOINT_RECORDS_HOME at another directory."
+            ) from None
+        _refuse_newer(version, self.path)
+
     def _unwritable(self, why: str) -> None:
         raise ConfigurationError(
             f"checkpoint-records cannot write its store at {self.path} ({why}). "
@@ -196,14 +232,35 @@ class RecordStore:
     def _connection(self) -> sqlite3.Connection:
         owner = (os.getpid(), threading.get_ident())
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "owner", None) != owner:
-            # A connection inherited through fork() must never be used: open a fresh one.
-            connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
-            _set_up(connection, "delete" if network else "wal")
-            self._local.synchronous = "FULL"
-            self._local.connection, self._local.owner = connection, owner
+        if connection is not None and getattr(self._local, "owner", None) == owner:
+            if _file_identity(self.path) == self._local.identity:
+                return connection
+            self._deleted(connection)
+        # A connection inherited through fork() must never be used: open a fresh one.
+        self.home.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
+        _set_up(connection, self.path, None if self._replaced else "delete" if network else "wal")
+        self._local.synchronous = "FULL"
+        self._local.connection, self._local.owner = connection, owner
+        self._local.identity = _file_identity(self.path)
         return connection
+
+    def _deleted(self, connection: sqlite3.Connection) -> None:
+        """The file under this thread's connection was deleted (or replaced): say so, and move on to a
+        new file at the same path, so what follows is recorded. This process then keeps that file in
+        SQLite's rollback-journal mode: closing the old connections deletes ``records.db-wal`` by name,
+        which must not be the new file's."""
+        self._replaced = True
+        warn_once(
+            f"store-deleted:{self.path}",
+            "checkpoint-records: the store %s was deleted (or replaced) while this process was using it. "
+            "Recording goes on in a new store file at that path; what the old file held is gone from it "
+            "(the checkpoints on disk still have it).",
+            self.path,
+        )
+        connection.close()
+        self._local.connection = None
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -218,12 +275,68 @@ class RecordStore:
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+
+    def _write(self, write: Callable[[], T], kept: T) -> T:
+        """``write()``, after any earlier writes kept in memory; when the disk is full, keep it (and
+        return ``kept``) to be written, in order, once there is room: nothing is lost, nothing waits."""
+        if self._kept:
+            with self._kept_lock:
+                if not self.write_kept():
+                    self._kept.append(write)
+                    return kept
+        try:
+            return write()
+        except (sqlite3.OperationalError, OSError) as error:
+            if not _disk_full(error):
+                raise
+            with self._kept_lock:
+                self._kept.append(write)
+            warn_once(
+                f"store-full:{self.path}",
+                "checkpoint-records: the disk holding %s is full (%s). Records are kept in memory and "
+                "written as soon as there is room (tried again at each save and every second); training "
+                "goes on. Free some space.",
+                self.path,
+                error,
+            )
+            return kept
+
+    def write_kept(self) -> bool:
+        """Write what a full disk kept in memory, oldest first; whether all of it is on disk now."""
+        if not self._kept:  # the common case costs no lock
+            return True
+        with self._kept_lock:
+            written = 0
+            try:
+                while self._kept:
+                    self._kept[0]()
+                    self._kept.pop(0)
+                    written += 1
+            except (sqlite3.Error, OSError) as error:  # still full, or locked meanwhile: kept, in order
+                logger.debug("checkpoint-records: kept writes wait for %s: %r", self.path, error)
+            if written:
+                logger.warning(
+                    "checkpoint-records: %d write(s) kept while the disk was full are now in %s%s",
+                    written,
+                    self.path,
+                    f"; {len(self._kept)} still waiting for room" if self._kept else "",
+                )
+            return not self._kept
 
     def close(self) -> None:
+        if not self.write_kept():
+            warn_once(
+                f"store-full-left:{self.path}",
+                "checkpoint-records: %d write(s) could not reach %s: its disk is still full. They are "
+                "not in the store; the checkpoints on disk still have what they recorded.",
+                len(self._kept),
+                self.path,
+            )
         connection = getattr(self._local, "connection", None)
         if connection is not None and getattr(self._local, "owner", None) == (
             os.getpid(),
@@ -238,8 +351,13 @@ class RecordStore:
         """Store ``record`` and queue it for ``sinks``, durably, in one transaction.
 
         The same content again is a no-op (a re-emitted record is recognised by its deterministic id);
-        changed content becomes the next revision, keeping the first ``createdAt``.
+        changed content becomes the next revision, keeping the first ``createdAt``. On a full disk the
+        record is kept in memory until there is room (and returned as given).
         """
+        kept = StoredRecord(record, record.metadata.revision or 1)
+        return self._write(lambda: self._put(record, sinks, durable), kept)
+
+    def _put(self, record: CheckpointRecord, sinks: Sequence[str], durable: bool) -> StoredRecord:
         with self._transaction(durable) as connection:
             row = connection.execute(
                 "SELECT body, revision FROM records WHERE id = ?", (record.id,)
@@ -300,8 +418,12 @@ class RecordStore:
         """Store the job's latest snapshot and queue it for ``sinks``; returns its revision.
 
         ``owner`` (see :func:`claim_owner`) names the process running the job, so a later run can tell
-        that an attempt which never finished was interrupted. Unchanged content is a no-op.
+        that an attempt which never finished was interrupted. Unchanged content is a no-op. On a full
+        disk it is kept in memory until there is room (revision 0 until then).
         """
+        return self._write(lambda: self._put_job(job, sinks, owner, durable), 0)
+
+    def _put_job(self, job: JobSnapshot, sinks: Sequence[str], owner: str | None, durable: bool) -> int:
         body = job.model_dump_json()
         with self._transaction(durable) as connection:
             row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
@@ -422,6 +544,17 @@ class RecordStore:
             )
         return [Claimed(sink, record_id, revision, body) for record_id, revision, body in rows]
 
+    def extend_claims(self, sink: str, owner: str, until: float) -> set[str]:
+        """Hold ``owner``'s claims on ``sink`` until ``until``; the record ids it still holds."""
+        with self._transaction(durable=False) as connection:
+            connection.execute(
+                "UPDATE outbox SET claimed_until = ? WHERE sink = ? AND claimed_by = ?", (until, sink, owner)
+            )
+            rows = connection.execute(
+                "SELECT record_id FROM outbox WHERE sink = ? AND claimed_by = ?", (sink, owner)
+            ).fetchall()
+        return {record_id for (record_id,) in rows}
+
     def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Write what came of claimed deliveries, in one transaction, and release their claims.
 
@@ -450,22 +583,20 @@ class RecordStore:
                 ],
             )
 
-    def release(self, sink: str, owner: str | None = None) -> None:
-        """Drop claims on ``sink``: those of ``owner``, or of every owner that is no longer running."""
+    def release(self, sink: str, owner: str | None = None) -> int:
+        """Drop claims on ``sink``: those of ``owner``, or of every owner that is no longer running;
+        how many claims were dropped."""
+        drop = "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?"
         with self._transaction(durable=False) as connection:
             if owner is not None:
-                connection.execute(
-                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?",
-                    (sink, owner),
-                )
-                return
+                return connection.execute(drop, (sink, owner)).rowcount
             owners = connection.execute(
                 "SELECT DISTINCT claimed_by FROM outbox WHERE sink = ? AND claimed_by IS NOT NULL", (sink,)
             ).fetchall()
-            gone = [(sink, name) for (name,) in owners if not owner_is_alive(name)]
-            connection.executemany(
-                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE sink = ? AND claimed_by = ?",
-                gone,
+            return sum(
+                connection.execute(drop, (sink, name)).rowcount
+                for (name,) in owners
+                if not owner_is_alive(name)
             )
 
     def next_due(self, sink: str) -> float | None:
@@ -511,21 +642,117 @@ class RecordStore:
         return [sink for (sink,) in rows]
 
 
-def _set_up(connection: sqlite3.Connection, journal_mode: str, attempts: int = 200) -> None:
-    """Journal mode, durability and tables. Switching the journal mode does not wait on SQLite's busy
-    timeout when another connection holds a lock, so that step is retried here for up to ~10 s."""
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode), or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return "database or disk is full" in str(error)
+
+
+def _set_up(
+    connection: sqlite3.Connection, path: Path, journal_mode: str | None, attempts: int = 200
+) -> None:
+    """Journal mode (None: leave it), durability, tables and schema version. Switching the journal mode
+    does not wait on SQLite's busy timeout when another connection holds a lock, so that step is retried
+    for up to ~10 s."""
     connection.execute("PRAGMA synchronous=FULL")
     for attempt in range(attempts):
         try:
-            if connection.execute("PRAGMA journal_mode").fetchone()[0] != journal_mode:
+            if journal_mode and connection.execute("PRAGMA journal_mode").fetchone()[0] != journal_mode:
                 connection.execute(f"PRAGMA journal_mode={journal_mode}")
-            connection.executescript(_SCHEMA)
-            _add_outbox_kind(connection)
+            _migrate(connection, path)
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+
+
+# -- schema versions (see the module docstring) ------------------------------------------------------
+
+
+def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> bool:
+    """Add ``column`` to ``table`` unless it has it already, or the table does not exist yet (a new
+    store, which ``_SCHEMA`` then creates whole): what a migration step adding a column calls. Whether
+    it added it (a step may then fill it for the existing rows)."""
+    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+    if not columns or column in columns:
+        return False
+    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return True
+
+
+def _first_versioned_release(connection: sqlite3.Connection) -> None:
+    """0 -> 1: the tables of the releases before versions are unchanged; the store now says its version."""
+
+
+def _outbox_says_what_it_delivers(connection: sqlite3.Connection) -> None:
+    """1 -> 2: the outbox says what it delivers (``kind``); the job ids already in it are jobs."""
+    if add_column(connection, "outbox", "kind", "TEXT NOT NULL DEFAULT 'record'"):
+        connection.execute("UPDATE outbox SET kind = 'job' WHERE record_id IN (SELECT id FROM jobs)")
+
+
+#: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _first_versioned_release,
+    _outbox_says_what_it_delivers,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Bring the store to :data:`SCHEMA_VERSION`, in one transaction; refuse a newer store."""
+    version = schema_version(connection)
+    _refuse_newer(version, path)
+    if version == SCHEMA_VERSION:
+        connection.executescript(_SCHEMA)  # tables added since: no write when they all exist
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(connection)  # another process may have upgraded it meanwhile
+        _refuse_newer(version, path)
+        for step in _MIGRATIONS[version:]:
+            step(connection)
+        for statement in _statements(_SCHEMA):
+            connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the checkpoint-records store {path} was written by a newer release (schema version "
+            f"{version}; this release reads up to {SCHEMA_VERSION}). Upgrade checkpoint-records "
+            "(pip install -U checkpoint-records), or point store=/CHECKPOINT_RECORDS_HOME elsewhere; "
+            "the store was left untouched."
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, one by one (``executescript`` would commit the transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -548,20 +775,6 @@ def _queue(
         [(sink, record_id, revision, now, now, kind) for sink in sinks],
     )
 
-
-def _add_outbox_kind(connection: sqlite3.Connection) -> None:
-    """Upgrade a store written before the outbox said what it delivers: job ids there are jobs."""
-    if "kind" in {row[1] for row in connection.execute("PRAGMA table_info(outbox)")}:
-        return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        if "kind" not in {row[1] for row in connection.execute("PRAGMA table_info(outbox)")}:
-            connection.execute("ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'record'")
-            connection.execute("UPDATE outbox SET kind = 'job' WHERE record_id IN (SELECT id FROM jobs)")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def claim_owner() -> str:

@@ -42,7 +42,10 @@ def known_schemes() -> list[str]:
 def sink_from_url(spec: str, **options: Any) -> Sink:
     """The sink a URL names: ``[format+]scheme://...``; ``options`` (token, ca_bundle, ...) pass through."""
     spec = spec.strip()
-    scheme = urlsplit(spec).scheme
+    try:
+        scheme = urlsplit(spec).scheme
+    except ValueError as error:
+        raise ConfigurationError(f"sink URL {public_url(spec)!r} is not a valid URL: {error}") from None
     wire_format, _, transport = scheme.rpartition("+")
     factory = _factory(transport)
     if factory is None:

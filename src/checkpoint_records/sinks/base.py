@@ -42,6 +42,10 @@ class Sink(ABC):
     exception counts as ``RetryLater``).
     """
 
+    #: The longest one ``send`` can take: a delivery's claim is always held longer, so no other process
+    #: sends the same record meanwhile. A sink whose sends may take longer sets its own bound.
+    max_send_seconds: float = 60.0
+
     def __init__(self, format: str | WireFormat = DEFAULT_FORMAT) -> None:
         self.format = get_format(format) if isinstance(format, str) else format
 
