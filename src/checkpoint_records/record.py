@@ -62,6 +62,8 @@ class TrainingMetadata(_Model):
     inference_ready_reasons: list[str] = Field(default_factory=list)
     layout: str
     world_size: int = 1
+    #: The Trainer's best checkpoint so far (``best_model_checkpoint``), as the run knew it at the save.
+    best: bool = False
 
 
 class RecordStatus(_Model):

@@ -25,12 +25,9 @@ from .identity import checkpoint_id_for, default_job_key, job_id_for
 from .logs import logger, warn_once
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
-from .settings import check_name_template, environment, parse_bool, parse_seconds
+from .settings import resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks
 from .store import RecordStore
-
-DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
-DEFAULT_FLUSH_TIMEOUT = 5.0
 
 T = TypeVar("T")
 
@@ -92,23 +89,21 @@ class CheckpointRecorder:
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
     ) -> None:
-        env = environment()
-        self.store = store if isinstance(store, RecordStore) else RecordStore(store or env.get("HOME"))
-        self.sinks = configured_sinks(sinks, env)
-        self.job_id = job_id or env.get("JOB_ID")
-        self.job_name = job_name or env.get("JOB_NAME")
-        self.name_template = check_name_template(
-            name_template or env.get("NAME_TEMPLATE") or DEFAULT_NAME_TEMPLATE
+        settings = resolve_settings(
+            home=None if isinstance(store, RecordStore) else store,
+            sinks=sinks,
+            job_id=job_id,
+            job_name=job_name,
+            name_template=name_template,
+            flush_timeout=flush_timeout,
+            record_every_node=record_every_node,
         )
-        self.flush_timeout = parse_seconds(
-            "flush_timeout",
-            flush_timeout if flush_timeout is not None else env.get("FLUSH_TIMEOUT"),
-            DEFAULT_FLUSH_TIMEOUT,
-        )
-        self.record_every_node = parse_bool(
-            "record_every_node",
-            record_every_node if record_every_node is not None else env.get("RECORD_EVERY_NODE"),
-        )
+        self.store = store if isinstance(store, RecordStore) else RecordStore(settings.home)
+        self.sinks = configured_sinks(settings)
+        self.job_id, self.job_name = settings.job_id, settings.job_name
+        self.name_template = settings.name_template
+        self.flush_timeout = settings.flush_timeout
+        self.record_every_node = settings.record_every_node
         self.node = socket.gethostname()
         self.delivery = DeliveryWorker(self.store, self.sinks)
         #: Directories of this job's ``available`` records, by record id: watched for rotation.

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .errors import ConfigurationError
 from .formats.training_job import JobSnapshot
 from .record import CheckpointRecord
+from .settings import resolve_settings
 
 DATABASE_NAME = "records.db"
 _NETWORK_FILESYSTEMS = frozenset(
@@ -126,12 +127,8 @@ class StoredRecord:
 
 
 def default_home() -> Path:
-    """``$CHECKPOINT_RECORDS_HOME``, else the per-user cache directory."""
-    explicit = os.environ.get("CHECKPOINT_RECORDS_HOME")
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "checkpoint-records"
+    """``$CHECKPOINT_RECORDS_HOME``, else the per-user cache directory (resolved by the settings table)."""
+    return resolve_settings().home
 
 
 def filesystem_type(path: Path) -> str:
@@ -267,6 +264,14 @@ class RecordStore:
             .fetchone()
         )
         return None if row is None else StoredRecord(CheckpointRecord.from_json(row[0]), row[1])
+
+    def find(self, name_or_id: str) -> list[StoredRecord]:
+        """Every record with this id or name, newest first: names repeat across jobs with one run_name."""
+        rows = self._connection().execute(
+            "SELECT body, revision FROM records WHERE id = ? OR name = ? ORDER BY created_at DESC",
+            (name_or_id, name_or_id),
+        )
+        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:
         """All records, oldest first (optionally of one job)."""
