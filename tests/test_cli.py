@@ -32,7 +32,7 @@ def test_list_shows_one_line_per_record(trained_store: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == [
-        "NAME", "STEP", "STATUS", "READY", "BEST", "TRAIN_LOSS", "EVAL_LOSS", "SIZE", "CREATED", "DELIVERY"
+        "NAME", "STEP", "STATUS", "READY", "BEST", "LOSS", "EVAL", "SIZE", "CREATED", "DELIVERY"
     ]  # fmt: skip
     assert [line.split()[:4] for line in lines[1:]] == [
         [f"run-checkpoint-{n}", str(n), "available", "yes"] for n in (2, 4, 6)

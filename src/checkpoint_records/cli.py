@@ -217,6 +217,13 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
         )
     if not asked:
         print("nothing to deliver", file=sys.stderr)
+    dead = store.counts(keys)["dead"] if keys else 0
+    if dead and record_ids is None:
+        print(
+            f"{plural(dead, 'rejected delivery', 'rejected deliveries')} kept as dead: fix the cause, "
+            "then run `checkpoint-records resend`",
+            file=sys.stderr,
+        )
     return FAILED if left or unconfigured else OK
 
 

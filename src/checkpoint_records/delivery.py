@@ -10,6 +10,7 @@ Nothing here runs on the training thread except :meth:`DeliveryWorker.wake` and 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .identity import idempotency_key
-from .logs import logger, warn_once
+from .logs import warn_once
 from .sinks import DeliveryError, Sink
 from .store import Claimed, Outcome, RecordStore, claim_owner
 
@@ -39,6 +40,18 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
         return min(retry_after, RETRY_AFTER_CAP)
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(failures - 1, 0))
     return ceiling * random.uniform(0.5, 1.0)
+
+
+def document_name(body: str) -> str:
+    """How logs name a stored document: a record's ``metadata.name``, a job's ``job NAME``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "a document the store cannot read"
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(metadata, dict) and "name" in metadata:
+        return f"record {metadata['name']}"
+    return f"job {data.get('name')}" if isinstance(data, dict) else "a document"
 
 
 @dataclass(frozen=True)
@@ -135,17 +148,23 @@ class _Lane(threading.Thread):
             self.dead += 1
             warn_once(
                 f"dead:{self.sink.key}:{error.reason}",
-                "checkpoint-records: %s rejected record %s: %s. It is kept as dead; fix the cause, then run "
+                "checkpoint-records: %s rejected %s: %s. It is kept as dead; fix the cause, then run "
                 "`checkpoint-records resend`.",
                 self.sink.key,
-                claim.record_id,
+                document_name(claim.body),
                 error.reason,
             )
             return Outcome(claim, "dead", now, error.reason), None
         except Exception as error:  # a sink's own bug, or a record it cannot render: retry, say so once
             return self._retry(claim, f"{type(error).__name__}: {error}", None)
-        if self.failures:
-            logger.info("checkpoint-records: %s is accepting records again", self.sink.key)
+        if self.failures:  # said as loudly as the failure was (once per process, like it)
+            warn_once(
+                f"recovered:{self.sink.key}",
+                "checkpoint-records: %s is accepting records again (%s delivered; failures before it: %d)",
+                self.sink.key,
+                document_name(claim.body),
+                self.failures,
+            )
         self.failures = 0
         self.delivered += 1
         return Outcome(claim, "delivered", now), None

@@ -52,8 +52,8 @@ def _loss(value: float | None) -> str:
 
 
 def _created(timestamp: str) -> str:
-    """ISO 8601 to the second: the microseconds only widen the table."""
-    return timestamp[:19] + "Z" if len(timestamp) > 19 else timestamp
+    """``2026-01-02 13:14`` (UTC): to the minute, so the table fits a terminal; ``inspect`` has the rest."""
+    return timestamp[:16].replace("T", " ")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class RecordRow:
 
 
 def records_table(rows: Sequence[RecordRow]) -> str:
-    """One line per record, short enough for a terminal.
+    """One line per record, short enough for a terminal: LOSS and EVAL are the training and evaluation losses, CREATED is UTC.
 
     A JOB column (the job id's first 8 characters, what ``inspect JOB/NAME`` takes) appears when two
     jobs of the listing have records of the same name; BEST marks the Trainer's best checkpoint.
@@ -78,8 +78,8 @@ def records_table(rows: Sequence[RecordRow]) -> str:
         "STATUS",
         "READY",
         "BEST",
-        "TRAIN_LOSS",
-        "EVAL_LOSS",
+        "LOSS",
+        "EVAL",
         "SIZE",
         "CREATED",
         "DELIVERY",
@@ -124,19 +124,19 @@ def delivery_summary(deliveries: Sequence[Delivery]) -> str:
     """Every sink's delivery of one record in a few words for ``list``: the reasons are in ``inspect``.
 
     ``local`` (no sink), ``delivered`` (every sink), else how many sinks have it and what the others
-    are waiting for: ``1/2 delivered, 1 dead``.
+    are waiting for: ``1/2 sent, 1 dead``.
     """
     if not deliveries:
         return "local"
     delivered = sum(delivery.state == "delivered" for delivery in deliveries)
     if delivered == len(deliveries):
         return "delivered"
-    parts = [f"{delivered}/{len(deliveries)} delivered"]
-    for state in ("pending", "dead"):
-        count = sum(delivery.state == state for delivery in deliveries)
-        if count:
-            parts.append(f"{count} {state}")
-    return ", ".join(parts)
+    waiting = [
+        f"{count} {state}"
+        for state in ("pending", "dead")
+        if (count := sum(delivery.state == state for delivery in deliveries))
+    ]
+    return f"{delivered}/{len(deliveries)} sent, {', '.join(waiting)}"
 
 
 def progress_bar(total: int, stream: TextIO) -> tqdm[None]:
