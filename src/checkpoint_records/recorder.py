@@ -26,7 +26,7 @@ from .logs import logger, warn_once
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .settings import resolve_settings
-from .sinks import Sink, configured_sinks, job_sinks, record_sinks
+from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
 from .store import RecordStore
 
 T = TypeVar("T")
@@ -191,7 +191,8 @@ class CheckpointRecorder:
             if stored is not None and stored.record.status.status == "available":
                 deleted = as_deleted(stored.record, utc_now_iso())
                 # Not fsynced: it survives a crash, and the training thread pays no second disk flush.
-                self.store.put(deleted, [sink.key for sink in self.record_sinks], durable=False)
+                sinks = sinks_to_notify(self.record_sinks, stored.record, deleted)  # not openai, llama-stack
+                self.store.put(deleted, sinks, durable=False)
 
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""

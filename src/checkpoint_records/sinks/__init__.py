@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ..formats import DEFAULT_FORMAT
+from ..record import CheckpointRecord
 from ..redaction import public_url
 from ..settings import Settings
 from .base import DeliveryError, Rejected, RetryLater, Sink
@@ -72,6 +73,11 @@ def configured_sinks(settings: Settings) -> list[Sink]:
     return built
 
 
+def sinks_to_notify(sinks: Sequence[Sink], old: CheckpointRecord, new: CheckpointRecord) -> list[str]:
+    """The keys of the ``sinks`` whose format renders revision ``new`` differently from ``old``."""
+    return [sink.key for sink in sinks if not sink.format.renders_same(old, new)]
+
+
 def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
     """The sinks that receive checkpoint records."""
     return [sink for sink in sinks if sink.format.renders_records]
@@ -93,4 +99,5 @@ __all__ = [
     "known_schemes",
     "record_sinks",
     "sink_from_url",
+    "sinks_to_notify",
 ]
