@@ -6,7 +6,9 @@ The model is the tiny GPT-2 of ``train_tiny.py``, built from a config (no downlo
 checkpoint naming writes ``PROJECT_DIR/checkpoints/checkpoint_<n>`` (``model.safetensors``,
 ``optimizer.bin``, ``random_states_<rank>.pkl``: a state to resume from, not a ``from_pretrained``
 checkpoint, and the record says so). Every process calls ``recorder.record``; the main process records,
-once every process has finished writing. Sinks come from ``CHECKPOINT_RECORDS_SINKS``; see the records with
+once every process has finished writing. Records are named by the global step, ``loop-step-<step>``: the
+folder's ``<n>`` counts saves (``checkpoint_0`` is ``loop-step-2`` when saving every 2 steps), and each
+record keeps its folder in ``spec.directory``. Sinks come from ``CHECKPOINT_RECORDS_SINKS``; see the records with
 ``checkpoint-records list``.
 """
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 step += 1
                 if step % options.save_every == 0:
                     checkpoint = accelerator.save_state()  # PROJECT_DIR/checkpoints/checkpoint_<n>
-                    recorder.record(
+                    record = recorder.record(
                         checkpoint,
                         step=step,
                         epoch=step / len(train),
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         model=accelerator.unwrap_model(model),
                         accelerator=accelerator,
                     )
+                    if record is not None:  # the main process: say which folder the step's record is
+                        accelerator.print(f"{record.name}: {record.spec.directory}")
                 if step == options.max_steps:
                     break
     accelerator.end_training()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from checkpoint_records.store import Outcome
 from commands import cli
 from http_server import Receiver, Reply
 from records_factory import make_record
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _same_name_other_job(record: CheckpointRecord, job_id: str) -> CheckpointRecord:
@@ -193,3 +197,20 @@ def test_delivery_logs_name_records_and_say_when_a_sink_recovers(
     ), text
     assert re.search(rf"{re.escape(receiver.url)} rejected record job-checkpoint-[24]: HTTP 400", text), text
     assert make_record(2).id not in text and make_record(4).id not in text
+
+
+def test_records_of_an_accelerate_loop_are_named_by_step_and_keep_their_folder(
+    tmp_path: Path, isolated_store: Path
+) -> None:
+    project = tmp_path / "loop"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "accelerate_loop.py"), "--project-dir", str(project),
+         "--max-steps", "4"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "examples",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for iteration, step in enumerate((2, 4)):
+        assert f"loop-step-{step}: {project / 'checkpoints' / f'checkpoint_{iteration}'}" in result.stdout
+    shown = json.loads(cli("inspect", "loop-step-4", "--json").stdout)
+    assert shown["spec"]["directory"] == str(project / "checkpoints" / "checkpoint_1")
+    assert shown["status"]["metadata"]["step"] == 4

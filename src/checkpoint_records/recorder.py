@@ -25,7 +25,7 @@ from .identity import checkpoint_id_for, default_job_key, job_id_for
 from .logs import logger, warn_once
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
-from .settings import resolve_settings
+from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
 from .store import RecordStore
 
@@ -101,7 +101,9 @@ class CheckpointRecorder:
         self.store = store if isinstance(store, RecordStore) else RecordStore(settings.home)
         self.sinks = configured_sinks(settings)
         self.job_id, self.job_name = settings.job_id, settings.job_name
-        self.name_template = settings.name_template
+        self.name_template = settings.name_template or DEFAULT_NAME_TEMPLATE
+        #: ``record()``'s: a loop's folders are not numbered by step, so its names say "step".
+        self.loop_name_template = settings.name_template or DEFAULT_LOOP_NAME_TEMPLATE
         self.flush_timeout = settings.flush_timeout
         self.record_every_node = settings.record_every_node
         self.node = socket.gethostname()
@@ -135,13 +137,14 @@ class CheckpointRecorder:
         base_model: str | None,
         world_size: int = 1,
         node_suffix: str | None = None,
+        name_template: str | None = None,
     ) -> CheckpointRecord:
         """Build the record of ``directory`` and store it durably, queued for every sink."""
         node = self.node if node_suffix is None else f"{self.node}/{node_suffix}"
         name_fields = {"job_name": job.name, "job_id": job.id, "step": step, "node": node}
         context = SaveContext(
             record_id=checkpoint_id_for(job.id, step, node if node_suffix is not None else None),
-            name=self.name_template.format(**name_fields),
+            name=(name_template or self.name_template).format(**name_fields),
             job_id=job.id,
             job_name=job.name,
             step=step,
@@ -263,4 +266,5 @@ class CheckpointRecorder:
             base_model=base_model_name(model),
             world_size=role.world_size,
             node_suffix=role.node_suffix(self.record_every_node),
+            name_template=self.loop_name_template,
         )

@@ -22,7 +22,11 @@ from .errors import ConfigurationError
 
 PREFIX = "CHECKPOINT_RECORDS_"
 
+#: Trainer runs: the name ends like the folder the Trainer wrote (``checkpoint-<step>``).
 DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
+#: Loops of your own (``CheckpointRecorder.record``): their folders are numbered otherwise (accelerate's
+#: ``checkpoint_<n>`` counts saves), so the name says that its number is the step.
+DEFAULT_LOOP_NAME_TEMPLATE = "{job_name}-step-{step}"
 #: The fields a name template may use, each as a plain ``{field}`` (no attribute, index or format spec).
 NAME_FIELDS = ("job_name", "job_id", "step", "node")
 DEFAULT_FLUSH_TIMEOUT = 5.0
@@ -60,7 +64,8 @@ class Settings:
     allow_insecure_http: bool
     job_id: str | None
     job_name: str | None
-    name_template: str
+    #: None: the default of where the record comes from (a Trainer or a loop of your own).
+    name_template: str | None
     flush_timeout: float
     record_every_node: bool
 
@@ -141,8 +146,8 @@ def _flush_timeout(name: str, value: Any) -> float:
     return parse_seconds(name, value, DEFAULT_FLUSH_TIMEOUT, MAX_FLUSH_TIMEOUT)
 
 
-def _template(name: str, value: Any) -> str:
-    return check_name_template(DEFAULT_NAME_TEMPLATE if value is None else str(value), name)
+def _template(name: str, value: Any) -> str | None:
+    return None if value is None else check_name_template(str(value), name)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -189,8 +194,8 @@ TABLE = (
     Setting("job_name", "job name (default: run_name, else the output directory's name)", _text),
     Setting(
         "name_template",
-        f"record name template (default {DEFAULT_NAME_TEMPLATE!r}); fields: "
-        + ", ".join(f"{{{field}}}" for field in NAME_FIELDS),
+        f"record name template (default {DEFAULT_NAME_TEMPLATE!r}, {DEFAULT_LOOP_NAME_TEMPLATE!r} for "
+        "CheckpointRecorder.record); fields: " + ", ".join(f"{{{field}}}" for field in NAME_FIELDS),
         _template,
     ),
     Setting(
