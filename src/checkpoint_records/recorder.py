@@ -206,10 +206,10 @@ class CheckpointRecorder:
         result = self.delivery.flush(self.flush_timeout)
         if result.pending:
             logger.warning(
-                "checkpoint-records: %d record deliveries still pending after %.1fs; they stay in %s and go out "
+                "checkpoint-records: deliveries still pending after %.1fs: %d; they stay in %s and go out "
                 "with the next run that uses this store, or with `checkpoint-records flush`.",
-                result.pending,
                 self.flush_timeout,
+                result.pending,
                 self.store.path,
             )
         return result
