@@ -3,6 +3,7 @@ a script can rely on, names (not UUIDs) in ``flush``/``resend``, ``--version`` a
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm
 
 import checkpoint_records
 from checkpoint_records import ConfigurationError, HttpSink, RecordStore
@@ -18,6 +20,7 @@ from checkpoint_records.cli import _message
 from checkpoint_records.delivery import DeliveryWorker
 from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.store import Outcome
+from checkpoint_records.terminal import progress_bar
 from commands import cli
 from http_server import Receiver, Reply
 from records_factory import make_record
@@ -214,3 +217,18 @@ def test_records_of_an_accelerate_loop_are_named_by_step_and_keep_their_folder(
     shown = json.loads(cli("inspect", "loop-step-4", "--json").stdout)
     assert shown["spec"]["directory"] == str(project / "checkpoints" / "checkpoint_1")
     assert shown["status"]["metadata"]["step"] == 4
+
+
+def test_the_progress_bar_is_tqdm_on_a_terminal_and_absent_for_nothing() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with progress_bar(3, screen) as bar:
+        bar.update(3)
+    assert isinstance(bar, tqdm) and "3/3" in screen.getvalue()
+    for total, stream in ((0, Terminal()), (3, io.StringIO())):  # nothing to send; not a terminal
+        with progress_bar(total, stream) as bar:
+            bar.update(total)
+        assert stream.getvalue() == ""
