@@ -120,3 +120,11 @@ def test_every_command_and_the_callback_treat_a_typo_the_same(
     monkeypatch.setenv("CHECKPOINT_RECORD_SINKS", "http://127.0.0.1:9/x")
     with pytest.raises(ConfigurationError, match="did you mean CHECKPOINT_RECORDS_SINKS"):
         CheckpointRecordCallback()
+
+
+def test_a_malformed_sink_url_is_a_configuration_error_without_its_secret() -> None:
+    with pytest.raises(ConfigurationError, match="not a valid URL") as refused:
+        CheckpointRecorder(sinks=["http://[::1/x?api_key=s3cret"])
+    assert "s3cret" not in str(refused.value)
+    result = cli("flush", "--sink", "http://[::1/x?api_key=s3cret")
+    assert result.returncode == 2 and "not a valid URL" in result.stderr and "s3cret" not in result.stderr

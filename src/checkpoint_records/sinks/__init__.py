@@ -43,7 +43,12 @@ def known_schemes() -> list[str]:
 def sink_from_url(spec: str, **options: Any) -> Sink:
     """The sink a URL names: ``[format+]scheme://...``; ``options`` (token, ca_bundle, ...) pass through."""
     spec = spec.strip()
-    scheme = urlsplit(spec).scheme
+    try:
+        scheme = urlsplit(spec).scheme
+    except ValueError as error:  # "Invalid IPv6 URL": not shown, it may hold a secret we cannot find
+        raise ConfigurationError(
+            f"a sink URL is not a valid URL ({error}): check its host and port"
+        ) from None
     wire_format, _, transport = scheme.rpartition("+")
     factory = _factory(transport)
     if factory is None:
