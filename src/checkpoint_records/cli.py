@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
-from .settings import TABLE, Settings, default_home, parse_seconds, resolve_settings
+from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
 from .terminal import (
@@ -263,9 +262,9 @@ def _timeout(text: str) -> float:
 
 def _store_help() -> str:
     try:
-        here = str(default_home(os.environ))
+        here = str(resolve_settings().home)
     except ConfigurationError:
-        here = "none: HOME is not usable"
+        here = "none until the environment is fixed"
     return (
         "store directory (default: $CHECKPOINT_RECORDS_HOME, else $XDG_CACHE_HOME/checkpoint-records or "
         f"~/.cache/checkpoint-records; here: {here})"
@@ -280,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",
         epilog=(
-            "exit codes: 0 done (flush/resend: all it was asked to deliver is delivered), 1 something asked "
-            f"for is missing, ambiguous, still pending or rejected, 2 bad usage or configuration\n\n"
+            "exit codes:\n"
+            "  0  done (flush/resend: everything it was asked to deliver is delivered)\n"
+            "  1  something it was asked about is missing, ambiguous, still pending or rejected\n"
+            "  2  bad usage or configuration\n\n"
             f"environment:\n{variables}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
