@@ -1,5 +1,11 @@
 """checkpoint-records: a checkpoint record on every save, kept durably and delivered to your platform.
 
+Where things are: ``record.py`` is the record itself (the model), ``recorder.py`` makes one at each save
+(``callback.py`` is the Trainer's adapter over it; ``collect.py``, ``readiness.py``, ``build.py`` read the
+directory and build the record), ``store.py`` keeps it (SQLite, with the outbox), ``formats/`` renders it
+for a platform (``formats/canonical.py`` is the record as stored), ``sinks/`` and ``delivery.py`` send it,
+``terminal.py`` shows it to people for ``cli.py``, and ``settings.py`` holds every setting.
+
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
 

@@ -7,7 +7,7 @@ from .base import WireFormat
 from .flexai import FlexAIFormat
 from .llama_stack import LlamaStackFormat
 from .openai import OpenAIFormat
-from .record import RecordFormat
+from .canonical import RecordFormat
 from .training_job import TrainingJobFormat
 
 _FORMATS: dict[str, type[WireFormat]] = {
