@@ -249,8 +249,3 @@ def resolve_settings(env: Mapping[str, str] | None = None, **arguments: Any) -> 
         else:
             resolved[setting.name] = setting.parse(label, value)
     return Settings(**resolved)
-
-
-def describe() -> list[tuple[str, str]]:
-    """``(variable, what it sets)`` for every setting, for help texts."""
-    return [(setting.variable, setting.help) for setting in TABLE]
