@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError
-from checkpoint_records.settings import TABLE, Settings, resolve_settings
+from checkpoint_records.settings import TABLE, Settings, environment, resolve_settings
 from commands import cli
 
 
@@ -35,6 +35,10 @@ def test_an_argument_wins_over_its_variable_which_wins_over_the_default(tmp_path
 def test_the_table_and_the_settings_agree() -> None:
     assert [setting.name for setting in TABLE] == list(Settings.__dataclass_fields__)
     assert all(setting.variable.startswith("CHECKPOINT_RECORDS_") and setting.help for setting in TABLE)
+    # What is configured elsewhere (the server's tokens, say) is read through environment(), same checks.
+    assert environment({"CHECKPOINT_RECORDS_HOME": "/h", "HOME": "/h"}) == {"HOME": "/h"}
+    with pytest.raises(ConfigurationError, match="did you mean CHECKPOINT_RECORDS_TOKEN"):
+        environment({"CHECKPOINT_RECORDS_TOKNE": "x"})
 
 
 @pytest.mark.parametrize("value", ["1e9", "inf", "nan", "-1", "3601"])

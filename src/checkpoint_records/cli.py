@@ -19,7 +19,7 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
-from .settings import TABLE, Settings, parse_seconds, resolve_settings
+from .settings import ENVIRONMENT, PREFIX, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
 from .terminal import (
@@ -274,7 +274,7 @@ def _store_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
-    variables = "\n".join(f"  {setting.variable:<40} {setting.help}" for setting in TABLE)
+    variables = "\n".join(f"  {PREFIX + name:<40} {what}" for name, what in ENVIRONMENT.items())
     parser = argparse.ArgumentParser(
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",

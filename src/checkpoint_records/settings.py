@@ -22,6 +22,29 @@ from .errors import ConfigurationError
 
 PREFIX = "CHECKPOINT_RECORDS_"
 
+#: Every variable this library reads, with what it sets.
+ENVIRONMENT = {
+    "HOME": "directory of the embedded store (default: per-user cache directory)",
+    "SINKS": "comma-separated sink URLs, e.g. https://host/v1/checkpoints or openai+https://host/path",
+    "TOKEN": "bearer token sent to the sinks given by CHECKPOINT_RECORDS_SINKS",
+    "CA_BUNDLE": "CA bundle path used to verify the sinks' TLS certificates",
+    "ALLOW_INSECURE_HTTP": "1 to allow sending a token over plain http:// to a non-loopback host",
+    "JOB_ID": "job id (a UUID, or any string that names the job stably across resumes)",
+    "JOB_NAME": "job name (default: run_name, else the output directory's name)",
+    "NAME_TEMPLATE": "record name template, default '{job_name}-checkpoint-{step}'",
+    "FLUSH_TIMEOUT": "seconds on_train_end waits for delivery before leaving the rest pending (default 5)",
+    "RECORD_EVERY_NODE": "1 to record every node's copy when save_on_each_node=True",
+}
+
+
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``CHECKPOINT_RECORDS_*`` variables present, keyed without the prefix, for what is configured
+    outside :func:`resolve_settings`; unknown or misspelled ones fail with a "did you mean"."""
+    env = os.environ if env is None else env
+    check_environment(env)
+    return {key[len(PREFIX) :]: value for key, value in env.items() if key.startswith(PREFIX)}
+
+
 #: Trainer runs: the name ends like the folder the Trainer wrote (``checkpoint-<step>``).
 DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
 #: Loops of your own (``CheckpointRecorder.record``): their folders are numbered otherwise (accelerate's
@@ -36,10 +59,9 @@ MAX_FLUSH_TIMEOUT = 3600.0
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the table: the argument's name, what it sets, and how its text is read."""
+    """One row of the table: the argument's name and how its text is read (what it sets: ENVIRONMENT)."""
 
     name: str
-    help: str
     #: ``parse(label, value)``: the value (an argument's or a variable's text) checked, or raises.
     parse: Callable[[str, Any], Any]
     #: The keyword the recorder and the callback take it as, when that differs from ``name``.
@@ -48,6 +70,10 @@ class Setting:
     @property
     def variable(self) -> str:
         return PREFIX + self.name.upper()
+
+    @property
+    def help(self) -> str:
+        return ENVIRONMENT[self.name.upper()]
 
     def label(self, from_environment: bool) -> str:
         return self.variable if from_environment else self.argument or self.name
@@ -177,57 +203,37 @@ def _home(name: str, value: Any) -> Path:
     return Path(value).expanduser()
 
 
-#: Every setting, in the order the README lists them.
+#: Every setting the recorder, the sinks and the store resolve, in the order the README lists them.
 TABLE = (
-    Setting("home", "directory of the embedded store (default: per-user cache directory)", _home, "store"),
-    Setting(
-        "sinks",
-        "comma-separated sink URLs, e.g. https://host/v1/checkpoints or openai+https://host/path",
-        _sinks,
-    ),
-    Setting("token", "bearer token sent to the sinks given by URL", _text),
-    Setting("ca_bundle", "CA bundle path used to verify the sinks' TLS certificates", _text),
-    Setting(
-        "allow_insecure_http", "1 to allow sending a token over plain http:// to a non-loopback host", _bool
-    ),
-    Setting("job_id", "job id (a UUID, or any string that names the job stably across resumes)", _text),
-    Setting("job_name", "job name (default: run_name, else the output directory's name)", _text),
-    Setting(
-        "name_template",
-        f"record name template (default {DEFAULT_NAME_TEMPLATE!r}, {DEFAULT_LOOP_NAME_TEMPLATE!r} for "
-        "CheckpointRecorder.record); fields: " + ", ".join(f"{{{field}}}" for field in NAME_FIELDS),
-        _template,
-    ),
-    Setting(
-        "flush_timeout",
-        f"seconds the end of training waits for delivery (default {DEFAULT_FLUSH_TIMEOUT:g}, "
-        f"at most {MAX_FLUSH_TIMEOUT:g})",
-        _flush_timeout,
-    ),
-    Setting("record_every_node", "1 to record every node's copy when save_on_each_node=True", _bool),
+    Setting("home", _home, "store"),
+    Setting("sinks", _sinks),
+    Setting("token", _text),
+    Setting("ca_bundle", _text),
+    Setting("allow_insecure_http", _bool),
+    Setting("job_id", _text),
+    Setting("job_name", _text),
+    Setting("name_template", _template),
+    Setting("flush_timeout", _flush_timeout),
+    Setting("record_every_node", _bool),
 )
 _BY_NAME = {setting.name: setting for setting in TABLE}
-VARIABLES = tuple(setting.variable for setting in TABLE)
-
-
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name.upper(), VARIABLES, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def check_environment(env: Mapping[str, str]) -> None:
     """Refuse unknown ``CHECKPOINT_RECORDS_*`` variables and misspelled prefixes, with a "did you mean"."""
+    variables = [PREFIX + name for name in ENVIRONMENT]
     wrong = []
     for key in sorted(env):
-        if key.startswith(PREFIX):
-            if key not in VARIABLES:
-                wrong.append(f"{key}{_did_you_mean(key)}")
-        elif difflib.get_close_matches(key.upper(), VARIABLES, n=1, cutoff=0.85):
-            wrong.append(f"{key}{_did_you_mean(key)}")
+        ours = key.startswith(PREFIX)
+        if (ours and key not in variables) or (
+            not ours and difflib.get_close_matches(key.upper(), variables, n=1, cutoff=0.85)
+        ):
+            close = difflib.get_close_matches(key.upper(), variables, n=1, cutoff=0.6)
+            wrong.append(f"{key} (did you mean {close[0]}?)" if close else key)
     if wrong:
         raise ConfigurationError(
             f"unknown environment variable(s): {'; '.join(wrong)}. checkpoint-records reads "
-            f"{', '.join(VARIABLES)}"
+            f"{', '.join(variables)}"
         )
 
 
