@@ -68,7 +68,7 @@ def test_list_has_status_best_and_a_short_delivery_column_and_a_job_filter(isola
     best = best.model_copy(
         update={
             "status": best.status.model_copy(
-                update={"metadata": best.training.model_copy(update={"best": True})}
+                update={"metadata": best.training.model_copy(update={"best": True, "train_loss_step": 3})}
             )
         }
     )
@@ -84,6 +84,8 @@ def test_list_has_status_best_and_a_short_delivery_column_and_a_job_filter(isola
     rows = {line.split()[0]: line for line in lines[1:]}
     assert rows["alpha-checkpoint-2"].endswith("0/1 sent, 1 pending")
     assert " * " in rows["alpha-checkpoint-4"] and rows["alpha-checkpoint-4"].endswith("local")
+    assert " 1.0000@3 " in rows["alpha-checkpoint-4"]  # logged at step 3, not the checkpoint's 4
+    assert " 1.0000 " in rows["alpha-checkpoint-2"] and "@" not in rows["alpha-checkpoint-2"]
     assert rows["beta-checkpoint-2"].endswith("0/2 sent, 1 pending, 1 dead")
     assert all(" available " in row for row in rows.values())
     assert max(len(line) for line in lines) <= 120 and "very long" not in "".join(lines)

@@ -53,6 +53,9 @@ class TrainingMetadata(_Model):
     epoch: float | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
+    #: The step each loss was logged at: a checkpoint's train loss may be an earlier step's.
+    train_loss_step: int | None = None
+    eval_loss_step: int | None = None
     metrics: dict[str, JsonScalar] = Field(default_factory=dict)
     non_finite: dict[str, str] = Field(default_factory=dict)
     model: str
@@ -62,8 +65,12 @@ class TrainingMetadata(_Model):
     inference_ready_reasons: list[str] = Field(default_factory=list)
     layout: str
     world_size: int = 1
-    #: The Trainer's best checkpoint so far (``best_model_checkpoint``), as the run knew it at the save.
+    #: The Trainer's best checkpoint so far (``metric_for_best_model``), by which metric and value.
     best: bool = False
+    best_metric: str | None = None
+    best_metric_value: float | None = None
+    #: Rebuilt from the checkpoint on disk (its ``trainer_state.json``) after a crash, or imported.
+    recovered: bool = False
 
 
 class RecordStatus(_Model):

@@ -47,8 +47,11 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else many or word + 's'}"
 
 
-def _loss(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _loss(value: float | None, logged_at: int | None, step: int) -> str:
+    """``1.2345``, or ``1.2345@8`` when the loss was logged at another step than the checkpoint's."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if logged_at in (None, step) else f"{value:.4f}@{logged_at}"
 
 
 def _created(timestamp: str) -> str:
@@ -65,7 +68,8 @@ class RecordRow:
 
 
 def records_table(rows: Sequence[RecordRow]) -> str:
-    """One line per record, short enough for a terminal: LOSS and EVAL are the training and evaluation losses, CREATED is UTC.
+    """One line per record, short enough for a terminal: LOSS and EVAL are the training and evaluation losses
+    (``@step`` when logged at another step than the checkpoint's), CREATED is UTC.
 
     A JOB column (the job id's first 8 characters, what ``inspect JOB/NAME`` takes) appears when two
     jobs of the listing have records of the same name; BEST marks the Trainer's best checkpoint.
@@ -95,8 +99,8 @@ def records_table(rows: Sequence[RecordRow]) -> str:
             record.status.status,
             "yes" if training.inference_ready else "no",
             "*" if training.best else "",
-            _loss(training.train_loss),
-            _loss(training.eval_loss),
+            _loss(training.train_loss, training.train_loss_step, training.step),
+            _loss(training.eval_loss, training.eval_loss_step, training.step),
             human_size(record.status.size),
             _created(record.status.created_at),
             row.delivery,
