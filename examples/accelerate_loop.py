@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 step += 1
                 if step % options.save_every == 0:
                     checkpoint = accelerator.save_state()  # PROJECT_DIR/checkpoints/checkpoint_<n>
-                    record = recorder.record(
+                    recorder.record(
                         checkpoint,
                         step=step,
                         epoch=step / len(train),
@@ -77,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                         model=accelerator.unwrap_model(model),
                         accelerator=accelerator,
                     )
-                    if record is not None:  # the main process: say which folder the step's record is
-                        accelerator.print(f"{record.name}: {record.spec.directory}")
                 if step == options.max_steps:
                     break
     accelerator.end_training()
