@@ -40,7 +40,7 @@ class CheckpointRecordCallback(TrainerCallback):
     """Writes a checkpoint record on every save. Add it to ``Trainer(callbacks=[...])``.
 
     Every argument can also come from a ``CHECKPOINT_RECORDS_*`` environment variable (see
-    ``checkpoint_records.settings.TABLE``); bad configuration raises here, not at the first save.
+    ``checkpoint_records.settings.ENVIRONMENT``); bad configuration raises here, not at the first save.
     """
 
     def __init__(
