@@ -6,7 +6,9 @@ The model is the tiny GPT-2 of ``train_tiny.py``, built from a config (no downlo
 checkpoint naming writes ``PROJECT_DIR/checkpoints/checkpoint_<n>`` (``model.safetensors``,
 ``optimizer.bin``, ``random_states_<rank>.pkl``: a state to resume from, not a ``from_pretrained``
 checkpoint, and the record says so). Every process calls ``recorder.record``; the main process records,
-once every process has finished writing. Sinks come from ``CHECKPOINT_RECORDS_SINKS``; see the records with
+once every process has finished writing. Records are named by the global step, ``loop-step-<step>``: the
+folder's ``<n>`` counts saves (``checkpoint_0`` is ``loop-step-2`` when saving every 2 steps), and each
+record keeps its folder in ``spec.directory``. Sinks come from ``CHECKPOINT_RECORDS_SINKS``; see the records with
 ``checkpoint-records list``.
 """
 

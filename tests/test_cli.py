@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from checkpoint_records import CheckpointRecordCallback
-from checkpoint_records.render import human_size
+from checkpoint_records.terminal import human_size
 from commands import cli
 from schema_files import load_schema
 from trainer_runs import tiny_trainer
@@ -31,9 +31,14 @@ def test_list_shows_one_line_per_record(trained_store: Path) -> None:
     result = cli("list", "--store", str(trained_store))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split()[:7] == ["NAME", "STEP", "TRAIN_LOSS", "EVAL_LOSS", "READY", "SIZE", "CREATED"]
-    assert [line.split()[0] for line in lines[1:]] == [f"run-checkpoint-{n}" for n in (2, 4, 6)]
-    assert all(" yes " in line for line in lines[1:])
+    assert lines[0].split() == [
+        "NAME", "STEP", "STATUS", "READY", "BEST", "LOSS", "EVAL", "SIZE", "CREATED", "DELIVERY"
+    ]  # fmt: skip
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [f"run-checkpoint-{n}", str(n), "available", "yes"] for n in (2, 4, 6)
+    ]
+    assert all(line.endswith("local") for line in lines[1:])
+    assert f"3 records in {trained_store / 'records.db'}" in result.stderr
 
 
 def test_inspect_json_validates_against_flexai_schema_and_matches_yaml(trained_store: Path) -> None:

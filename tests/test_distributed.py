@@ -242,9 +242,9 @@ def test_the_accelerate_loop_example_under_two_processes(tmp_path: Path, isolate
         delivered_once(receiver, 3)
     stored = sorted(records(isolated_store).values(), key=lambda record: record.training.step)
     assert [record.name for record in stored] == [
-        "loop-checkpoint-2",
-        "loop-checkpoint-4",
-        "loop-checkpoint-6",
+        "loop-step-2",
+        "loop-step-4",
+        "loop-step-6",
     ]
     for iteration, record in enumerate(stored):
         assert record.spec.directory == str(project / "checkpoints" / f"checkpoint_{iteration}")
@@ -272,7 +272,7 @@ def test_a_plain_loop_records_with_one_call_and_flushes_on_exit(tmp_path: Path, 
             )
         assert len(receiver.accepted()) == 1  # delivered by close(), on leaving the block
     record = recorder.last_record
-    assert record is not None and record.name == "run-checkpoint-3"
+    assert record is not None and record.name == "run-step-3"
     assert record.training.train_loss == 1.5 and record.training.eval_loss is None
     assert record.training.non_finite == {"evalLoss": "NaN"}
     assert record.training.metrics == {"accuracy": 0.25}

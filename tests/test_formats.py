@@ -409,7 +409,7 @@ def test_openai_model_checkpoint_name() -> None:
     record.status.metadata.model = "org/model:latest"
     assert OpenAIFormat().model_checkpoint_name(record).startswith("ft:org/model-latest:personal:")
     record.status.metadata.model = ""
-    assert OpenAIFormat().model_checkpoint_name(record).startswith("ft:unknown:")
+    assert OpenAIFormat().model_checkpoint_name(record).startswith("ft::personal:")  # unknown is empty
 
 
 def test_llama_stack_metrics_are_all_or_nothing() -> None:

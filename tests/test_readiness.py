@@ -54,6 +54,10 @@ def edit_json(path: Path, **changes: Any) -> None:
     path.write_text(json.dumps(data))
 
 
+#: What safetensors' reader tells of a file whose data does not end where its header says.
+MISMATCH = "truncated or padded: its size does not match its header"
+
+
 def truncate(path: Path, by: int = 3) -> None:
     with open(path, "r+b") as handle:
         handle.truncate(path.stat().st_size - by)
@@ -122,7 +126,7 @@ def test_truncated_shard(built: dict[str, Path], tmp_path: Path) -> None:
     directory = copy(built["sharded"], tmp_path)
     shard = _shards(directory)[1]
     truncate(directory / shard)
-    expect(directory, "transformers", f"{shard} truncated")
+    expect(directory, "transformers", f"{shard} {MISMATCH}")
     assert not loads_with_transformers(directory)
 
 
@@ -146,7 +150,7 @@ def test_index_without_weight_map(built: dict[str, Path], tmp_path: Path) -> Non
 def test_truncated_single_file(built: dict[str, Path], tmp_path: Path) -> None:
     directory = copy(built["plain"], tmp_path)
     truncate(directory / "model.safetensors", by=1)
-    expect(directory, "transformers", "model.safetensors truncated")
+    expect(directory, "transformers", f"model.safetensors {MISMATCH}")
     truncate(directory / "model.safetensors", by=(directory / "model.safetensors").stat().st_size - 5)
     expect(directory, "transformers", "model.safetensors truncated")
 
@@ -171,7 +175,7 @@ def test_trailing_bytes(built: dict[str, Path], tmp_path: Path) -> None:
     directory = copy(built["plain"], tmp_path)
     with open(directory / "model.safetensors", "ab") as handle:
         handle.write(b"\0" * 16)
-    expect(directory, "transformers", "model.safetensors is longer than its header declares")
+    expect(directory, "transformers", f"model.safetensors {MISMATCH}")
 
 
 def test_missing_weights(built: dict[str, Path], tmp_path: Path) -> None:
@@ -235,8 +239,8 @@ def test_reasons_are_ordered_and_unique(built: dict[str, Path], tmp_path: Path) 
     expected = (
         "config.json has no architectures",
         f"missing {shards[0]}",
-        f"{shards[1]} truncated",
-        f"{shards[2]} truncated",
+        f"{shards[1]} {MISMATCH}",
+        f"{shards[2]} {MISMATCH}",
         "missing tokenizer",
     )
     files = scan(directory)
@@ -316,7 +320,7 @@ def test_adapter_broken(built: dict[str, Path], tmp_path: Path) -> None:
         directory,
         "peft-adapter",
         "adapter_config.json is not valid JSON",
-        "adapter_model.safetensors truncated",
+        f"adapter_model.safetensors {MISMATCH}",
     )
 
 
@@ -361,7 +365,7 @@ def test_deepspeed_zero3_with_consolidated_weights(built: dict[str, Path], tmp_p
     _zero3_shards(directory)
     expect(directory, "transformers")
     truncate(directory / "model.safetensors")
-    expect(directory, "transformers", "model.safetensors truncated")
+    expect(directory, "transformers", f"model.safetensors {MISMATCH}")
 
 
 def _fsdp_shards(directory: Path) -> None:

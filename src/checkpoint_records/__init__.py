@@ -1,5 +1,11 @@
 """checkpoint-records: a checkpoint record on every save, kept durably and delivered to your platform.
 
+Where things are: ``record.py`` is the record itself (the model), ``recorder.py`` makes one at each save
+(``callback.py`` is the Trainer's adapter over it; ``collect.py``, ``readiness.py``, ``build.py`` read the
+directory and build the record), ``store.py`` keeps it (SQLite, with the outbox), ``formats/`` renders it
+for a platform (``formats/canonical.py`` is the record as stored), ``sinks/`` and ``delivery.py`` send it,
+``terminal.py`` shows it to people for ``cli.py``, and ``settings.py`` holds every setting.
+
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
 
@@ -8,19 +14,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-#: Public name to the module that defines it.
+#: The one place the version is written (pyproject.toml reads it from here).
+__version__ = "0.1.0"
+
+#: Public name to the module that defines it (tests check it against ``__all__``).
 _EXPORTS = {
     "CheckpointRecord": "record",
     "CheckpointRecordCallback": "callback",
     "CheckpointRecorder": "recorder",
     "ConfigurationError": "errors",
+    "DeliveryError": "sinks",
+    "FlushResult": "delivery",
     "HttpSink": "sinks",
     "Readiness": "readiness",
     "RecordStore": "store",
     "Rejected": "sinks",
     "RetryLater": "sinks",
+    "Settings": "settings",
     "Sink": "sinks",
+    "WireFormat": "formats",
     "assess_readiness": "readiness",
+    "resolve_settings": "settings",
 }
 
 __all__ = [
@@ -28,22 +42,31 @@ __all__ = [
     "CheckpointRecordCallback",
     "CheckpointRecorder",
     "ConfigurationError",
+    "DeliveryError",
+    "FlushResult",
     "HttpSink",
     "Readiness",
     "RecordStore",
     "Rejected",
     "RetryLater",
+    "Settings",
     "Sink",
+    "WireFormat",
+    "__version__",
     "assess_readiness",
+    "resolve_settings",
 ]
 
 if TYPE_CHECKING:
     from .callback import CheckpointRecordCallback
+    from .delivery import FlushResult
     from .errors import ConfigurationError
+    from .formats import WireFormat
     from .readiness import Readiness, assess_readiness
     from .record import CheckpointRecord
     from .recorder import CheckpointRecorder
-    from .sinks import HttpSink, Rejected, RetryLater, Sink
+    from .settings import Settings, resolve_settings
+    from .sinks import DeliveryError, HttpSink, Rejected, RetryLater, Sink
     from .store import RecordStore
 
 
@@ -53,3 +76,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,64 +1,135 @@
-"""The ``checkpoint-records`` command: list, inspect (and deliver) what the store holds."""
+"""The ``checkpoint-records`` command: list, inspect and deliver what the store holds.
+
+Exit codes, for scripts: 0 when the command did what it was asked (for ``flush``/``resend``: everything
+it was asked to deliver is delivered), 1 when something it was asked about is missing, ambiguous, still
+pending or rejected, 2 for bad usage or configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .delivery import DeliveryWorker
 from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
 from .recovery import checkpoint_folders
-from .render import (
-    ProgressBar,
+from .settings import ENVIRONMENT, PREFIX, Settings, parse_seconds, resolve_settings
+from .sinks import Sink, configured_sinks, job_sinks
+from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
+from .terminal import (
+    RecordRow,
     delivery_state,
     delivery_summary,
     human_record,
     jobs_table,
+    plural,
+    progress_bar,
     records_table,
     to_yaml,
 )
-from .settings import environment
-from .sinks import Sink, configured_sinks, job_sinks
-from .store import RecordStore
 
 if TYPE_CHECKING:
     from .recorder import CheckpointRecorder
 
+OK, FAILED, USAGE = 0, 1, 2
 DEFAULT_FLUSH_TIMEOUT = 60.0
+MAX_FLUSH_TIMEOUT = 86400.0
 
 
-def cmd_list(store: RecordStore, args: argparse.Namespace) -> int:
-    stored = store.records()
+class NotFound(Exception):
+    """A record name that names no record, or more than one: the message says which and what to type."""
+
+
+def find_record(store: RecordStore, text: str) -> StoredRecord:
+    """The one record ``text`` names: a record id, a name, or ``JOB/NAME`` (job name, id or id prefix).
+
+    Two jobs with the same ``run_name`` have records of the same names; such a name is refused with
+    the candidates rather than silently picking one.
+    """
+    found = store.find(text)
+    if not found and "/" in text:
+        for split in (index for index, char in enumerate(text) if char == "/"):
+            job, name = text[:split], text[split + 1 :]
+            found = [
+                stored
+                for stored in store.find(name)
+                if job in (stored.record.metadata.job_name, stored.record.metadata.job_id)
+                or (len(job) >= 4 and stored.record.metadata.job_id.startswith(job))
+            ]
+            if found:
+                break
+    if not found:
+        raise NotFound(f"no record named {text!r} in {store.path} (see: checkpoint-records list)")
+    if len({stored.record.id for stored in found}) > 1:
+        candidates = "\n".join(
+            f"  {stored.record.metadata.job_id[:8]}/{stored.record.name}  (job {stored.record.metadata.job_name},"
+            f" record id {stored.record.id}, created {stored.record.status.created_at})"
+            for stored in found
+        )
+        raise NotFound(
+            f"{text!r} names {len(found)} records of different jobs; say which with JOB/NAME or the "
+            f"record id:\n{candidates}"
+        )
+    return found[0]
+
+
+def _open_existing(settings: Settings) -> RecordStore | None:
+    """The store, when it exists: reading an empty home must not create a database there."""
+    if not (settings.home / DATABASE_NAME).exists():
+        return None
+    return RecordStore(settings.home)
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    store = _open_existing(settings)
+    stored = [] if store is None else store.records()
+    if args.job is not None:
+        stored = [
+            item
+            for item in stored
+            if args.job in (item.record.metadata.job_id, item.record.metadata.job_name)
+            or (len(args.job) >= 4 and item.record.metadata.job_id.startswith(args.job))
+        ]
     if args.json:
         print(json.dumps([item.record.to_dict() for item in stored], indent=2, allow_nan=False))
-        return 0
+        return OK
+    where = settings.home / DATABASE_NAME
     if not stored:
-        print(f"no records in {store.path}", file=sys.stderr)
-        return 0
-    now = time.time()
-    print(
-        records_table(
-            [(item.record, delivery_summary(store.deliveries(item.record.id), now)) for item in stored]
-        )
-    )
-    return 0
+        of_job = f" of job {args.job!r}" if args.job is not None else ""
+        print(f"no records{of_job} in {where}", file=sys.stderr)
+        return OK
+    assert store is not None
+    by_record: dict[str, list[Delivery]] = {}
+    for delivery in store.deliveries():
+        by_record.setdefault(delivery.record_id, []).append(delivery)
+    rows = [RecordRow(item.record, delivery_summary(by_record.get(item.record.id, []))) for item in stored]
+    print(records_table(rows))
+    print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
+    if any(row.delivery not in ("local", "delivered") for row in rows):
+        print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
+    return OK
 
 
-def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
-    stored = store.get(args.name)
-    if stored is None:
-        print(
-            f"no record named {args.name!r} in {store.path} (see: checkpoint-records list)", file=sys.stderr
-        )
-        return 1
+def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    store = _open_existing(settings)
+    if store is None:
+        print(f"no record named {args.name!r}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
+        return FAILED
+    try:
+        stored = find_record(store, args.name)
+    except NotFound as error:
+        print(error, file=sys.stderr)
+        return FAILED
     wire_format = get_format(args.format)
     if wire_format.name == DEFAULT_FORMAT:
         document = stored.record.to_dict() if args.json else human_record(stored.record)
@@ -68,22 +139,28 @@ def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
         job = store.job(stored.record.metadata.job_id)
         if job is None:
             print(f"no job-level events were stored for {stored.record.metadata.job_name!r}", file=sys.stderr)
-            return 1
+            return FAILED
         document = render_job(job.job)
-    print(
-        json.dumps(document, indent=2, allow_nan=False) if args.json else to_yaml(document),
-        end="\n" if args.json else "",
-    )
-    return 0
+    if args.json:
+        print(json.dumps(document, indent=2, allow_nan=False))
+        return OK
+    print(to_yaml(document), end="")
+    now = time.time()
+    for delivery in store.deliveries(stored.record.id):  # YAML comments: the document stays the record
+        print(f"# delivery to {delivery.sink}: {delivery_state(delivery, now)}")
+    return OK
 
 
-def cmd_jobs(store: RecordStore, args: argparse.Namespace) -> int:
-    details = [render_job(stored.job) for stored in store.jobs()]
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    store = _open_existing(settings)
+    details = [] if store is None else [render_job(stored.job) for stored in store.jobs()]
     if args.json:
         print(json.dumps(details, indent=2, allow_nan=False))
-        return 0
-    print(jobs_table(details))
-    return 0
+    elif not details:
+        print(f"no jobs in {settings.home / DATABASE_NAME}", file=sys.stderr)
+    else:
+        print(jobs_table(details))
+    return OK
 
 
 def _recorder(store: RecordStore, sinks: list[Sink], args: argparse.Namespace) -> CheckpointRecorder:
@@ -98,60 +175,95 @@ def _recorder(store: RecordStore, sinks: list[Sink], args: argparse.Namespace) -
     )
 
 
-def _deliver(store: RecordStore, sinks: list[Sink], timeout: float) -> int:
-    """Deliver what is pending to ``sinks`` within ``timeout``, showing progress; 1 if anything is left."""
+def _document_name(store: RecordStore, document_id: str) -> str:
+    """What the outbox entry ``document_id`` is to a person: a record's name, or a job's."""
+    stored = store.get(document_id)
+    if stored is not None:
+        return stored.record.name
+    job = store.job(document_id)
+    return f"job {job.job.name}" if job is not None else document_id
+
+
+def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: Sequence[str] | None) -> int:
+    """Deliver what is pending to ``sinks`` within ``timeout``; 0 when all that was asked (the pending
+    deliveries of ``record_ids``, or of every record) is delivered, else 1."""
     keys = [sink.key for sink in sinks]
     for name in cancel_abandoned(store, [sink.key for sink in job_sinks(sinks)]):
         print(
             f"job {name} was still Running under a process that is gone: reported Cancelled", file=sys.stderr
         )
-    store.requeue(["pending"], keys)  # due now: the user is asking for it
-    total = store.counts(keys)["pending"]
-    progress = ProgressBar(total, sys.stderr)
-    worker = DeliveryWorker(store, sinks)
-    worker.start()
-    try:
-        result = worker.flush(timeout, on_progress=lambda pending: progress.show(total - pending))
-    finally:
-        worker.close()
-    progress.show(total - result.pending, final=True)
-    print(
-        f"delivered {result.delivered}, rejected {result.dead}, still pending {result.pending}",
-        file=sys.stderr,
-    )
-    left = [delivery for delivery in store.deliveries() if delivery.state != "delivered"]
-    for delivery in left:
+    store.requeue(["pending"], keys, record_ids)  # due now: the user is asking for it
+    asked = {
+        (delivery.sink, delivery.record_id)
+        for delivery in store.deliveries()
+        if delivery.state == "pending" and (record_ids is None or delivery.record_id in record_ids)
+    }
+    unconfigured = sorted({sink for sink, _ in asked} - set(keys))
+    total = sum(sink in keys for sink, _ in asked)
+    if total:
+        with progress_bar(total, sys.stderr) as bar:
+            worker = DeliveryWorker(store, sinks)
+            worker.start()
+            try:
+                result = worker.flush(
+                    timeout, on_progress=lambda pending: bar.update(max(total - pending - bar.n, 0))
+                )
+            finally:
+                worker.close()
         print(
-            f"  {delivery.record_id} -> {delivery.sink}: {delivery_state(delivery, time.time())}",
+            f"delivered {result.delivered}, rejected {result.dead}, still pending {result.pending}",
             file=sys.stderr,
         )
-    unconfigured = sorted(set(store.sinks_with("pending")) - set(keys))
+    now = time.time()
+    left = [
+        delivery
+        for delivery in store.deliveries()
+        if (delivery.sink, delivery.record_id) in asked
+        and delivery.sink in keys
+        and delivery.state != "delivered"
+    ]
+    for delivery in left:
+        print(
+            f"  {_document_name(store, delivery.record_id)} -> {delivery.sink}: {delivery_state(delivery, now)}",
+            file=sys.stderr,
+        )
     for key in unconfigured:
         print(
             f"  pending for {key}, which is not configured here: pass --sink {key} "
             "(and CHECKPOINT_RECORDS_TOKEN if it needs a token)",
             file=sys.stderr,
         )
-    return 1 if left or unconfigured else 0
+    if not asked:
+        print("nothing to deliver", file=sys.stderr)
+    dead = store.counts(keys)["dead"] if keys else 0
+    if dead and record_ids is None:
+        print(
+            f"{plural(dead, 'rejected delivery', 'rejected deliveries')} kept as dead: fix the cause, "
+            "then run `checkpoint-records resend`",
+            file=sys.stderr,
+        )
+    return FAILED if left or unconfigured else OK
 
 
-def _sinks(args: argparse.Namespace) -> list[Sink]:
-    return configured_sinks(args.sink or None, environment())
-
-
-def cmd_flush(store: RecordStore, args: argparse.Namespace) -> int:
-    sinks = _sinks(args)
+def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
+    sinks = configured_sinks(settings)
+    store = _open_existing(settings)
+    if store is None:
+        print(f"nothing to deliver: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
+        return OK
     recovered = _recorder(store, sinks, args).recover_known()  # saves a killed run never stored
     if recovered:
         names = ", ".join(record.name for record in recovered)
         print(
-            f"recorded {len(recovered)} checkpoint(s) from disk that had no record: {names}", file=sys.stderr
+            f"recorded {plural(len(recovered), 'checkpoint')} from disk that had no record: {names}",
+            file=sys.stderr,
         )
-    return _deliver(store, sinks, args.timeout)
+    return _deliver(store, sinks, args.timeout, None)
 
 
-def cmd_import(store: RecordStore, args: argparse.Namespace) -> int:
-    sinks = _sinks(args)
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    sinks = configured_sinks(settings)
+    store = RecordStore(settings.home)
     recorder = _recorder(store, sinks, args)
     missing = 0
     for directory in args.output_dirs:
@@ -162,43 +274,75 @@ def cmd_import(store: RecordStore, args: argparse.Namespace) -> int:
             continue
         job = recorder.job_for(str(path), args.run_name)
         imported = recorder.recover(path, job)
-        print(f"{path}: imported {len(imported)} checkpoint(s) as job {job.name}", file=sys.stderr)
+        print(f"{path}: imported {plural(len(imported), 'checkpoint')} as job {job.name}", file=sys.stderr)
     if missing:
-        return 1
-    return _deliver(store, sinks, args.timeout) if sinks else 0
+        return FAILED
+    return _deliver(store, sinks, args.timeout, None) if sinks else OK
 
 
-def cmd_resend(store: RecordStore, args: argparse.Namespace) -> int:
-    sinks = _sinks(args)
+def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
+    sinks = configured_sinks(settings)
+    store = _open_existing(settings)
+    if store is None:
+        print(f"nothing to re-send: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
+        return FAILED if args.names else OK
     record_ids = None
     if args.names:
-        found = {name: store.get(name) for name in args.names}
-        missing = [name for name, stored in found.items() if stored is None]
-        if missing:
-            print(f"no record named {', '.join(map(repr, missing))} in {store.path}", file=sys.stderr)
-            return 1
-        record_ids = [stored.record.id for stored in found.values() if stored is not None]
+        try:
+            record_ids = [find_record(store, name).record.id for name in args.names]
+        except NotFound as error:
+            print(error, file=sys.stderr)
+            return FAILED
     revived = store.requeue(["dead"], [sink.key for sink in sinks], record_ids)
-    print(f"re-sending {revived} rejected deliveries", file=sys.stderr)
-    return _deliver(store, sinks, args.timeout)
+    print(f"re-sending {plural(revived, 'rejected delivery', 'rejected deliveries')}", file=sys.stderr)
+    return _deliver(store, sinks, args.timeout, record_ids)
+
+
+def _timeout(text: str) -> float:
+    try:
+        return parse_seconds("--timeout", text, DEFAULT_FLUSH_TIMEOUT, MAX_FLUSH_TIMEOUT)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _store_help() -> str:
+    try:
+        here = str(resolve_settings().home)
+    except ConfigurationError:
+        here = "none until the environment is fixed"
+    return (
+        "store directory (default: $CHECKPOINT_RECORDS_HOME, else $XDG_CACHE_HOME/checkpoint-records or "
+        f"~/.cache/checkpoint-records; here: {here})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--store", default=argparse.SUPPRESS, help="store directory (default: $CHECKPOINT_RECORDS_HOME)"
-    )
+    common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
+    variables = "\n".join(f"  {PREFIX + name:<40} {what}" for name, what in ENVIRONMENT.items())
     parser = argparse.ArgumentParser(
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",
+        epilog=(
+            "exit codes:\n"
+            "  0  done (flush/resend: everything it was asked to deliver is delivered)\n"
+            "  1  something it was asked about is missing, ambiguous, still pending or rejected\n"
+            "  2  bad usage or configuration\n\n"
+            f"environment:\n{variables}"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", parents=[common], help="one line per record")
     listing.add_argument("--json", action="store_true", help="all records as one JSON array")
+    listing.add_argument(
+        "--job", metavar="NAME_OR_ID", help="only the records of this job (name, id or id prefix)"
+    )
     listing.set_defaults(run=cmd_list)
-    inspect = commands.add_parser("inspect", parents=[common], help="one whole record")
-    inspect.add_argument("name", help="record name (or id)")
+    inspect = commands.add_parser("inspect", parents=[common], help="one whole record, and its deliveries")
+    inspect.add_argument("name", help="record name, JOB/NAME when several jobs have that name, or record id")
     inspect.add_argument("--json", action="store_true", help="JSON instead of YAML")
     inspect.add_argument(
         "--format",
@@ -220,10 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sink to deliver to, as in CHECKPOINT_RECORDS_SINKS (repeatable; default: that variable)",
     )
     delivering.add_argument(
-        "--timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, help="seconds to keep trying (default 60)"
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_FLUSH_TIMEOUT,
+        help=f"seconds to keep trying (default {DEFAULT_FLUSH_TIMEOUT:g}, at most {MAX_FLUSH_TIMEOUT:g})",
     )
     flush = commands.add_parser(
-        "flush", parents=[common, delivering], help="deliver everything pending; non-zero if some is left"
+        "flush", parents=[common, delivering], help="deliver everything pending; 1 if some of it is left"
     )
     flush.set_defaults(run=cmd_flush)
     resend = commands.add_parser(
@@ -246,14 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(error: Exception) -> str:
+    """The error with the program's name in front, once (some messages already start with it)."""
+    text = str(error)
+    return text if text.startswith("checkpoint-records") else f"checkpoint-records: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store = RecordStore(getattr(args, "store", None))
-        return int(args.run(store, args))
+        store = getattr(args, "store", None)
+        settings = resolve_settings(home=store, sinks=getattr(args, "sink", None) or None)
+        return int(args.run(settings, args))
     except ConfigurationError as error:
-        print(f"checkpoint-records: {error}", file=sys.stderr)
-        return 2
+        print(_message(error), file=sys.stderr)
+        return USAGE
+    except sqlite3.DatabaseError as error:  # a store whose header reads but whose pages are damaged
+        print(
+            f"checkpoint-records: the store cannot be read ({error}); move it aside (it is never changed "
+            "here), or point --store / CHECKPOINT_RECORDS_HOME elsewhere",
+            file=sys.stderr,
+        )
+        return USAGE
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ waiting beside them nor the next run sends it again.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import random
@@ -55,6 +56,18 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     if retry_after is not None and math.isfinite(retry_after):
         return max(ours, min(retry_after, RETRY_AFTER_CAP))
     return ours
+
+
+def document_name(body: str) -> str:
+    """How logs name a stored document: a record's ``metadata.name``, a job's ``job NAME``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "a document the store cannot read"
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(metadata, dict) and "name" in metadata:
+        return f"record {metadata['name']}"
+    return f"job {data.get('name')}" if isinstance(data, dict) else "a document"
 
 
 @dataclass(frozen=True)
@@ -169,8 +182,14 @@ class _Lane(threading.Thread):
             return self._dead(claim, error.reason)
         except Exception as error:  # a sink's own bug: retry, say so once
             return self._retry(claim, f"{type(error).__name__}: {error}", None)
-        if self.failures:
-            logger.info("checkpoint-records: %s is accepting records again", self.sink.key)
+        if self.failures:  # said as loudly as the failure was (once per process, like it)
+            warn_once(
+                f"recovered:{self.sink.key}",
+                "checkpoint-records: %s is accepting records again (%s delivered; failures before it: %d)",
+                self.sink.key,
+                document_name(claim.body),
+                self.failures,
+            )
         self.failures = 0
         self.delivered += 1
         return Outcome(claim, "delivered", now), None
@@ -179,10 +198,10 @@ class _Lane(threading.Thread):
         self.dead += 1
         warn_once(
             f"dead:{self.sink.key}:{reason}",
-            "checkpoint-records: %s rejected record %s: %s. It is kept as dead; fix the cause, then run "
+            "checkpoint-records: %s rejected %s: %s. It is kept as dead; fix the cause, then run "
             "`checkpoint-records resend`.",
             self.sink.key,
-            claim.record_id,
+            document_name(claim.body),
             reason,
         )
         return Outcome(claim, "dead", time.time(), reason), None

@@ -2,9 +2,10 @@
 
 The check runs at every save, so it is cheap on purpose: it works from the file listing a
 directory scan already collected, and opens only small files (``config.json``, index JSONs,
-``adapter_config.json``, ``tokenizer_config.json``) plus the first bytes of each ``*.safetensors``
-file (its header, parsed by hand). It never reads tensor data and never imports torch,
-safetensors or transformers. It never raises: anything unreadable or malformed becomes a reason.
+``adapter_config.json``, ``tokenizer_config.json``) plus the header of each ``*.safetensors`` file,
+read by safetensors itself (the library transformers loads them with). It never reads tensor data
+and never imports torch or transformers. It never raises: anything unreadable or malformed becomes
+a reason.
 
 Reasons come out in a fixed order (configuration, weights or layout, safetensors files in path
 order, tokenizer), each once, so the same directory always gives the same answer.
@@ -24,7 +25,8 @@ Rules, and why:
   exists (or the file ``config.json`` names in ``transformers_weights``) is the one that is loaded,
   so that one must be complete: every shard of an index present, no empty ``.bin`` file.
 * **Safetensors.** Every ``*.safetensors`` file, subdirectories included (PEFT keeps extra
-  adapters there), must have a header that parses and data that ends exactly at the file size.
+  adapters there), must open with safetensors' own reader: a header that parses, tensors whose
+  data is consistent with their dtype and shape, and data that ends exactly at the file size.
 * **Tokenizer.** See :func:`needs_tokenizer` and :func:`has_tokenizer`. A PEFT adapter does not
   need its own tokenizer: inference loads the base model from ``base_model_name_or_path`` and the
   base model's tokenizer comes from the same place. The exception is an adapter that trains the
@@ -38,13 +40,13 @@ Rules, and why:
 from __future__ import annotations
 
 import json
-import math
-import os
 import pathlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
 
 __all__ = ["LAYOUTS", "Readiness", "assess_readiness", "has_tokenizer", "needs_tokenizer"]
 
@@ -123,30 +125,8 @@ _ACCELERATE_FILE = re.compile(
 #: Input-embedding module names: training them in ``modules_to_save`` is how PEFT adds tokens.
 _EMBEDDING_NAMES = frozenset({"wte", "shared", "tok_embeddings", "word_embeddings", "embed_tokens"})
 
-#: The safetensors format caps its header at 100 MB; anything longer is corruption.
-_MAX_SAFETENSORS_HEADER = 100_000_000
 #: Largest JSON file read; real index files stay far below (a 600B-parameter index is ~10 MB).
 _MAX_JSON_BYTES = 64 * 1024 * 1024
-#: Bytes per element of whole-byte safetensors dtypes (sub-byte ones are not size-checked).
-_DTYPE_BYTES = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
-    "U16": 2,
-    "I16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "U32": 4,
-    "I32": 4,
-    "F32": 4,
-    "U64": 8,
-    "I64": 8,
-    "F64": 8,
-    "C64": 8,
-}
 
 _DEEPSPEED_REASON = "DeepSpeed ZeRO shards without consolidated weights (run zero_to_fp32.py)"
 _FSDP_REASON = "FSDP sharded state dict without consolidated weights (merge it with accelerate merge-weights)"
@@ -424,82 +404,25 @@ def _safetensors_reasons(directory: pathlib.Path, files: Mapping[str, int]) -> l
     reasons: list[str] = []
     for name in sorted(files):
         if name.endswith(".safetensors"):
-            problem = _safetensors_problem(directory, name, files[name])
+            problem = _safetensors_problem(directory, name)
             if problem:
                 reasons.append(problem)
     return reasons
 
 
-def _safetensors_problem(directory: pathlib.Path, name: str, size: int) -> str | None:
-    """Read only the header: an 8-byte little-endian length N, then N bytes of JSON.
-
-    The file is whole when ``8 + N + max(data_offsets end)`` equals its size, exactly as the
-    safetensors loader demands.
-    """
-    unreadable = f"{name} has an unreadable header"
-    truncated = f"{name} truncated"
+def _safetensors_problem(directory: pathlib.Path, name: str) -> str | None:
+    """Open the file with safetensors' own reader, which checks the header and that the tensors'
+    data covers the file exactly, as loading demands; it maps the file and reads no tensor data."""
     try:
-        if size < 0:
-            size = os.stat(directory / name).st_size
-        if size < 8:
-            return truncated
-        with open(directory / name, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                return truncated
-            header_length = int.from_bytes(prefix, "little")
-            if header_length > _MAX_SAFETENSORS_HEADER:
-                return unreadable
-            if 8 + header_length > size:
-                return truncated
-            raw = handle.read(header_length)
-    except OSError:
-        return unreadable
-    if len(raw) < header_length:
-        return truncated
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError):
-        return unreadable
-    if not isinstance(header, dict):
-        return unreadable
-    data_end = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        end = _tensor_end(entry)
-        if end is None:
-            return unreadable
-        data_end = max(data_end, end)
-    total = 8 + header_length + data_end
-    if total > size:
-        return truncated
-    if total < size:
-        return f"{name} is longer than its header declares"
-    return None
-
-
-def _tensor_end(entry: Any) -> int | None:
-    """Where one tensor's bytes end, or None when its entry is malformed or inconsistent."""
-    if not isinstance(entry, dict):
-        return None
-    offsets = entry.get("data_offsets")
-    if not (
-        isinstance(offsets, list)
-        and len(offsets) == 2
-        and all(isinstance(value, int) and not isinstance(value, bool) for value in offsets)
-    ):
-        return None
-    begin, end = offsets
-    if not 0 <= begin <= end:
-        return None
-    shape = entry.get("shape")
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        return None
-    width = _DTYPE_BYTES.get(str(entry.get("dtype")))
-    if width is not None and math.prod(shape) * width != end - begin:
-        return None
-    return int(end)
+        with safe_open(str(directory / name), framework="numpy"):
+            return None
+    except SafetensorError as error:
+        # Messages differ across safetensors versions ("header too small" / "HeaderTooSmall").
+        said = str(error).lower().replace(" ", "")
+        if "headertoosmall" in said:
+            return f"{name} truncated"
+        if "incompletemetadata" in said or "metadataincompletebuffer" in said:
+            return f"{name} truncated or padded: its size does not match its header"
+        return f"{name} has an unreadable header"
+    except Exception:  # the file vanished, cannot be mapped, ...: say so, never raise
+        return f"{name} has an unreadable header"

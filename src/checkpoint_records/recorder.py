@@ -43,13 +43,11 @@ from .logs import logger, never_raises
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .recovery import checkpoint_folders, read_checkpoint
-from .settings import check_name_template, environment, parse_bool, parse_seconds
-from .sinks import Sink, configured_sinks, job_sinks, record_sinks
+from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, resolve_settings
+from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
 from .store import RecordStore, claim_owner
 from .values import to_number
 
-DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
-DEFAULT_FLUSH_TIMEOUT = 5.0
 _TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
 
 
@@ -110,6 +108,8 @@ class Save:
     max_steps: int = 0
     #: Whether this process reports the job as a whole (the world main process does).
     reports_job: bool = True
+    #: The record name's template when not the recorder's own (a loop's folders are not named by step).
+    name_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,23 +152,23 @@ class CheckpointRecorder:
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
     ) -> None:
-        env = environment()
-        self.store = store if isinstance(store, RecordStore) else RecordStore(store or env.get("HOME"))
-        self.sinks = configured_sinks(sinks, env)
-        self.job_id = job_id or env.get("JOB_ID")
-        self.job_name = job_name or env.get("JOB_NAME")
-        self.name_template = check_name_template(
-            name_template or env.get("NAME_TEMPLATE") or DEFAULT_NAME_TEMPLATE
+        settings = resolve_settings(
+            home=None if isinstance(store, RecordStore) else store,
+            sinks=sinks,
+            job_id=job_id,
+            job_name=job_name,
+            name_template=name_template,
+            flush_timeout=flush_timeout,
+            record_every_node=record_every_node,
         )
-        self.flush_timeout = parse_seconds(
-            "flush_timeout",
-            flush_timeout if flush_timeout is not None else env.get("FLUSH_TIMEOUT"),
-            DEFAULT_FLUSH_TIMEOUT,
-        )
-        self.record_every_node = parse_bool(
-            "record_every_node",
-            record_every_node if record_every_node is not None else env.get("RECORD_EVERY_NODE"),
-        )
+        self.store = store if isinstance(store, RecordStore) else RecordStore(settings.home)
+        self.sinks = configured_sinks(settings)
+        self.job_id, self.job_name = settings.job_id, settings.job_name
+        self.name_template = settings.name_template or DEFAULT_NAME_TEMPLATE
+        #: ``record()``'s: a loop's folders are not numbered by step, so its names say "step".
+        self.loop_name_template = settings.name_template or DEFAULT_LOOP_NAME_TEMPLATE
+        self.flush_timeout = settings.flush_timeout
+        self.record_every_node = settings.record_every_node
         self.node = socket.gethostname()
         #: Names the process running a job in the store, so a later run can tell an interrupted one.
         self.owner = claim_owner()
@@ -236,10 +236,10 @@ class CheckpointRecorder:
         result = self.delivery.flush(left)
         if result.pending:
             logger.warning(
-                "checkpoint-records: %d record deliveries still pending after %.1fs; they stay in %s and go out "
+                "checkpoint-records: deliveries still pending after %.1fs: %d; they stay in %s and go out "
                 "with the next run that uses this store, or with `checkpoint-records flush`.",
-                result.pending,
                 self.flush_timeout,
+                result.pending,
                 self.store.path,
             )
         return result
@@ -310,6 +310,7 @@ class CheckpointRecorder:
                 world_size=role.world_size,
                 node_suffix=role.node_suffix(self.record_every_node),
                 reports_job=role.world_main,
+                name_template=self.loop_name_template,
             )
         )
 
@@ -380,6 +381,7 @@ class CheckpointRecorder:
             base_model=save.base_model,
             world_size=save.world_size,
             node_suffix=save.node_suffix,
+            name_template=save.name_template,
         )
         self.last_record = self._store_record(with_best(record, best) if best is not None else record)
         if best is not None:
@@ -419,13 +421,14 @@ class CheckpointRecorder:
         world_size: int = 1,
         node_suffix: str | None = None,
         recovered: bool = False,
+        name_template: str | None = None,
     ) -> CheckpointRecord:
         """The record of ``directory``: what the run knows plus what is on disk (scan, readiness, config)."""
         node = self._node(node_suffix)
         name_fields = {"job_name": job.name, "job_id": job.id, "step": step, "node": node}
         context = SaveContext(
             record_id=checkpoint_id_for(job.id, step, node if node_suffix is not None else None),
-            name=self.name_template.format(**name_fields),
+            name=(name_template or self.name_template).format(**name_fields),
             job_id=job.id,
             job_name=job.name,
             step=step,
@@ -472,8 +475,8 @@ class CheckpointRecorder:
             if record.training.node != node:
                 continue
             marked = with_best(record, best if record.id == best_id else None, now)
-            if marked.training != record.training:
-                self.store.put(marked, [sink.key for sink in self.record_sinks], durable=False)
+            if marked.training != record.training:  # not to formats that cannot say "best"
+                self.store.put(marked, sinks_to_notify(self.record_sinks, record, marked), durable=False)
         if run is not None:
             run.best = best
 
@@ -502,7 +505,8 @@ class CheckpointRecorder:
             stored = self.store.get(record_id)
             if stored is not None and stored.record.status.status == "available":
                 deleted = as_deleted(stored.record, utc_now_iso())
-                self.store.put(deleted, [sink.key for sink in self.record_sinks], durable=False)
+                sinks = sinks_to_notify(self.record_sinks, stored.record, deleted)  # not openai, llama-stack
+                self.store.put(deleted, sinks, durable=False)
 
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""

@@ -40,6 +40,7 @@ from .history import LogEntry, downsample
 from .job import JobSnapshot
 from .logs import logger, warn_once
 from .record import CheckpointRecord
+from .settings import resolve_settings
 
 DATABASE_NAME = "records.db"
 T = TypeVar("T")
@@ -153,12 +154,8 @@ class StoredRecord:
 
 
 def default_home() -> Path:
-    """``$CHECKPOINT_RECORDS_HOME``, else the per-user cache directory."""
-    explicit = os.environ.get("CHECKPOINT_RECORDS_HOME")
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "checkpoint-records"
+    """``$CHECKPOINT_RECORDS_HOME``, else the per-user cache directory (resolved by the settings table)."""
+    return resolve_settings().home
 
 
 def filesystem_type(path: Path) -> str:
@@ -400,6 +397,14 @@ class RecordStore:
             .fetchone()
         )
         return None if row is None else StoredRecord(CheckpointRecord.from_json(row[0]), row[1])
+
+    def find(self, name_or_id: str) -> list[StoredRecord]:
+        """Every record with this id or name, newest first: names repeat across jobs with one run_name."""
+        rows = self._connection().execute(
+            "SELECT body, revision FROM records WHERE id = ? OR name = ? ORDER BY created_at DESC",
+            (name_or_id, name_or_id),
+        )
+        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:
         """All records, oldest first (optionally of one job)."""
@@ -774,7 +779,6 @@ def _queue(
         " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
         [(sink, record_id, revision, now, now, kind) for sink in sinks],
     )
-
 
 
 def claim_owner() -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError
 from .base import WireFormat
+from .canonical import RecordFormat
 from .flexai import FlexAIFormat
 from .llama_stack import LlamaStackFormat
 from .openai import OpenAIFormat
-from .record import RecordFormat
 from .training_job import TrainingJobFormat
 
 _FORMATS: dict[str, type[WireFormat]] = {

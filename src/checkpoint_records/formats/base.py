@@ -20,6 +20,14 @@ class WireFormat(ABC):
     def render(self, record: CheckpointRecord) -> dict[str, Any]:
         """The JSON object to send for ``record``."""
 
+    def renders_same(self, old: CheckpointRecord, new: CheckpointRecord) -> bool:
+        """Whether ``new`` says nothing this format can express that ``old`` did not.
+
+        A revision that renders the same is not queued for this format's sinks: OpenAI and Llama Stack
+        cannot say ``deleted``, so a rotated checkpoint would reach them as a second, identical body.
+        """
+        return self.render(old) == self.render(new)
+
     def render_stored(self, body: str) -> dict[str, Any]:
         """The JSON object to send for a document as the store keeps it (a record's JSON, by default)."""
         return self.render(CheckpointRecord.from_json(body))

@@ -22,7 +22,7 @@ reasons, layout, ...) are left out. Sizes are numbers of bytes, as in FlexAI's J
 | ``status.metadata.step``         | ``status.metadata.step`` (the Trainer's global step)                 |
 | ``status.metadata.trainLoss``    | ``status.metadata.trainLoss`` (``null`` when unknown or non-finite)  |
 | ``status.metadata.evalLoss``     | ``status.metadata.evalLoss`` (``null`` when unknown or non-finite)   |
-| ``status.metadata.model``        | ``status.metadata.model`` (the base model)                           |
+| ``status.metadata.model``        | ``status.metadata.model`` (the base model, ``""`` when unknown)      |
 | ``status.metadata.version``      | ``status.metadata.version`` (transformers version)                   |
 | ``status.metadata.inferenceReady`` | ``status.metadata.inferenceReady`` and the checkpoint is ``available`` |
 | ``status.createdAt``/``updatedAt`` | ``status.createdAt``/``updatedAt`` (ISO 8601 UTC)                  |

@@ -22,7 +22,8 @@ validation loss and a finite perplexity are all known (no eval, a NaN loss, or `
 leaves it out rather than sending ``0``).
 
 A Llama Stack ``Checkpoint`` has no status: :func:`job_artifacts` lists only the checkpoints that are
-``available`` (a rotated-away ``deleted`` or a ``failed`` one has no files to point at).
+``available`` (a rotated-away ``deleted`` or a ``failed`` one has no files to point at), and a sink of
+this format is not sent the ``deleted`` revision of a checkpoint (it renders the same).
 """
 
 from __future__ import annotations

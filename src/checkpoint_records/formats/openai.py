@@ -17,11 +17,13 @@
 | ``metrics.full_valid_mean_token_accuracy`` | logged ``eval_mean_token_accuracy``                                  |
 
 A metric the run did not log, or logged as NaN/infinity, is left out of ``metrics``: never ``0``.
+The object has no status: a checkpoint rotated away (``deleted``) renders the same and is not sent again.
 
 The ids are derived, not OpenAI's own: the same record always renders the same ``id``, and every
 checkpoint of one job (resumed runs included) shares ``fine_tuning_job_id`` and the model id segment.
-The canonical UUIDs stay in the ``record`` format. ``<model>`` is the base model (``unknown`` when the
-record has none), ``<org>`` defaults to ``personal`` (what OpenAI writes for accounts without an
+The canonical UUIDs stay in the ``record`` format. ``<model>`` is the base model; an unknown one is
+empty (``ft::personal:...``), the one rule of every format (the record's and FlexAI's ``model: ""``,
+the TrainingJobDetail's ``base_model: ""``), never a made-up name such as ``unknown``. ``<org>`` defaults to ``personal`` (what OpenAI writes for accounts without an
 organisation) and ``<suffix>`` to the job name; both are constructor arguments. Colons, which separate
 the name's parts, and other characters outside ``[A-Za-z0-9._/-]`` become ``-``.
 """
@@ -101,7 +103,7 @@ class OpenAIFormat(WireFormat):
         self.suffix = None if suffix is None else sanitize_suffix(suffix)
 
     def model_checkpoint_name(self, record: CheckpointRecord) -> str:
-        base = _name_part(record.training.model) or "unknown"
+        base = _name_part(record.training.model)  # unknown: empty, as in every format
         suffix = self.suffix if self.suffix is not None else sanitize_suffix(record.metadata.job_name)
         model_id = base62_digest(f"model:{record.metadata.job_id}", 8)
         return f"ft:{base}:{self.org}:{suffix}:{model_id}:ckpt-step-{record.training.step}"

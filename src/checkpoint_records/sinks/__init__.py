@@ -7,15 +7,16 @@ entries are callables taking the URL and the keyword options below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ..formats import DEFAULT_FORMAT
+from ..record import CheckpointRecord
 from ..redaction import public_url
-from ..settings import parse_bool
+from ..settings import Settings
 from .base import DeliveryError, Rejected, RetryLater, Sink
 from .http import HttpSink
 
@@ -56,27 +57,28 @@ def sink_from_url(spec: str, **options: Any) -> Sink:
     return factory(url, format=wire_format or DEFAULT_FORMAT, **options)
 
 
-def configured_sinks(sinks: Sequence[Sink | str] | None, env: Mapping[str, str]) -> list[Sink]:
-    """Sink objects from arguments (a URL string is shorthand) or, when there are none, the environment.
+def configured_sinks(settings: Settings) -> list[Sink]:
+    """Sink objects from the settings' sinks (a URL string is shorthand for an :class:`HttpSink`).
 
-    URL sinks get the token, CA bundle and insecure-http opt-in from the environment. Two sinks with the
-    same key would share outbox entries, so they are refused.
+    URL sinks get the settings' token, CA bundle and insecure-http opt-in. Two sinks with the same key
+    would share outbox entries, so they are refused.
     """
-    if sinks is None:
-        sinks = [url for url in env.get("SINKS", "").split(",") if url.strip()]
     options = {
-        "token": env.get("TOKEN") or None,
-        "ca_bundle": env.get("CA_BUNDLE") or None,
-        "allow_insecure_http": parse_bool(
-            "CHECKPOINT_RECORDS_ALLOW_INSECURE_HTTP", env.get("ALLOW_INSECURE_HTTP")
-        ),
+        "token": settings.token,
+        "ca_bundle": settings.ca_bundle,
+        "allow_insecure_http": settings.allow_insecure_http,
     }
-    built = [sink_from_url(sink, **options) if isinstance(sink, str) else sink for sink in sinks]
+    built = [sink_from_url(sink, **options) if isinstance(sink, str) else sink for sink in settings.sinks]
     keys = [sink.key for sink in built]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise ConfigurationError(f"sinks configured twice: {', '.join(repeated)}; give each destination once")
     return built
+
+
+def sinks_to_notify(sinks: Sequence[Sink], old: CheckpointRecord, new: CheckpointRecord) -> list[str]:
+    """The keys of the ``sinks`` whose format renders revision ``new`` differently from ``old``."""
+    return [sink.key for sink in sinks if not sink.format.renders_same(old, new)]
 
 
 def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
@@ -100,4 +102,5 @@ __all__ = [
     "known_schemes",
     "record_sinks",
     "sink_from_url",
+    "sinks_to_notify",
 ]

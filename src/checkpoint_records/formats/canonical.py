@@ -1,4 +1,4 @@
-"""The canonical format: the whole record, as stored (the richest)."""
+"""The canonical format, named `record`: the whole record as stored (the richest), with no mapping."""
 
 from __future__ import annotations
 

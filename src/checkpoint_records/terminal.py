@@ -1,0 +1,166 @@
+"""Terminal output for people (the CLI): YAML with human sizes, tables, delivery states, progress.
+
+Not a wire format: what a platform receives is rendered by ``formats/``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import yaml
+from tqdm import tqdm
+
+from .record import CheckpointRecord
+from .store import Delivery
+
+_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+
+
+def human_size(size: int) -> str:
+    """Decimal units as FlexAI prints them: ``343.79 MB``."""
+    if size < 1000:
+        return f"{size} B"
+    exponent = min(int(math.log(size, 1000)), len(_UNITS) - 1)
+    return f"{size / 1000**exponent:.2f} {_UNITS[exponent]}"
+
+
+def human_record(record: CheckpointRecord) -> dict[str, Any]:
+    """The record as a dict with sizes made human; every other field is the JSON one."""
+    data = record.to_dict()
+    status = data["status"]
+    status["size"] = human_size(status["size"])
+    for entry in status["files"]:
+        entry["size"] = human_size(entry["size"])
+    return data
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 attempt``, ``3 attempts``; ``many`` for irregular plurals (``delivery``/``deliveries``)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def _loss(value: float | None, logged_at: int | None, step: int) -> str:
+    """``1.2345``, or ``1.2345@8`` when the loss was logged at another step than the checkpoint's."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if logged_at in (None, step) else f"{value:.4f}@{logged_at}"
+
+
+def _created(timestamp: str) -> str:
+    """``2026-01-02 13:14`` (UTC): to the minute, so the table fits a terminal; ``inspect`` has the rest."""
+    return timestamp[:16].replace("T", " ")
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """One line of ``list``: the record and the short word on its delivery."""
+
+    record: CheckpointRecord
+    delivery: str
+
+
+def records_table(rows: Sequence[RecordRow]) -> str:
+    """One line per record, short enough for a terminal: LOSS and EVAL are the training and evaluation losses
+    (``@step`` when logged at another step than the checkpoint's), CREATED is UTC.
+
+    A JOB column (the job id's first 8 characters, what ``inspect JOB/NAME`` takes) appears when two
+    jobs of the listing have records of the same name; BEST marks the Trainer's best checkpoint.
+    """
+    names = [row.record.name for row in rows]
+    show_job = len(set(names)) < len(names)
+    header = [
+        "NAME",
+        "STEP",
+        "STATUS",
+        "READY",
+        "BEST",
+        "LOSS",
+        "EVAL",
+        "SIZE",
+        "CREATED",
+        "DELIVERY",
+    ]
+    if show_job:
+        header.insert(1, "JOB")
+    lines = [header]
+    for row in rows:
+        record, training = row.record, row.record.training
+        line = [
+            record.name,
+            str(training.step),
+            record.status.status,
+            "yes" if training.inference_ready else "no",
+            "*" if training.best else "",
+            _loss(training.train_loss, training.train_loss_step, training.step),
+            _loss(training.eval_loss, training.eval_loss_step, training.step),
+            human_size(record.status.size),
+            _created(record.status.created_at),
+            row.delivery,
+        ]
+        if show_job:
+            line.insert(1, record.metadata.job_id[:8])
+        lines.append(line)
+    return _table(lines)
+
+
+def delivery_state(delivery: Delivery, now: float) -> str:
+    """One delivery in full: ``delivered``, ``pending (next in 12s, 3 attempts: why)``, ``dead: why``."""
+    if delivery.state == "delivered":
+        return "delivered"
+    if delivery.state == "dead":
+        return f"dead: {delivery.last_error}"
+    wait = max(delivery.next_attempt_at - now, 0.0)
+    detail = f"next in {wait:.0f}s" if wait >= 1 else "due now"
+    if delivery.attempts:
+        detail += f", {plural(delivery.attempts, 'attempt')}: {delivery.last_error}"
+    return f"pending ({detail})"
+
+
+def delivery_summary(deliveries: Sequence[Delivery]) -> str:
+    """Every sink's delivery of one record in a few words for ``list``: the reasons are in ``inspect``.
+
+    ``local`` (no sink), ``delivered`` (every sink), else how many sinks have it and what the others
+    are waiting for: ``1/2 sent, 1 dead``.
+    """
+    if not deliveries:
+        return "local"
+    delivered = sum(delivery.state == "delivered" for delivery in deliveries)
+    if delivered == len(deliveries):
+        return "delivered"
+    waiting = [
+        f"{count} {state}"
+        for state in ("pending", "dead")
+        if (count := sum(delivery.state == state for delivery in deliveries))
+    ]
+    return f"{delivered}/{len(deliveries)} sent, {', '.join(waiting)}"
+
+
+def progress_bar(total: int, stream: TextIO) -> tqdm[None]:
+    """tqdm on a terminal, nothing otherwise (a log file gets the summary line instead); none for 0 items."""
+    return tqdm(total=total, desc="delivering", unit="delivery", file=stream, disable=None if total else True)
+
+
+def _table(lines: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def jobs_table(details: Sequence[dict[str, Any]]) -> str:
+    """One line per job (``TrainingJobDetail`` objects): name, status, progress, updated, id."""
+    lines = [("NAME", "STATUS", "PROGRESS", "UPDATED", "ID")]
+    for detail in details:
+        updated = datetime.fromtimestamp(detail["updated_at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append((detail["name"], detail["status"], f"{detail['progress']:g}%", updated, detail["id"]))
+    return _table(lines)
