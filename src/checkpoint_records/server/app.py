@@ -69,7 +69,7 @@ def create_app(
     app = FastAPI(
         title=TITLE, version=_version(), openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
     )
-    app.state.store, app.state.auth = store, auth
+    app.state.store, app.state.auth, app.state.writer = store, auth, writer
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorized)])
     api.include_router(ingest_router(writer, max_body_bytes))

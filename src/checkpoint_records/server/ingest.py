@@ -173,6 +173,11 @@ class Writer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Documents queued or being written."""
+        return self._waiting
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="checkpoint-records ingest", daemon=True)
