@@ -34,17 +34,21 @@ STEPS = 12  # more than one page of OpenAI checkpoints (10)
 
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Path]]:
-    """A registry, and a tiny Trainer run on "node-a" sending its records and job documents to it."""
+    """A registry, and two tiny Trainer runs on "node-a" and "node-b" sending their records and job
+    documents to it, as the README's team set-up does; node-a's store is returned to compare with."""
     base = tmp_path_factory.mktemp("registry")
     with serving(base / "registry", base / "server.log", TOKEN) as registry:
-        node = base / "node-a"
         sinks = f"{registry.url}/v1/records,training-job+{registry.url}/v1/records"
-        env = {"CHECKPOINT_RECORDS_HOME": str(node), "CHECKPOINT_RECORDS_SINKS": sinks}
-        with mock.patch.dict(os.environ, {**env, "CHECKPOINT_RECORDS_TOKEN": TOKEN}):
-            tiny_trainer(base / "run", [CheckpointRecordCallback()], max_steps=STEPS, save_steps=1).train()
-        local = RecordStore(node)
-        assert local.counts()["pending"] == 0, local.deliveries()
-        yield registry, node
+        for node, job, steps in (("node-a", "run", STEPS), ("node-b", "other", 4)):
+            env = {"CHECKPOINT_RECORDS_HOME": str(base / node), "CHECKPOINT_RECORDS_SINKS": sinks}
+            with mock.patch.dict(os.environ, {**env, "CHECKPOINT_RECORDS_TOKEN": TOKEN}):
+                run = tiny_trainer(
+                    base / node / job, [CheckpointRecordCallback()], max_steps=steps, save_steps=1
+                )
+                run.train()
+            local = RecordStore(base / node)
+            assert local.counts()["pending"] == 0, local.deliveries()
+        yield registry, base / "node-a"
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
@@ -88,7 +92,8 @@ def test_llama_stack_client_reads_the_run_back(served_run: tuple[Registry, Path]
     client = LlamaStackClient(base_url=registry.url, api_key=TOKEN, max_retries=0)
     local = RecordStore(node)
     (job_id,) = local.job_ids()
-    assert job_id in [job.job_uuid for job in client.post_training.job.list()]
+    listed = [job.job_uuid for job in client.post_training.job.list()]
+    assert job_id in listed and len(listed) == 2
     expected = job_artifacts(job_id, [stored.record for stored in local.records(job_id)])
     artifacts = client.post_training.job.artifacts(job_uuid=job_id)
     assert artifacts.to_dict() == expected
