@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
 
 from ..formats.openai import DEFAULT_ORG, OpenAIFormat, checkpoint_id
 from ..formats.openai import fine_tuning_job_id as openai_job_id
@@ -102,6 +104,8 @@ class _Ids:
         self._checkpoints: dict[str, str] = {}
         #: Jobs whose every checkpoint id is remembered, with how many they had then.
         self._learned: dict[str, int] = {}
+        self._rendered: dict[tuple[str, int], dict[str, Any]] = {}
+        self._renderer = OpenAIFormat()
         self._lock = threading.Lock()
 
     def job_id(self, given: str) -> str:
@@ -122,6 +126,22 @@ class _Ids:
                 self._checkpoints.clear()
                 self._learned.clear()
             self._checkpoints.update((checkpoint_id(record_id), record_id) for record_id in records)
+
+    def remembers(self, checkpoint: str) -> bool:
+        return checkpoint in self._checkpoints
+
+    def rendered(self, record: CheckpointRecord) -> dict[str, Any]:
+        """The record as the ``openai`` format renders it, kept per revision (pages are read again and
+        again while a run is followed; rendering derives three hashes)."""
+        key = (record.id, record.metadata.revision)
+        found = self._rendered.get(key)
+        if found is None:
+            found = self._renderer.render(record)
+            with self._lock:
+                if len(self._rendered) >= _REMEMBERED_CHECKPOINTS:
+                    self._rendered.clear()
+                self._rendered[key] = found
+        return found
 
     def checkpoint(self, job_id: str, given: str) -> CheckpointRecord:
         """The record a checkpoint id names: remembered, else after learning every id of the job (once
@@ -174,17 +194,22 @@ def openai_router(store: RecordStore) -> APIRouter:
     @router.get(
         "/jobs/{fine_tuning_job_id}/checkpoints", summary="A job's checkpoints, newest first (OpenAI)"
     )
-    def list_checkpoints(
+    async def list_checkpoints(
         fine_tuning_job_id: str,
         after: str | None = Query(None, description="the last checkpoint id of the previous page"),
         limit: int = Query(10, ge=1, le=100),
     ) -> dict[str, Any]:
+        # On the event loop: a page is a few indexed rows, cheaper than the hops to a worker thread.
+        # Only an ``after`` this process never served (a pass over the job's ids) goes to a thread.
         job_id = ids.job_id(fine_tuning_job_id)
-        before = None if after is None else ids.checkpoint(job_id, after)
+        before = None
+        if after is not None:
+            lookup = partial(ids.checkpoint, job_id, after)
+            before = lookup() if ids.remembers(after) else await run_in_threadpool(lookup)
         page = [stored.record for stored in store.records_newest_first(job_id, limit + 1, before)]
         shown = page[:limit]
         ids.remember([record.id for record in shown])
-        data = [OpenAIFormat().render(record) for record in shown]
+        data = [ids.rendered(record) for record in shown]
         return {
             "object": "list",
             "data": data,
