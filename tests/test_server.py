@@ -46,6 +46,8 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Regis
                     base / node / job, [CheckpointRecordCallback()], max_steps=steps, save_steps=1
                 )
                 run.train()
+                # What on_train_end's 5 s did not deliver on a loaded machine, sent as a user would.
+                assert main(["--store", str(base / node), "flush", "--timeout", "60"]) == 0
             local = RecordStore(base / node)
             assert local.counts()["pending"] == 0, local.deliveries()
         yield registry, base / "node-a"
