@@ -190,7 +190,9 @@ class Writer:
             self._thread = None
 
     def submit(self, submission: Submission) -> Future[list[Receipt] | None]:
-        """Queue ``submission``; raises :class:`Overloaded` when the queue is full."""
+        """Queue ``submission``; raises :class:`Overloaded` when the queue is full. Starts the thread
+        if the app's lifespan did not (an app mounted inside another runs no lifespan of its own)."""
+        self.start()
         size = len(submission.documents)
         with self._lock:
             if self._waiting and self._waiting + size > self.capacity:
