@@ -23,7 +23,7 @@ from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
 from .recovery import checkpoint_folders
-from .settings import ENVIRONMENT, PREFIX, Settings, parse_seconds, resolve_settings
+from .settings import ENVIRONMENT, PREFIX, Settings, environment, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
 from .terminal import (
@@ -316,6 +316,24 @@ def _store_help() -> str:
     )
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from .server.run import serve
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"`serve` needs the server extra ({error.name} is missing): "
+            "pip install 'checkpoint-records[server]'"
+        ) from None
+    tokens = args.token or [t.strip() for t in environment().get("SERVER_TOKENS", "").split(",") if t.strip()]
+    return serve(
+        RecordStore(settings.home),
+        host=args.host,
+        port=args.port,
+        tokens=tokens,
+        allow_public_without_token=args.allow_public_without_token,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
@@ -390,6 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--job-id", help="the job id, as CHECKPOINT_RECORDS_JOB_ID")
     importing.add_argument("--job-name", help="the job name, as CHECKPOINT_RECORDS_JOB_NAME")
     importing.set_defaults(run=cmd_import)
+    serving = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="a registry other jobs send records to, read by OpenAI/Llama Stack clients",
+    )
+    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serving.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serving.add_argument(
+        "--token",
+        action="append",
+        help="a token clients must send as a bearer (repeatable; default: CHECKPOINT_RECORDS_SERVER_TOKENS, "
+        "which keeps it out of the process list)",
+    )
+    serving.add_argument(
+        "--allow-public-without-token",
+        action="store_true",
+        help="serve on a non-loopback address without a token (only on a trusted network)",
+    )
+    serving.set_defaults(run=cmd_serve)
     return parser
 
 
