@@ -140,6 +140,24 @@ def cmd_resend(store: RecordStore, args: argparse.Namespace) -> int:
     return _deliver(store, sinks, args.timeout)
 
 
+def cmd_serve(store: RecordStore, args: argparse.Namespace) -> int:
+    try:
+        from .server.run import serve
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"`serve` needs the server extra ({error.name} is missing): "
+            "pip install 'checkpoint-records[server]'"
+        ) from None
+    tokens = args.token or [t.strip() for t in environment().get("SERVER_TOKENS", "").split(",") if t.strip()]
+    return serve(
+        store,
+        host=args.host,
+        port=args.port,
+        tokens=tokens,
+        allow_public_without_token=args.allow_public_without_token,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -188,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resend.add_argument("names", nargs="*", help="record names or ids (default: every rejected record)")
     resend.set_defaults(run=cmd_resend)
+    serving = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="a registry other jobs send records to, read by OpenAI/Llama Stack clients",
+    )
+    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serving.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serving.add_argument(
+        "--token",
+        action="append",
+        help="a token clients must send as a bearer (repeatable; default: CHECKPOINT_RECORDS_SERVER_TOKENS, "
+        "which keeps it out of the process list)",
+    )
+    serving.add_argument(
+        "--allow-public-without-token",
+        action="store_true",
+        help="serve on a non-loopback address without a token (only on a trusted network)",
+    )
+    serving.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "NAME_TEMPLATE": "record name template, default '{job_name}-checkpoint-{step}'",
     "FLUSH_TIMEOUT": "seconds on_train_end waits for delivery before leaving the rest pending (default 5)",
     "RECORD_EVERY_NODE": "1 to record every node's copy when save_on_each_node=True",
+    "SERVER_TOKENS": "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens",
 }
 
 
