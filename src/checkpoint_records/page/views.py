@@ -1,0 +1,235 @@
+"""What the page shows, as plain JSON-ready dicts: pure functions from stored records, jobs and logs.
+
+The HTML templates and the browser scripts only lay these out; every value a person sees is decided
+here, once, so the page and its live-update JSON can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from ..formats import get_format, known_formats
+from ..formats.training_job import progress
+from ..record import CheckpointRecord
+from ..render import delivery_summary, human_size
+from ..store import Delivery, StoredJob, StoredRecord
+
+#: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
+MAX_CHART_POINTS = 1500
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as a short UTC time for people: ``2026-11-23 15:04:05Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def short_time(text: str) -> str:
+    """A record's ISO 8601 timestamp without its fraction: ``2026-11-23 15:04:05Z``."""
+    return text.replace("T", " ")[:19] + "Z" if text else ""
+
+
+def job_url(job_id: str) -> str:
+    """The job's page; any id a remote job sent stays one path segment."""
+    return f"/jobs/{quote(job_id, safe='')}"
+
+
+def marker_state(record: CheckpointRecord) -> str:
+    """The one state a checkpoint's chart marker shows; a deleted checkpoint is never the best."""
+    if record.status.status == "deleted":
+        return "deleted"
+    if record.training.best:
+        return "best"
+    return "ready" if record.training.inference_ready else "not-ready"
+
+
+def upload_state(record: CheckpointRecord) -> dict[str, Any] | None:
+    """The storage upload (``status.upload``) when the record has one: state, progress, remote, error."""
+    upload = record.to_dict()["status"].get("upload")
+    return upload if isinstance(upload, dict) else None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now: float) -> dict[str, Any]:
+    """One checkpoint as the job's table and chart show it."""
+    training = record.training
+    return {
+        "id": record.id,
+        "name": record.name,
+        "url": f"/checkpoints/{quote(record.id, safe='')}",
+        "step": training.step,
+        "epoch": training.epoch,
+        "train_loss": training.train_loss,
+        "eval_loss": training.eval_loss,
+        "ready": training.inference_ready,
+        "reasons": list(training.inference_ready_reasons),
+        "status": record.status.status,
+        "state": marker_state(record),
+        "best": record.training.best,
+        "size": record.status.size,
+        "size_human": human_size(record.status.size),
+        "upload": upload_state(record),
+        "delivery": delivery_summary(deliveries, now),
+        "updated": short_time(record.status.updated_at),
+    }
+
+
+def job_summary(job_id: str, stored: StoredJob | None, records: Sequence[CheckpointRecord]) -> dict[str, Any]:
+    """One job as the jobs table shows it. A job known only from its records (ingested without its job
+    document) is ``Unknown``, named after its records."""
+    evals = [(r.training.step, r.training.eval_loss) for r in records if r.training.eval_loss is not None]
+    last_eval = max(evals)[1] if evals else None
+    best_eval = min(loss for _, loss in evals) if evals else None
+    status: str
+    percent: float | None
+    if stored is not None:
+        snapshot = stored.job
+        name, status, percent = snapshot.name, snapshot.status, progress(snapshot)
+        created, updated = snapshot.created_at, snapshot.updated_at
+        step = snapshot.global_step
+    else:
+        name = records[0].metadata.job_name if records else job_id
+        status, percent, step = "Unknown", None, max((r.training.step for r in records), default=0)
+        stamps = [_epoch_seconds(r.status.updated_at) for r in records] or [0.0]
+        created, updated = min(stamps), max(stamps)
+    return {
+        "id": job_id,
+        "name": name,
+        "url": job_url(job_id),
+        "status": status,
+        "progress": percent,
+        "step": step,
+        "best_eval_loss": best_eval,
+        "last_eval_loss": last_eval,
+        "checkpoints": len(records),
+        "ready": sum(1 for r in records if r.training.inference_ready),
+        "created": created,
+        "updated": iso_time(updated),
+    }
+
+
+def _epoch_seconds(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def job_summaries(
+    jobs: Iterable[StoredJob], records: Iterable[StoredRecord], name_filter: str = ""
+) -> list[dict[str, Any]]:
+    """Every job (those known only from records too), newest first, whose name contains ``name_filter``."""
+    by_job: dict[str, list[CheckpointRecord]] = {}
+    for stored in records:
+        by_job.setdefault(stored.record.metadata.job_id, []).append(stored.record)
+    known = {stored.job.id: stored for stored in jobs}
+    summaries = [job_summary(job_id, known.get(job_id), by_job.get(job_id, [])) for job_id in known | by_job]
+    wanted = name_filter.strip().casefold()
+    found = [s for s in summaries if wanted in s["name"].casefold()]
+    return sorted(found, key=lambda summary: summary["created"], reverse=True)
+
+
+def curve(entries: Iterable[Mapping[str, Any]], key: str) -> list[list[float]]:
+    """``[step, value]`` pairs of the logged ``key`` (``loss``, ``eval_loss``); a non-finite value is left
+    out (there is nothing to draw)."""
+    points = []
+    for entry in entries:
+        step, value = _finite(entry.get("step")), _finite(entry.get(key))
+        if step is not None and value is not None:
+            points.append([step, value])
+    return points
+
+
+def job_view(
+    job_id: str,
+    stored: StoredJob | None,
+    records: Sequence[StoredRecord],
+    deliveries: Mapping[str, Sequence[Delivery]],
+    train: Iterable[Mapping[str, Any]],
+    evaluation: Iterable[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Everything the job's page draws: its summary, loss curves (from the entries that logged a train
+    loss and those that logged an eval loss) and checkpoints, oldest step first."""
+    now = time.time()
+    ordered = sorted((s.record for s in records), key=lambda record: record.training.step)
+    return {
+        "job": job_summary(job_id, stored, ordered),
+        "curves": {"train": curve(train, "loss"), "eval": curve(evaluation, "eval_loss")},
+        "checkpoints": [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in ordered],
+    }
+
+
+def wire_documents(record: CheckpointRecord) -> list[tuple[str, str]]:
+    """The record in every wire format that renders single records, as indented JSON text made by each
+    format's own renderer (the page never renders a format itself)."""
+    documents = []
+    for name in known_formats():
+        wire = get_format(name)
+        if wire.renders_records:
+            documents.append((name, json.dumps(wire.render(record), indent=2, ensure_ascii=False)))
+    return documents
+
+
+def checkpoint_view(stored: StoredRecord, deliveries: Sequence[Delivery]) -> dict[str, Any]:
+    """Everything the checkpoint's page shows, beyond the row of the job's table."""
+    record = stored.record
+    row = checkpoint_row(record, deliveries, time.time())
+    metadata = record.training
+    history = [{"revision": 1, "when": short_time(record.status.created_at), "what": "recorded"}]
+    if stored.revision > 1:
+        what = "deleted" if record.status.status == "deleted" else "updated"
+        if record.training.best:
+            what += ", best"
+        history.append(
+            {"revision": stored.revision, "when": short_time(record.status.updated_at), "what": what}
+        )
+    return {
+        **row,
+        "job_id": record.metadata.job_id,
+        "job_name": record.metadata.job_name,
+        "job_url": job_url(record.metadata.job_id),
+        "revision": stored.revision,
+        "history": history,
+        "facts": [
+            ("Status", record.status.status),
+            ("Step", str(metadata.step)),
+            ("Epoch", "-" if metadata.epoch is None else f"{metadata.epoch:g}"),
+            ("Train loss", _number(metadata.train_loss)),
+            ("Eval loss", _number(metadata.eval_loss)),
+            ("Model", metadata.model),
+            ("Architecture", metadata.architecture or "-"),
+            ("Layout", metadata.layout),
+            ("Node", metadata.node),
+            ("World size", str(metadata.world_size)),
+            ("transformers", metadata.version),
+            ("Directory", record.spec.directory),
+            ("Created", short_time(record.status.created_at)),
+            ("Updated", short_time(record.status.updated_at)),
+        ],
+        "metrics": [
+            (key, metadata.non_finite.get(key, "-") if value is None else _metric(value))
+            for key, value in sorted(metadata.metrics.items())
+        ],
+        "files": [(entry.path, human_size(entry.size), entry.size) for entry in record.status.files],
+        "deliveries": [(d.sink, d.state, d.attempts, d.last_error or "") for d in deliveries],
+        "wire": wire_documents(record),
+    }
+
+
+def _metric(value: Any) -> str:
+    """A metric for reading: floats to six significant digits, anything else as it is."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
