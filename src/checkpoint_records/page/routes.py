@@ -9,6 +9,7 @@ form trades a token for an HttpOnly, SameSite=Strict session cookie (a token nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mimetypes
 from importlib import resources
@@ -35,6 +36,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+#: Checkpoints listed under a job's chart unless the reader asks for all (the chart marks every one).
+TABLE_ROWS = 100
 #: A login form is a token and a path: anything bigger is not one.
 _MAX_FORM_BYTES = 8192
 
@@ -99,13 +102,14 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         return page("jobs.html", request, jobs=jobs, query=q)
 
     @router.get("/jobs/{job_id}")
-    def job_page(request: Request, job_id: str) -> Response:
+    def job_page(request: Request, job_id: str, all: bool = False) -> Response:
         if not auth.check(request):
             return to_login(request)
         view = job_view(job_id)
         if view is None:
             return not_found(request, f"job {job_id}")
-        return page("job.html", request, view=view, feed=f"/ui/api/jobs/{quote(job_id, safe='')}")
+        feed = f"/ui/api/jobs/{quote(job_id, safe='')}"
+        return page("job.html", request, view=view, feed=feed, show_all=all, table_rows=TABLE_ROWS)
 
     @router.get("/compare")
     def compare_page(request: Request, job: list[str] = Query(default=[])) -> Response:  # noqa: B008
@@ -131,9 +135,19 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         if stored is None and not records:
             return None
         deliveries = {stored.record.id: store.deliveries(stored.record.id) for stored in records}
+        return views.job_view(job_id, stored, records, deliveries)
+
+    @functools.lru_cache(maxsize=32)
+    def curves_at(job_id: str, log_length: int, checkpoints: int) -> dict[str, list[list[float]]]:
+        """The job's downsampled curves, computed again only once its log or checkpoints grew: a page
+        that follows a long run asks every few seconds, and reading 100,000 steps is the costly part."""
         train = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="loss")
         evaluation = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="eval_loss")
-        return views.job_view(job_id, stored, records, deliveries, train, evaluation)
+        return views.curves(train, evaluation)
+
+    def with_curves(view: dict[str, Any]) -> dict[str, Any]:
+        job_id = view["job"]["id"]
+        return {**view, "curves": curves_at(job_id, store.log_length(job_id), len(view["checkpoints"]))}
 
     @router.get("/ui/api/jobs")
     def jobs_feed(request: Request, q: str = "") -> Response:
@@ -146,7 +160,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         if not auth.check(request):
             return data({"detail": "sign in first"}, 401)
         view = job_view(job_id)
-        return data({"detail": "no such job"}, 404) if view is None else data(view)
+        return data({"detail": "no such job"}, 404) if view is None else data(with_curves(view))
 
     @router.get("/ui/api/compare")
     def compare_feed(request: Request, job: list[str] = Query(default=[])) -> Response:  # noqa: B008
@@ -156,7 +170,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         for job_id in dict.fromkeys(job):
             view = job_view(job_id)
             if view is not None:
-                found.append({**view["job"], "curves": view["curves"]})
+                found.append({**view["job"], "curves": with_curves(view)["curves"]})
         return data({"jobs": found})
 
     @router.get("/ui/static/{name}")

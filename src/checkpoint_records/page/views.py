@@ -155,18 +155,21 @@ def job_view(
     stored: StoredJob | None,
     records: Sequence[StoredRecord],
     deliveries: Mapping[str, Sequence[Delivery]],
-    train: Iterable[Mapping[str, Any]],
-    evaluation: Iterable[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """Everything the job's page draws: its summary, loss curves (from the entries that logged a train
-    loss and those that logged an eval loss) and checkpoints, oldest step first."""
+    """The job's summary and its checkpoints, oldest step first."""
     now = time.time()
     ordered = sorted((s.record for s in records), key=lambda record: record.training.step)
     return {
         "job": job_summary(job_id, stored, ordered),
-        "curves": {"train": curve(train, "loss"), "eval": curve(evaluation, "eval_loss")},
         "checkpoints": [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in ordered],
     }
+
+
+def curves(
+    train: Iterable[Mapping[str, Any]], evaluation: Iterable[Mapping[str, Any]]
+) -> dict[str, list[list[float]]]:
+    """The chart's two curves: from the entries that logged a train loss, and those with an eval loss."""
+    return {"train": curve(train, "loss"), "eval": curve(evaluation, "eval_loss")}
 
 
 def wire_documents(record: CheckpointRecord) -> list[tuple[str, str]]:

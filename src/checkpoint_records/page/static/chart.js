@@ -200,7 +200,7 @@
   }
 
   async function load(figure) {
-    const response = await fetch(figure.dataset.feed, { credentials: "same-origin", cache: "no-store" });
+    const response = await fetch(figure.dataset.feed, { credentials: "same-origin" });
     if (response.status === 401) {
       window.location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
       return null;
