@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,13 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "store"
     monkeypatch.setenv("CHECKPOINT_RECORDS_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def strict_failures() -> Iterator[None]:
+    """A failure inside the library raises in tests (in production it is logged once and skipped)."""
+    from checkpoint_records.logs import set_strict
+
+    set_strict(True)
+    yield
+    set_strict(False)

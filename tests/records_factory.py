@@ -6,6 +6,7 @@ from pathlib import Path
 
 from checkpoint_records.build import SaveContext, build_record
 from checkpoint_records.collect import ModelFacts, ScannedCheckpoint
+from checkpoint_records.history import metrics_at_step
 from checkpoint_records.identity import checkpoint_id_for, job_id_for
 from checkpoint_records.readiness import Readiness
 from checkpoint_records.record import CheckpointRecord, utc_now_iso
@@ -23,7 +24,7 @@ def make_record(
         step=step,
         epoch=step / 10,
         node=node,
-        log_history=[{"loss": train_loss, "step": step}],
+        logged=metrics_at_step([{"loss": train_loss, "step": step}], step),
         base_model="tiny-gpt2",
         library_version="5.0.0",
     )

@@ -261,7 +261,7 @@ def test_a_plain_loop_records_with_one_call_and_flushes_on_exit(tmp_path: Path, 
     (directory / "weights.pt").write_bytes(b"0" * 64)
     with Receiver() as receiver:
         with CheckpointRecorder(sinks=[receiver.url], flush_timeout=10) as recorder:
-            record = recorder.record(
+            recorder.record(
                 directory,
                 step=3,
                 train_loss=torch.tensor(1.5),
@@ -269,6 +269,7 @@ def test_a_plain_loop_records_with_one_call_and_flushes_on_exit(tmp_path: Path, 
                 metrics={"accuracy": torch.tensor(0.25)},
             )
         assert len(receiver.accepted()) == 1  # delivered by close(), on leaving the block
+    record = recorder.last_record
     assert record is not None and record.name == "run-checkpoint-3"
     assert record.training.train_loss == 1.5 and record.training.eval_loss is None
     assert record.training.non_finite == {"evalLoss": "NaN"}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .collect import ModelFacts, ScannedCheckpoint
-from .history import metrics_at_step
+from .history import LoggedMetrics
 from .readiness import Readiness
 from .record import (
     CheckpointRecord,
@@ -32,11 +31,23 @@ class SaveContext:
     step: int
     epoch: Any
     node: str
-    log_history: Iterable[Mapping[str, Any]]
+    #: What the log says as of this step (``history.LogAccumulator``, or ``metrics_at_step``).
+    logged: LoggedMetrics
     #: The base model as the live run knows it (PEFT base, ``name_or_path`` or ``hub_model_id``).
     base_model: str | None
     library_version: str
     world_size: int = 1
+    #: Rebuilt from the checkpoint's own files after the fact, not handed over by a live save.
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class Best:
+    """The Trainer's best checkpoint so far: its step, and by which metric and value."""
+
+    step: int
+    metric: str | None
+    value: float | None
 
 
 def build_record(
@@ -46,7 +57,7 @@ def build_record(
     readiness: Readiness,
     now: str,
 ) -> CheckpointRecord:
-    logged = metrics_at_step(context.log_history, context.step)
+    logged = context.logged
     epoch, _ = to_number(context.epoch)
     directory = str(scanned.directory.absolute())
     status: CheckpointStatus = "available" if scanned.exists else "failed"
@@ -80,6 +91,7 @@ def build_record(
                 inference_ready_reasons=list(readiness.reasons),
                 layout=readiness.layout,
                 world_size=context.world_size,
+                recovered=context.recovered,
             ),
             created_at=now,
             updated_at=now,
@@ -101,3 +113,19 @@ def as_deleted(record: CheckpointRecord, now: str) -> CheckpointRecord:
     )
     status = record.status.model_copy(update={"status": "deleted", "updated_at": now, "metadata": training})
     return record.model_copy(update={"status": status})
+
+
+def with_best(record: CheckpointRecord, best: Best | None, now: str | None = None) -> CheckpointRecord:
+    """``record`` marked as the best checkpoint (``best`` is its own step) or as not (any other ``best``).
+
+    ``now`` stamps ``updatedAt`` when an existing record changes.
+    """
+    training = record.training
+    if best is not None and best.step == training.step:
+        changes: dict[str, Any] = {"best": True, "best_metric": best.metric, "best_metric_value": best.value}
+    else:
+        changes = {"best": False, "best_metric": None, "best_metric_value": None}
+    status: dict[str, Any] = {"metadata": training.model_copy(update=changes)}
+    if now is not None:
+        status["updated_at"] = now
+    return record.model_copy(update={"status": record.status.model_copy(update=status)})

@@ -1,8 +1,13 @@
-"""The Hugging Face Trainer adapter: a thin ``TrainerCallback`` over :class:`CheckpointRecorder`."""
+"""The Hugging Face Trainer adapter: a thin ``TrainerCallback`` over :class:`CheckpointRecorder`.
+
+Every hook does on the training thread only what must happen there (the barrier between ranks at a
+save, reading the state it needs) and hands the rest to the recorder's background thread.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +15,10 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .distributed import trainer_role, wait_for_everyone
-from .lifecycle import JobLifecycle
+from .job import JobIdentity
+from .logs import never_raises
 from .record import CheckpointRecord
-from .recorder import CheckpointRecorder, JobIdentity, base_model_name, never_raises
+from .recorder import Begin, BestSoFar, CheckpointRecorder, Save, base_model_name
 from .sinks import Sink
 from .store import RecordStore
 
@@ -63,8 +69,15 @@ class CheckpointRecordCallback(TrainerCallback):
             flush_timeout=flush_timeout,
             record_every_node=record_every_node,
         )
-        self.last_record: CheckpointRecord | None = None
-        self.lifecycle = JobLifecycle(self.recorder)
+        #: How much of ``state.log_history`` was handed over, and when its new entries were logged.
+        self._handed = 0
+        self._log_times: dict[int, float] = {}
+
+    @property
+    def last_record(self) -> CheckpointRecord | None:
+        """The record of the latest save, once stored (waits, bounded, for the background to get there)."""
+        self.recorder.drain()
+        return self.recorder.last_record
 
     def _should_record(self, args: TrainingArguments, state: TrainerState) -> bool:
         return trainer_role(args, state).records(self.recorder.record_every_node)
@@ -76,20 +89,29 @@ class CheckpointRecordCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not self._should_record(args, state):
-            return
-        self.recorder.start_delivery()  # pending work from an earlier run goes out now
-        job = self._job(args, Path(str(args.output_dir)))
-        self.recorder.watch_job(job)
-        if state.is_world_process_zero:  # the job as a whole is reported once
-            model = kwargs.get("model")
-            self.lifecycle.begin(job, args, state, model, base_model_name(model, args.hub_model_id))
+        self._handed, self._log_times = 0, {}  # the state (a resumed one too) is handed over from its start
+        if not self._should_record(args, state) or not state.is_world_process_zero:
+            return  # the job as a whole is reported once
+        output_dir = Path(str(args.output_dir))
+        model = kwargs.get("model")
+        self.recorder.begin(
+            Begin(
+                job=self._job(args, output_dir),
+                directory=output_dir,
+                args=args,
+                model=model,
+                base_model=base_model_name(model, args.hub_model_id),
+                max_steps=int(state.max_steps or 0),
+                started_at=time.time(),
+            )
+        )
 
     @never_raises
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.lifecycle.logged(state.global_step)
+        # log_history keeps no time; the job's loss series needs it
+        self._log_times[len(state.log_history) - 1] = time.time()
 
     @never_raises
     def on_save(
@@ -100,25 +122,33 @@ class CheckpointRecordCallback(TrainerCallback):
         if not self._should_record(args, state):
             return
         directory = checkpoint_directory(args, state)
-        model = kwargs.get("model")
-        self.last_record = self.recorder.record_directory(
-            directory,
-            job=self._job(args, directory.parent),
-            step=state.global_step,
-            epoch=state.epoch,
-            log_history=state.log_history or [],
-            base_model=base_model_name(model, args.hub_model_id),
-            world_size=args.world_size,
-            node_suffix=trainer_role(args, state).node_suffix(self.recorder.record_every_node),
+        history = state.log_history or []
+        first, self._handed = self._handed, len(history)
+        times, self._log_times = self._log_times, {}
+        best = state.best_model_checkpoint
+        self.recorder.hand_off(
+            Save(
+                directory=directory,
+                run_dir=directory.parent,
+                job=self._job(args, directory.parent),
+                step=state.global_step,
+                epoch=state.epoch,
+                entries=history[first:],
+                first_seq=first,
+                log_times=times,
+                base_model=base_model_name(kwargs.get("model"), args.hub_model_id),
+                world_size=args.world_size,
+                node_suffix=trainer_role(args, state).node_suffix(self.recorder.record_every_node),
+                best=BestSoFar(best, args.metric_for_best_model, state.best_metric) if best else None,
+                max_steps=int(state.max_steps or 0),
+                reports_job=state.is_world_process_zero,
+            )
         )
-        if self.recorder.job_sinks:  # progress is news only to job-level platforms
-            self.lifecycle.report("Running")
 
     @never_raises
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self._should_record(args, state):
-            self.recorder.record_rotations()
-            self.lifecycle.end("Success")
+            self.recorder.end("Success", state.global_step)
             self.recorder.flush()

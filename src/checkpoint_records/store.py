@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigurationError
-from .formats.training_job import JobSnapshot
 from .history import LogEntry, downsample
+from .job import JobSnapshot
 from .record import CheckpointRecord
 
 DATABASE_NAME = "records.db"
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at REAL NOT NULL,
     claimed_by TEXT,
     claimed_until REAL,
+    kind TEXT NOT NULL DEFAULT 'record',
     PRIMARY KEY (sink, record_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_attempt_at);
@@ -84,6 +85,8 @@ CREATE TABLE IF NOT EXISTS log_entries (
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
+#: What an outbox entry delivers: a checkpoint record (``records``) or a job snapshot (``jobs``).
+DocumentKind = Literal["record", "job"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,10 @@ class Delivery:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    kind: DocumentKind = "record"
 
 
-_DELIVERY_COLUMNS = "sink, record_id, revision, state, attempts, next_attempt_at, last_error"
+_DELIVERY_COLUMNS = "sink, record_id, revision, state, attempts, next_attempt_at, last_error, kind"
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,7 @@ class RecordStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.name, revision, job.status, owner, body, time.time()),
             )
-            _queue(connection, "INSERT OR REPLACE", sinks, job.id, revision)
+            _queue(connection, "INSERT OR REPLACE", sinks, job.id, revision, "job")
         return revision
 
     def job(self, job_id: str) -> StoredJob | None:
@@ -376,13 +380,13 @@ class RecordStore:
             ).fetchall()
         return [_logged(body, logged_at) for body, logged_at in series]
 
-    def log_length(self, job_id: str) -> int:
-        """How many entries of the job's log are stored (the next position)."""
-        row = (
-            self._connection()
-            .execute("SELECT MAX(seq) FROM log_entries WHERE job_id = ?", (job_id,))
-            .fetchone()
-        )
+    def log_length(self, job_id: str, before_step: int | None = None) -> int:
+        """The position after the job's last stored entry (of a step before ``before_step``, if given)."""
+        query = "SELECT MAX(seq) FROM log_entries WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if before_step is not None:
+            query, params = query + " AND step < ?", [job_id, before_step]
+        row = self._connection().execute(query, params).fetchone()
         return 0 if row is None or row[0] is None else int(row[0]) + 1
 
     # -- outbox --------------------------------------------------------------------------------------
@@ -404,7 +408,8 @@ class RecordStore:
         with self._transaction(durable=False) as connection:
             rows = connection.execute(
                 "SELECT o.record_id, o.revision, COALESCE(r.body, j.body) FROM outbox o"
-                " LEFT JOIN records r ON r.id = o.record_id LEFT JOIN jobs j ON j.id = o.record_id"
+                " LEFT JOIN records r ON o.kind = 'record' AND r.id = o.record_id"
+                " LEFT JOIN jobs j ON o.kind = 'job' AND j.id = o.record_id"
                 " WHERE o.sink = ? AND o.state = 'pending' AND o.next_attempt_at <= ?"
                 " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
                 " AND COALESCE(r.body, j.body) IS NOT NULL"
@@ -515,6 +520,7 @@ def _set_up(connection: sqlite3.Connection, journal_mode: str, attempts: int = 2
             if connection.execute("PRAGMA journal_mode").fetchone()[0] != journal_mode:
                 connection.execute(f"PRAGMA journal_mode={journal_mode}")
             connection.executescript(_SCHEMA)
+            _add_outbox_kind(connection)
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or attempt == attempts - 1:
@@ -528,14 +534,34 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 def _queue(
-    connection: sqlite3.Connection, verb: str, sinks: Sequence[str], record_id: str, revision: int
+    connection: sqlite3.Connection,
+    verb: str,
+    sinks: Sequence[str],
+    record_id: str,
+    revision: int,
+    kind: DocumentKind = "record",
 ) -> None:
     now = time.time()
     connection.executemany(
-        f"{verb} INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at, updated_at)"
-        " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-        [(sink, record_id, revision, now, now) for sink in sinks],
+        f"{verb} INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at, updated_at, kind)"
+        " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+        [(sink, record_id, revision, now, now, kind) for sink in sinks],
     )
+
+
+def _add_outbox_kind(connection: sqlite3.Connection) -> None:
+    """Upgrade a store written before the outbox said what it delivers: job ids there are jobs."""
+    if "kind" in {row[1] for row in connection.execute("PRAGMA table_info(outbox)")}:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if "kind" not in {row[1] for row in connection.execute("PRAGMA table_info(outbox)")}:
+            connection.execute("ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'record'")
+            connection.execute("UPDATE outbox SET kind = 'job' WHERE record_id IN (SELECT id FROM jobs)")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 def claim_owner() -> str:

@@ -1,0 +1,98 @@
+"""Checkpoints on disk as their own truth: what a record needs, read back from a checkpoint directory.
+
+Every Trainer checkpoint carries ``trainer_state.json`` (global step, epoch, the log history up to that
+step, the best checkpoint so far) beside its files, so a record that was never stored (the process died
+between the save and the commit; a run that never had the callback) can be rebuilt after the fact, with
+the id a live save would have given it. accelerate ``save_state`` folders (``checkpoints/checkpoint_<n>``)
+carry no such file: their step is the folder's number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .build import Best
+from .collect import read_json_object
+from .history import LoggedMetrics, metrics_at_step, step_of
+from .values import to_number
+
+TRAINER_STATE = "trainer_state.json"
+_TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
+_ACCELERATE_FOLDER = re.compile(r"checkpoint_(\d+)")
+
+
+@dataclass(frozen=True)
+class FoundCheckpoint:
+    """A checkpoint directory found on disk and what its own files say about it."""
+
+    directory: Path
+    step: int
+    epoch: float | None = None
+    logged: LoggedMetrics = field(default_factory=LoggedMetrics)
+    #: The whole ``log_history`` of ``trainer_state.json`` (empty for accelerate folders).
+    log_history: tuple[dict[str, Any], ...] = ()
+    best: Best | None = None
+
+
+def checkpoint_folders(run_dir: Path) -> list[tuple[Path, int]]:
+    """The checkpoint folders of a run directory with their step, oldest first: the Trainer's
+    ``checkpoint-<step>`` and accelerate's ``checkpoints/checkpoint_<n>``."""
+    found = []
+    for parent, pattern in ((run_dir, _TRAINER_FOLDER), (run_dir / "checkpoints", _ACCELERATE_FOLDER)):
+        try:
+            entries = list(parent.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match and entry.is_dir():
+                found.append((entry, int(match.group(1))))
+    return sorted(found, key=lambda item: item[1])
+
+
+def read_checkpoint(directory: Path, step: int) -> FoundCheckpoint:
+    """What ``directory`` says about itself: from ``trainer_state.json`` when there is one."""
+    state = read_json_object(directory / TRAINER_STATE)
+    if state is None:
+        return FoundCheckpoint(directory=directory, step=step)
+    history = tuple(entry for entry in state.get("log_history") or () if isinstance(entry, dict))
+    global_step = step_of({"step": state.get("global_step")})
+    step = step if global_step is None else global_step
+    epoch, _ = to_number(state.get("epoch"))
+    return FoundCheckpoint(
+        directory=directory,
+        step=step,
+        epoch=None if epoch is None else float(epoch),
+        logged=metrics_at_step(history, step),
+        log_history=history,
+        best=best_of(state, history),
+    )
+
+
+def best_of(state: dict[str, Any], history: tuple[dict[str, Any], ...]) -> Best | None:
+    """The best checkpoint ``trainer_state.json`` names, with the metric whose value matches at its step.
+
+    The state keeps the best value but not the metric's name: it is the logged ``eval_*`` value equal to
+    it at the best step (``eval_loss`` first), as ``metric_for_best_model`` always names an eval metric.
+    """
+    path = state.get("best_model_checkpoint")
+    match = _TRAINER_FOLDER.fullmatch(Path(str(path)).name) if path else None
+    if match is None:
+        return None
+    step = int(match.group(1))
+    value, _ = to_number(state.get("best_metric"))
+    metric = None
+    if value is not None:
+        at_step = [entry for entry in history if step_of(entry) == step]
+        names = sorted(
+            (key for entry in at_step for key in entry if key.startswith("eval_")),
+            key=lambda key: key != "eval_loss",
+        )
+        metric = next(
+            (key for key in names for entry in at_step if key in entry and to_number(entry[key])[0] == value),
+            None,
+        )
+    return Best(step=step, metric=metric, value=None if value is None else float(value))
