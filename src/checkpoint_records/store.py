@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS log_entries (
     body TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+
+-- The registry server (``checkpoint-records serve``): newest-first pages of a job's checkpoints, and
+-- the idempotency keys of what it received, with the receipts it answered.
+CREATE INDEX IF NOT EXISTS records_by_job_step_id ON records(job_id, step, id);
+CREATE TABLE IF NOT EXISTS received_keys (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    receipts TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -138,6 +149,42 @@ class StoredJob:
 class StoredRecord:
     record: CheckpointRecord
     revision: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of one received document: ``stored`` is False when the store already held this
+    revision or a newer one (then ``revision`` is the one it holds)."""
+
+    id: str
+    kind: Literal["record", "job"]
+    revision: int
+    stored: bool
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Documents received in one request, stored all or none; ``key`` is its ``Idempotency-Key`` and
+    ``digest`` a hash of its body, so a key reused for other content is told apart from a replay."""
+
+    documents: Sequence[CheckpointRecord | JobSnapshot]
+    key: str | None = None
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job's checkpoints at a glance: how many, the first creation and last update (ISO 8601)."""
+
+    job_id: str
+    checkpoints: int
+    first_created_at: str | None
+    last_updated_at: str | None
+
+
+#: How long a received idempotency key is remembered (a sender retries for far less).
+RECEIVED_KEY_SECONDS = 7 * 24 * 3600.0
+_TERMINAL_JOB_STATUSES = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
 
 
 def default_home() -> Path:
@@ -389,6 +436,88 @@ class RecordStore:
         row = self._connection().execute(query, params).fetchone()
         return 0 if row is None or row[0] is None else int(row[0]) + 1
 
+    # -- received from other processes (the registry server) ----------------------------------------
+
+    def receive(self, submissions: Sequence[Submission]) -> list[list[Receipt] | None]:
+        """Store documents sent by other jobs, keeping their own revisions, in one durable transaction.
+
+        Per submission, in order: a known idempotency key with the same digest changes nothing and
+        gives the receipts answered the first time; with another digest it gives None (refused, nothing
+        stored). A record is stored when its ``metadata.revision`` is newer than the one held; a job
+        snapshot when it is newer by update time (in whole seconds, as ``TrainingJobDetail`` has it),
+        then by a finished status over a running one, then by step. Older or equal ones change nothing.
+        Received documents are not queued for any sink.
+        """
+        now = time.time()
+        answers: list[list[Receipt] | None] = []
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,))
+            for submission in submissions:
+                if submission.key is not None:
+                    row = connection.execute(
+                        "SELECT digest, receipts FROM received_keys WHERE key = ?", (submission.key,)
+                    ).fetchone()
+                    if row is not None:
+                        answers.append(_receipts(row[1]) if row[0] == submission.digest else None)
+                        continue
+                receipts = [
+                    _receive_record(connection, document)
+                    if isinstance(document, CheckpointRecord)
+                    else _receive_job(connection, document)
+                    for document in submission.documents
+                ]
+                if submission.key is not None:
+                    connection.execute(
+                        "INSERT INTO received_keys (key, digest, receipts, received_at) VALUES (?, ?, ?, ?)",
+                        (submission.key, submission.digest, _receipts_json(receipts), now),
+                    )
+                answers.append(receipts)
+        return answers
+
+    def job_ids(self) -> list[str]:
+        """Every job the store knows, from its job snapshots or its records."""
+        rows = self._connection().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
+        return [job_id for (job_id,) in rows]
+
+    def job_summary(self, job_id: str) -> JobSummary:
+        count, first, last = (
+            self._connection()
+            .execute("SELECT COUNT(*), MIN(created_at), MAX(updated_at) FROM records WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
+        return JobSummary(job_id, count, first, last)
+
+    def record_ids(self, job_id: str) -> list[str]:
+        rows = self._connection().execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
+        return [record_id for (record_id,) in rows]
+
+    def records_newest_first(
+        self, job_id: str, limit: int, before: CheckpointRecord | None = None
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` records of ``job_id``, highest step first, after ``before`` in that order."""
+        query = "SELECT body, revision FROM records WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if before is not None:
+            query += " AND (step, id) < (?, ?)"
+            params += [before.training.step, before.id]
+        rows = self._connection().execute(query + " ORDER BY step DESC, id DESC LIMIT ?", [*params, limit])
+        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+
+    def last_ready(self, job_id: str) -> CheckpointRecord | None:
+        """The job's highest-step checkpoint that is available and ready for inference, if any."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT body FROM records WHERE job_id = ?"
+                " AND json_extract(body, '$.status.status') = 'available'"
+                " AND json_extract(body, '$.status.metadata.inferenceReady')"
+                " ORDER BY step DESC, id DESC LIMIT 1",
+                (job_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else CheckpointRecord.from_json(row[0])
+
     # -- outbox --------------------------------------------------------------------------------------
 
     def deliveries(self, record_id: str | None = None) -> list[Delivery]:
@@ -589,6 +718,53 @@ def _logged(body: str, logged_at: float | None) -> dict[str, Any]:
     if logged_at is not None:
         entry["logged_at"] = logged_at
     return entry
+
+
+def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
+    revision = record.metadata.revision
+    row = connection.execute("SELECT revision FROM records WHERE id = ?", (record.id,)).fetchone()
+    if row is not None and int(row[0]) >= revision:
+        return Receipt(record.id, "record", int(row[0]), stored=False)
+    connection.execute(
+        "INSERT OR REPLACE INTO records (id, name, job_id, step, revision, body, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.id,
+            record.name,
+            record.metadata.job_id,
+            record.training.step,
+            revision,
+            record.to_json(),
+            record.status.created_at,
+            record.status.updated_at,
+        ),
+    )
+    return Receipt(record.id, "record", revision, stored=True)
+
+
+def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
+    return (int(job.updated_at), job.status in _TERMINAL_JOB_STATUSES, job.global_step)
+
+
+def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:
+    row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    if row is not None and _job_order(JobSnapshot.model_validate_json(row[0])) >= _job_order(job):
+        return Receipt(job.id, "job", int(row[1]), stored=False)
+    revision = 1 if row is None else int(row[1]) + 1
+    connection.execute(
+        "INSERT OR REPLACE INTO jobs (id, name, revision, status, owner, body, updated_at)"
+        " VALUES (?, ?, ?, ?, NULL, ?, ?)",
+        (job.id, job.name, revision, job.status, job.model_dump_json(), time.time()),
+    )
+    return Receipt(job.id, "job", revision, stored=True)
+
+
+def _receipts_json(receipts: Sequence[Receipt]) -> str:
+    return json.dumps([[r.id, r.kind, r.revision, r.stored] for r in receipts], separators=(",", ":"))
+
+
+def _receipts(text: str) -> list[Receipt]:
+    return [Receipt(*item) for item in json.loads(text)]
 
 
 def _content(record: CheckpointRecord) -> str:

@@ -6,16 +6,25 @@ check the same :class:`Auth` themselves, so its login form stays reachable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from ..page import page_router
 from ..store import RecordStore
 from . import problems
 from .auth import Auth
+from .ingest import DOCUMENT_MODELS, MAX_BODY_BYTES, QUEUE_CAPACITY, Writer, ingest_router
+from .llama_stack_api import llama_stack_router
+from .openai_api import openai_router
+from .registry_api import registry_router
 
 API_PREFIX = "/v1"
 TITLE = "checkpoint-records registry"
@@ -27,13 +36,20 @@ PAGE_ROUTERS: tuple[RouterFactory, ...] = (page_router,)
 
 
 def create_app(
-    store: RecordStore, *, tokens: Sequence[str] = (), routers: Sequence[RouterFactory] = PAGE_ROUTERS
+    store: RecordStore,
+    *,
+    tokens: Sequence[str] = (),
+    routers: Sequence[RouterFactory] = PAGE_ROUTERS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    queue_capacity: int = QUEUE_CAPACITY,
 ) -> FastAPI:
     """The server for ``store``; with ``tokens``, every route needs one of them.
 
-    ``routers`` (the web page's, by default) are mounted at ``/`` after the API.
+    ``routers`` (the web page's, by default) are mounted at ``/`` after the API. Ingest refuses bodies
+    over ``max_body_bytes`` (413) and answers 429 while more than ``queue_capacity`` documents wait.
     """
     auth = Auth(tokens)
+    writer = Writer(store, queue_capacity)
 
     async def authorized(request: Request) -> None:
         if not auth.check(request):
@@ -41,19 +57,48 @@ def create_app(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    app = FastAPI(title=TITLE, version=_version(), openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.store, app.state.auth = store, auth
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.stop()
+
+    app = FastAPI(
+        title=TITLE, version=_version(), openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
+    app.state.store, app.state.auth, app.state.writer = store, auth, writer
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorized)])
+    api.include_router(ingest_router(writer, max_body_bytes))
+    api.include_router(registry_router(store))
+    api.include_router(openai_router(store))
+    api.include_router(llama_stack_router(store))
     app.include_router(api)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
     async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+        if app.openapi_schema is None:
+            app.openapi_schema = _describe(app)
+        return JSONResponse(app.openapi_schema)
 
     for router in routers:
         app.include_router(router(store, auth))
     return app
+
+
+def _describe(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the documents ingest reads itself (to refuse large bodies early)."""
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    models: list[type[BaseModel]] = [*DOCUMENT_MODELS, problems.ProblemDetails]
+    _, schemas = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    document.setdefault("components", {}).setdefault("schemas", {}).update(schemas["$defs"])
+    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    document["security"] = [{"bearer": []}]
+    return document
 
 
 def _version() -> str:

@@ -14,9 +14,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemDetails(BaseModel):
+    """The error document (the shared ``error.schema.json``), for the OpenAPI description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: int
+    title: str
+    detail: str
+    instance: str | None = None
 
 
 class Problem(Exception):

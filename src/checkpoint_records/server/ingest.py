@@ -1,0 +1,303 @@
+"""``POST /v1/records``: what ``HttpSink`` sends, stored with the sender's revision, all or nothing.
+
+The body is one document or a JSON array of them (a batch, for backlogs; at most :data:`MAX_BATCH`):
+a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``TrainingJobDetail``
+(the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
+not JSON, ``401``, ``413`` past the size limit (read no further), ``422`` naming the invalid field or a
+reused ``Idempotency-Key``, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the
+store cannot write. Nothing is stored for any of the errors.
+
+Writes go through one thread that commits whatever requests are waiting in a single transaction
+(group commit): eight senders cost one disk flush per round, not eight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..job import (
+    BaseModelOption,
+    JobSnapshot,
+    JobStatus,
+    LossPoint,
+    TaskType,
+    TrainingTechnique,
+)
+from ..logs import logger
+from ..record import CheckpointRecord
+from ..store import Receipt, RecordStore, Submission
+from .problems import Problem, describe_errors
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BATCH = 1000
+#: Documents waiting to be written beyond which new requests get 429.
+QUEUE_CAPACITY = 10_000
+#: Requests committed together at most.
+MAX_GROUP = 256
+RETRY_AFTER_SECONDS = 1
+
+Document = CheckpointRecord | JobSnapshot
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossEntry(_Detail):
+    timestamp: int
+    loss: float = Field(allow_inf_nan=False)
+
+
+class TrainingJobDetail(_Detail):
+    """A ``TrainingJobDetail`` as the ``training-job`` format sends it (the shared schema's fields)."""
+
+    id: str = Field(min_length=1)
+    name: str
+    training_technique: TrainingTechnique
+    task_type: TaskType
+    base_model_option: BaseModelOption
+    base_model: str
+    base_fine_tuned_model: str | None = None
+    base_fine_tuned_model_checkpoint: int | None = None
+    test_functions: list[str] | None = None
+    reward: dict[str, float] | None = None
+    status: JobStatus
+    progress: float = Field(ge=0, le=100)
+    train_dataset: dict[str, Any] | None = None
+    test_dataset: dict[str, Any] | None = None
+    training_loss: list[LossEntry]
+    hyper_parameters: dict[str, Any]
+    created_by: str
+    created_at: int
+    updated_at: int
+
+
+#: Steps a progress is kept in when the sender's ``max_steps`` is not known (hundredths of a percent).
+PROGRESS_SCALE = 10_000
+
+
+def snapshot_from_detail(detail: TrainingJobDetail) -> JobSnapshot:
+    """The job snapshot that renders back to ``detail``.
+
+    A ``TrainingJobDetail`` has a progress but no step counts: with ``hyper_parameters.max_steps`` the
+    step is recovered from it, otherwise progress is kept as hundredths of a percent (``max_steps``
+    10000). Its loss points have no step either: they are kept with step 0, in their order and time.
+    """
+    planned = detail.hyper_parameters.get("max_steps")
+    max_steps = planned if isinstance(planned, int) and planned > 0 else PROGRESS_SCALE
+    return JobSnapshot(
+        id=detail.id,
+        name=detail.name,
+        status=detail.status,
+        global_step=round(detail.progress * max_steps / 100),
+        max_steps=max_steps,
+        training_loss=[LossPoint(step=0, loss=p.loss, timestamp=p.timestamp) for p in detail.training_loss],
+        hyper_parameters=detail.hyper_parameters,
+        base_model=detail.base_model,
+        training_technique=detail.training_technique,
+        task_type=detail.task_type,
+        base_model_option=detail.base_model_option,
+        base_fine_tuned_model=detail.base_fine_tuned_model,
+        base_fine_tuned_model_checkpoint=detail.base_fine_tuned_model_checkpoint,
+        created_by=detail.created_by,
+        created_at=detail.created_at,
+        updated_at=detail.updated_at,
+    )
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_documents(body: bytes) -> tuple[list[Document], bool]:
+    """The documents of a request body, and whether it was a batch (an array); raises :class:`Problem`."""
+    try:
+        data = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise Problem(400, f"the body is not valid JSON: {error}") from None
+    batch = isinstance(data, list)
+    items = data if batch else [data]
+    if batch and not 0 < len(items) <= MAX_BATCH:
+        raise Problem(422, f"a batch holds 1 to {MAX_BATCH} documents, this one {len(items)}")
+    return [parse_document(item, f"[{index}]" if batch else "") for index, item in enumerate(items)], batch
+
+
+def parse_document(data: Any, where: str = "") -> Document:
+    """A checkpoint record (``kind: Checkpoint``) or a ``TrainingJobDetail``; raises :class:`Problem`."""
+    model: type[CheckpointRecord] | type[TrainingJobDetail]
+    if isinstance(data, dict) and data.get("kind") == "Checkpoint":
+        model = CheckpointRecord
+    elif isinstance(data, dict) and "training_technique" in data:
+        model = TrainingJobDetail
+    else:
+        raise Problem(
+            422,
+            f"{where or '(document)'}: expected a checkpoint record (kind: Checkpoint) or a TrainingJobDetail",
+        )
+    try:
+        document = model.model_validate(data)
+    except ValidationError as error:
+        errors = [{**item, "loc": (where, *item["loc"]) if where else item["loc"]} for item in error.errors()]
+        raise Problem(422, describe_errors(errors)) from None
+    return snapshot_from_detail(document) if isinstance(document, TrainingJobDetail) else document
+
+
+def receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {"id": receipt.id, "kind": receipt.kind, "revision": receipt.revision, "stored": receipt.stored}
+
+
+class Overloaded(Exception):
+    """The write queue is full: the sender should retry after a moment."""
+
+
+class Writer:
+    """One thread writing received documents, each round's requests in one transaction."""
+
+    def __init__(self, store: RecordStore, capacity: int = QUEUE_CAPACITY) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._queue: queue.SimpleQueue[tuple[Submission, Future[list[Receipt] | None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Documents queued or being written."""
+        return self._waiting
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="checkpoint-records ingest", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, submission: Submission) -> Future[list[Receipt] | None]:
+        """Queue ``submission``; raises :class:`Overloaded` when the queue is full."""
+        size = len(submission.documents)
+        with self._lock:
+            if self._waiting and self._waiting + size > self.capacity:
+                raise Overloaded
+            self._waiting += size
+        future: Future[list[Receipt] | None] = Future()
+        self._queue.put((submission, future))
+        return future
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)  # stop after this round
+                        break
+                    group.append(item)
+                self._write(group)
+        finally:
+            self.store.close()
+
+    def _write(self, group: list[tuple[Submission, Future[list[Receipt] | None]]]) -> None:
+        try:
+            answers = self.store.receive([submission for submission, _ in group])
+        except Exception as error:
+            logger.warning("checkpoint-records serve: the store could not write: %r", error)
+            for _, future in group:
+                future.set_exception(error)
+        else:
+            for (_, future), answer in zip(group, answers, strict=True):
+                future.set_result(answer)
+        finally:
+            with self._lock:
+                self._waiting -= sum(len(submission.documents) for submission, _ in group)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 from its declared length or as soon as it grows past ``limit``."""
+    declared = request.headers.get("content-length", "")
+    too_large = Problem(413, f"the body is larger than {limit} bytes: send smaller batches")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
+    router = APIRouter(tags=["ingest"])
+
+    @router.post(
+        "/records",
+        summary="Receive checkpoint records and job documents (one, or a JSON array)",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY}}}},
+        responses={
+            200: {"description": "A receipt per document; `stored: false` when a newer one was already held"},
+            **{status: _PROBLEM_RESPONSE for status in (400, 401, 413, 422, 429, 503)},
+        },
+    )
+    async def receive(request: Request) -> dict[str, Any]:
+        body = await read_limited(request, max_body_bytes)
+        documents, batch = parse_documents(body)
+        key = request.headers.get("idempotency-key") or None
+        submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
+        try:
+            answer = await asyncio.wrap_future(writer.submit(submission))
+        except Overloaded:
+            raise Problem(
+                429,
+                "the server is busy writing; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        except Exception as error:
+            raise Problem(
+                503,
+                f"the store could not write ({type(error).__name__}); retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        if answer is None:
+            raise Problem(422, "Idempotency-Key was already used for a different body")
+        receipts = [receipt_json(receipt) for receipt in answer]
+        return {"data": receipts} if batch else receipts[0]
+
+    return router
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ONE = {"oneOf": [_ref("CheckpointRecord"), _ref("TrainingJobDetail")]}
+_BODY = {"oneOf": [_ONE, {"type": "array", "items": _ONE, "minItems": 1, "maxItems": MAX_BATCH}]}
+_PROBLEM_RESPONSE: dict[str, Any] = {
+    "description": "RFC 7807 problem details",
+    "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}},
+}
+#: Models the OpenAPI document describes besides those of the routes' own signatures.
+DOCUMENT_MODELS: Sequence[type[BaseModel]] = (CheckpointRecord, TrainingJobDetail)

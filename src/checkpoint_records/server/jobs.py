@@ -1,0 +1,52 @@
+"""A job as the read APIs see it: its latest snapshot when one was stored (by the callback, or received
+as a ``TrainingJobDetail``), and what its checkpoint records say, for jobs that sent only records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..formats.openai import unix_seconds
+from ..formats.training_job import JobSnapshot, JobStatus
+from ..store import JobSummary, RecordStore
+
+FINISHED: frozenset[JobStatus] = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    snapshot: JobSnapshot | None
+    summary: JobSummary
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The lifecycle status, or None when the job sent no job document."""
+        return None if self.snapshot is None else self.snapshot.status
+
+    @property
+    def created_at(self) -> int:
+        if self.snapshot is not None:
+            return int(self.snapshot.created_at)
+        return unix_seconds(self.summary.first_created_at) if self.summary.first_created_at else 0
+
+    @property
+    def finished_at(self) -> int | None:
+        """When a finished job last changed; None while it runs (or when unknown)."""
+        if self.snapshot is None or self.snapshot.status not in FINISHED:
+            return None
+        return int(self.snapshot.updated_at)
+
+
+def job_view(store: RecordStore, job_id: str) -> JobView | None:
+    """The job ``job_id``, or None when the store has neither its snapshot nor any of its records."""
+    stored = store.job(job_id)
+    summary = store.job_summary(job_id)
+    if stored is None and summary.checkpoints == 0:
+        return None
+    return JobView(job_id, None if stored is None else stored.job, summary)
+
+
+def all_jobs(store: RecordStore) -> list[JobView]:
+    """Every job, newest created first."""
+    views = [view for job_id in store.job_ids() if (view := job_view(store, job_id)) is not None]
+    return sorted(views, key=lambda view: (view.created_at, view.job_id), reverse=True)

@@ -1,0 +1,181 @@
+"""OpenAI's fine-tuning read API, at base URL ``http://HOST:PORT/v1``: the ``openai`` package's
+``client.fine_tuning.jobs.list()``, ``.retrieve(id)`` and ``.checkpoints.list(id)`` work unchanged.
+
+Ids are the ``openai`` format's derived ids (``ftjob-...``, ``ftckpt_...``); a job may also be named by
+its canonical id. Each checkpoint is exactly what the ``openai`` format renders (``inspect --format
+openai``). Pages are newest first (highest step), ``after`` is the last id of the previous page.
+
+| ``fine_tuning.job`` field | from                                                                        |
+|---------------------------|-----------------------------------------------------------------------------|
+| ``status``                | the job's lifecycle: Pending→queued, Running/Testing→running, Success→succeeded, Failed/TimedOut→failed, Cancelled→cancelled; ``running`` when the job sent no job document |
+| ``model``                 | the base model (the job's, else its newest checkpoint's)                     |
+| ``created_at``/``finished_at`` | the job's creation, and its last update once finished (Unix seconds)   |
+| ``fine_tuned_model``      | the model name of the job's last checkpoint that is available and ready     |
+| ``hyperparameters``       | total batch size and number of epochs when the job reported them           |
+| ``metadata``              | ``job_id`` and ``job_name``: the canonical id and name                      |
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+
+from ..formats.openai import DEFAULT_ORG, OpenAIFormat, checkpoint_id
+from ..formats.openai import fine_tuning_job_id as openai_job_id
+from ..formats.training_job import JobStatus
+from ..record import CheckpointRecord
+from ..store import RecordStore
+from .jobs import JobView, all_jobs, job_view
+from .problems import Problem
+
+OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+_STATUS: dict[JobStatus, OpenAIStatus] = {
+    "Pending": "queued",
+    "Running": "running",
+    "Testing": "running",
+    "Success": "succeeded",
+    "Failed": "failed",
+    "TimedOut": "failed",
+    "Cancelled": "cancelled",
+}
+#: Checkpoint ids remembered from pages served, so ``after`` finds its place without a scan.
+_REMEMBERED_CHECKPOINTS = 200_000
+
+
+def fine_tuning_job(
+    view: JobView, newest: CheckpointRecord | None, ready: CheckpointRecord | None
+) -> dict[str, Any]:
+    """A ``fine_tuning.job`` object for ``view``; ``newest``/``ready``: its newest and last ready checkpoint."""
+    snapshot, renderer = view.snapshot, OpenAIFormat()
+    hyper = snapshot.hyper_parameters if snapshot is not None else {}
+    epochs = hyper.get("num_train_epochs")
+    status = "running" if view.status is None else _STATUS[view.status]
+    name = snapshot.name if snapshot is not None else (newest.metadata.job_name if newest else view.job_id)
+    model = (snapshot.base_model if snapshot is not None else "") or (newest.training.model if newest else "")
+    failed = status == "failed"
+    return {
+        "object": "fine_tuning.job",
+        "id": openai_job_id(view.job_id),
+        "created_at": view.created_at,
+        "finished_at": view.finished_at,
+        "model": model or "unknown",
+        "fine_tuned_model": None if ready is None else renderer.model_checkpoint_name(ready),
+        "organization_id": DEFAULT_ORG,
+        "status": status,
+        "error": {"code": "training_failed", "message": f"the job ended {view.status}", "param": None}
+        if failed
+        else None,
+        "hyperparameters": {
+            "batch_size": hyper.get("total_train_batch_size", "auto"),
+            "learning_rate_multiplier": "auto",
+            "n_epochs": int(epochs)
+            if isinstance(epochs, (int, float)) and float(epochs).is_integer()
+            else "auto",
+        },
+        "method": {
+            "type": "reinforcement" if snapshot and snapshot.training_technique == "GRPO" else "supervised"
+        },
+        "result_files": [],
+        "seed": hyper.get("seed", 0),
+        "trained_tokens": None,
+        "training_file": "",
+        "validation_file": None,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": {"job_id": view.job_id, "job_name": name},
+    }
+
+
+class _Ids:
+    """OpenAI ids back to canonical ones: ``ftjob-...`` to a job id, ``ftckpt_...`` to a record id."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        self._jobs: dict[str, str] = {}
+        self._checkpoints: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def job(self, given: str) -> JobView:
+        job_id = self._jobs.get(given)
+        if job_id is None:
+            with self._lock:
+                self._jobs = {openai_job_id(job_id): job_id for job_id in self.store.job_ids()}
+            job_id = self._jobs.get(given, given)
+        view = job_view(self.store, job_id)
+        if view is None:
+            raise Problem(404, f"no fine-tuning job {given!r}")
+        return view
+
+    def remember(self, records: list[CheckpointRecord]) -> None:
+        with self._lock:
+            if len(self._checkpoints) + len(records) > _REMEMBERED_CHECKPOINTS:
+                self._checkpoints.clear()
+            self._checkpoints.update((checkpoint_id(record.id), record.id) for record in records)
+
+    def checkpoint(self, job_id: str, given: str) -> CheckpointRecord:
+        """The record a checkpoint id names (remembered, else found among the job's records)."""
+        record_id = self._checkpoints.get(given)
+        if record_id is None:
+            record_id = next(
+                (rid for rid in self.store.record_ids(job_id) if checkpoint_id(rid) == given), None
+            )
+        stored = None if record_id is None else self.store.get(record_id)
+        if stored is None or stored.record.metadata.job_id != job_id:
+            raise Problem(404, f"no checkpoint {given!r} in this job (after=)")
+        return stored.record
+
+
+def openai_router(store: RecordStore) -> APIRouter:
+    router = APIRouter(prefix="/fine_tuning", tags=["openai"])
+    ids = _Ids(store)
+
+    def job_object(view: JobView) -> dict[str, Any]:
+        newest = store.records_newest_first(view.job_id, 1)
+        return fine_tuning_job(view, newest[0].record if newest else None, store.last_ready(view.job_id))
+
+    @router.get("/jobs", summary="List fine-tuning jobs, newest first (OpenAI)")
+    def list_jobs(
+        after: str | None = Query(None, description="the last job id of the previous page"),
+        limit: int = Query(20, ge=1, le=100),
+    ) -> dict[str, Any]:
+        views = all_jobs(store)
+        if after is not None:
+            position = next((i for i, v in enumerate(views) if openai_job_id(v.job_id) == after), None)
+            if position is None:
+                raise Problem(404, f"no fine-tuning job {after!r} (after=)")
+            views = views[position + 1 :]
+        return {
+            "object": "list",
+            "data": [job_object(view) for view in views[:limit]],
+            "has_more": len(views) > limit,
+        }
+
+    @router.get("/jobs/{fine_tuning_job_id}", summary="One fine-tuning job (OpenAI)")
+    def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
+        return job_object(ids.job(fine_tuning_job_id))
+
+    @router.get(
+        "/jobs/{fine_tuning_job_id}/checkpoints", summary="A job's checkpoints, newest first (OpenAI)"
+    )
+    def list_checkpoints(
+        fine_tuning_job_id: str,
+        after: str | None = Query(None, description="the last checkpoint id of the previous page"),
+        limit: int = Query(10, ge=1, le=100),
+    ) -> dict[str, Any]:
+        view = ids.job(fine_tuning_job_id)
+        before = None if after is None else ids.checkpoint(view.job_id, after)
+        page = [stored.record for stored in store.records_newest_first(view.job_id, limit + 1, before)]
+        shown = page[:limit]
+        ids.remember(shown)
+        data = [OpenAIFormat().render(record) for record in shown]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(page) > limit,
+        }
+
+    return router

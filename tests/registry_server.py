@@ -1,0 +1,71 @@
+"""``checkpoint-records serve`` as a real process on 127.0.0.1, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from http_server import free_port
+
+STARTUP_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Registry:
+    url: str  # http://127.0.0.1:PORT
+    token: str | None
+    store: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def get(self, path: str, **params: str) -> requests.Response:
+        return requests.get(self.url + path, params=params, headers=self.headers, timeout=30)
+
+
+@contextmanager
+def serving(store: Path, log: Path, token: str | None = None, *args: str) -> Iterator[Registry]:
+    """Start the server on a free port (the token through the environment), wait until it answers,
+    and stop it on the way out."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHECKPOINT_RECORDS_")}
+    if token:
+        env["CHECKPOINT_RECORDS_SERVER_TOKENS"] = token
+    command = [sys.executable, "-m", "checkpoint_records.cli", "serve", "--port", str(port)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [*command, "--store", str(store), *args], stdout=output, stderr=subprocess.STDOUT, env=env
+        )
+    registry = Registry(f"http://127.0.0.1:{port}", token, store, log, process)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}: {log.read_text()}")
+            try:
+                if registry.get("/openapi.json").status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer within {STARTUP_SECONDS}s: {log.read_text()}")
+            time.sleep(0.1)
+        yield registry
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

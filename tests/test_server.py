@@ -1,0 +1,153 @@
+"""``checkpoint-records serve`` as a real process on 127.0.0.1: a real Trainer run delivers to it through
+``CHECKPOINT_RECORDS_SINKS``, and the official OpenAI and Llama Stack clients read the run back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import requests
+from llama_stack_client import LlamaStackClient
+from openai import OpenAI
+from openapi_spec_validator import validate as validate_openapi
+
+from checkpoint_records import CheckpointRecordCallback
+from checkpoint_records.cli import main
+from checkpoint_records.formats.llama_stack import job_artifacts
+from checkpoint_records.store import RecordStore
+from registry_server import Registry, serving
+from schema_files import validate
+from trainer_runs import tiny_trainer
+
+TOKEN = "registry-token-3f9c2a"
+STEPS = 12  # more than one page of OpenAI checkpoints (10)
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Path]]:
+    """A registry, and a tiny Trainer run on "node-a" sending its records and job documents to it."""
+    base = tmp_path_factory.mktemp("registry")
+    with serving(base / "registry", base / "server.log", TOKEN) as registry:
+        node = base / "node-a"
+        sinks = f"{registry.url}/v1/records,training-job+{registry.url}/v1/records"
+        env = {"CHECKPOINT_RECORDS_HOME": str(node), "CHECKPOINT_RECORDS_SINKS": sinks}
+        with mock.patch.dict(os.environ, {**env, "CHECKPOINT_RECORDS_TOKEN": TOKEN}):
+            tiny_trainer(base / "run", [CheckpointRecordCallback()], max_steps=STEPS, save_steps=1).train()
+        local = RecordStore(node)
+        assert local.counts()["pending"] == 0, local.deliveries()
+        yield registry, node
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    capsys.readouterr()
+    assert main(list(args)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_openai_client_reads_the_run_back(
+    served_run: tuple[Registry, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry, node = served_run
+    client = OpenAI(base_url=f"{registry.url}/v1", api_key=TOKEN, max_retries=0)
+    local = RecordStore(node)
+    (job_id,) = local.job_ids()
+    jobs = [
+        job for job in client.fine_tuning.jobs.list() if job.metadata == {"job_id": job_id, "job_name": "run"}
+    ]
+    assert len(jobs) == 1
+    job = client.fine_tuning.jobs.retrieve(jobs[0].id)
+    assert (job.status, job.model) == ("succeeded", "tiny-gpt2")
+    assert job.finished_at is not None and job.finished_at >= job.created_at
+    last = local.records_newest_first(job_id, 1)[0].record
+    assert job.fine_tuned_model is not None and job.fine_tuned_model.endswith(f":ckpt-step-{STEPS}")
+
+    first_page = client.fine_tuning.jobs.checkpoints.list(job.id)
+    assert len(first_page.data) == 10 and first_page.has_more
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))  # auto-paginates
+    assert [c.step_number for c in checkpoints] == list(range(STEPS, 0, -1))
+    assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model
+    for checkpoint, stored in zip(checkpoints, local.records_newest_first(job_id, STEPS), strict=True):
+        printed = cli_json(
+            capsys, "--store", str(node), "inspect", stored.record.name, "--format", "openai", "--json"
+        )
+        assert checkpoint.to_dict() == printed
+    assert last.training.step == STEPS
+
+
+def test_llama_stack_client_reads_the_run_back(served_run: tuple[Registry, Path]) -> None:
+    registry, node = served_run
+    client = LlamaStackClient(base_url=registry.url, api_key=TOKEN, max_retries=0)
+    local = RecordStore(node)
+    (job_id,) = local.job_ids()
+    assert job_id in [job.job_uuid for job in client.post_training.job.list()]
+    expected = job_artifacts(job_id, [stored.record for stored in local.records(job_id)])
+    artifacts = client.post_training.job.artifacts(job_uuid=job_id)
+    assert artifacts.to_dict() == expected
+    validate(artifacts.to_dict(), "llama-stack-job-artifacts")
+    status = client.post_training.job.status(job_uuid=job_id)
+    assert (status.job_uuid, status.status) == (job_id, "completed")
+    assert status.checkpoints == expected["checkpoints"] and len(status.checkpoints) == STEPS
+    assert status.completed_at is not None and status.started_at is not None
+
+
+def test_flexai_checkpoints_and_training_job_documents(
+    served_run: tuple[Registry, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry, node = served_run
+    (job_id,) = RecordStore(node).job_ids()
+    listed = registry.get("/v1/checkpoints", job=job_id).json()
+    assert [item["status"]["metadata"]["step"] for item in listed] == list(range(1, STEPS + 1))
+    for item in listed:
+        validate(item, "flexai-checkpoint")
+    name = listed[-1]["metadata"]["name"]
+    printed = cli_json(capsys, "--store", str(node), "inspect", name, "--format", "flexai", "--json")
+    assert registry.get(f"/v1/checkpoints/{name}").json() == printed
+    assert registry.get(f"/v1/checkpoints/{listed[0]['metadata']['id']}").json() == listed[0]
+
+    detail = registry.get(f"/v1/training-jobs/{job_id}").json()
+    validate(detail, "training-job-detail")
+    (local_detail,) = cli_json(capsys, "--store", str(node), "jobs", "--json")
+    assert detail == local_detail
+    assert detail["status"] == "Success" and detail["progress"] == 100
+
+
+def test_openapi_document_is_valid_and_describes_every_route(served_run: tuple[Registry, Path]) -> None:
+    registry, _ = served_run
+    document = registry.get("/openapi.json").json()
+    validate_openapi(document)
+    assert set(document["paths"]) == {
+        "/v1/records",
+        "/v1/checkpoints",
+        "/v1/checkpoints/{name_or_id}",
+        "/v1/training-jobs/{job_id}",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+        "/v1/post-training/jobs",
+        "/v1/post-training/job/status",
+        "/v1/post-training/job/artifacts",
+    }
+    schemas = document["components"]["schemas"]
+    assert {"CheckpointRecord", "TrainingJobDetail", "ProblemDetails"} <= set(schemas)
+
+
+def test_every_route_needs_the_token_and_the_token_is_never_logged(served_run: tuple[Registry, Path]) -> None:
+    registry, _ = served_run
+    document = registry.get("/openapi.json").json()
+    readable = [path for path, operations in document["paths"].items() if "get" in operations]
+    paths = ["/openapi.json", *(path.replace("{", "").replace("}", "") for path in readable)]
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
+        for path in paths:
+            reply = requests.get(registry.url + path, headers=headers, params={"job_uuid": "x"}, timeout=30)
+            assert reply.status_code == 401, path
+            assert reply.headers["content-type"] == "application/problem+json"
+            assert reply.json()["title"] == "Unauthorized" and TOKEN not in reply.text
+        posted = requests.post(f"{registry.url}/v1/records", data=b"{}", headers=headers, timeout=30)
+        assert posted.status_code == 401
+    assert TOKEN not in registry.log.read_text()
+    assert "401" in registry.log.read_text()
