@@ -16,23 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from playwright.sync_api import expect, sync_playwright
 from transformers import TrainerCallback
 
 from checkpoint_records import CheckpointRecordCallback
 from checkpoint_records.formats import get_format, known_formats
+from checkpoint_records.history import LogEntry
+from checkpoint_records.page.views import MAX_CHART_POINTS
+from checkpoint_records.server.app import create_app
 from checkpoint_records.store import RecordStore
 from http_server import free_port
+from records_factory import make_record
 from trainer_runs import tiny_trainer
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "<script>alert(1)</script>"
 TOKEN = "page-test-token-0123456789"
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"
-)
 
 
 def serve(store: Path, *tokens: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -104,7 +105,9 @@ def server(runs: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as driver:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as driver:
         chromium = driver.chromium.launch(
             executable_path=CHROMIUM,
             args=[
@@ -193,6 +196,9 @@ def test_job_page_draws_every_logged_step_and_marks_every_checkpoint(
     page.locator(f"#chart a.marker[data-step='{best[0]}']").focus()  # keyboard reachable
     tip = page.locator("#chart .tip")
     assert records[best[0]].name in tip.inner_text() and "best" in tip.inner_text()
+    page.evaluate("document.activeElement.blur()")
+    page.locator(f"#chart a.marker[data-step='{deleted[-1]}']").hover()
+    assert "deleted" in tip.inner_text()
     page.screenshot(path=tmp_path / "job.png", full_page=True)
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
@@ -282,13 +288,17 @@ def test_the_page_follows_a_running_job_without_reload(
     training.start()
     try:
         assert pause.saved.wait(timeout=60)
+        store = RecordStore(runs)
+        for _ in range(300):  # the record is written off the training thread, just after the save
+            if any(s.record.metadata.job_name == "live-run" for s in store.records()):
+                break
+            time.sleep(0.1)
         page.goto(server + "/jobs/" + job_of(runs, "live-run"))
         assert "Running" in page.locator("h1 .status").inner_text()
         assert page.locator("table.checkpoints tbody tr").count() == 1
         page.locator("#chart a.marker").first.wait_for()
         pause.go_on.set()
         training.join(timeout=120)
-        expect = playwright_api.expect
         expect(page.locator("h1 .status")).to_have_text("Success", timeout=20_000)
         expect(page.locator("table.checkpoints tbody tr")).to_have_count(2, timeout=20_000)
         expect(page.locator("#chart a.marker")).to_have_count(2, timeout=20_000)
@@ -336,3 +346,23 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
         context.close()
     finally:
         stop(process)
+
+
+def test_the_server_sends_a_long_run_downsampled_keeping_every_checkpoint(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "store")
+    steps, checkpoints = 20_000, list(range(997, 20_000, 997))
+    for step in checkpoints:
+        store.put(make_record(step, job="long-run"), durable=False)
+    job_id = store.records()[0].record.metadata.job_id
+    logged = [
+        LogEntry(seq=step, step=step, values={"loss": 1 / step, "step": step}) for step in range(1, steps)
+    ]
+    store.append_log(job_id, logged)
+    with TestClient(create_app(store)) as client:
+        feed = client.get(f"/ui/api/jobs/{job_id}").json()
+        page = client.get(f"/jobs/{job_id}")
+    train_steps = [step for step, _ in feed["curves"]["train"]]
+    assert len(train_steps) <= MAX_CHART_POINTS < steps
+    assert set(checkpoints) <= set(train_steps) and train_steps == sorted(train_steps)
+    assert [c["step"] for c in feed["checkpoints"]] == checkpoints
+    assert "default-src 'none'" in page.headers["content-security-policy"]

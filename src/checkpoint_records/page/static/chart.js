@@ -14,7 +14,7 @@
     deleted: "M-5,-5 L5,5 M-5,5 L5,-5",
   };
   const STATE_WORDS = { best: "best", ready: "ready", "not-ready": "not ready", deleted: "deleted" };
-  const MARGIN = { top: 12, right: 16, bottom: 42, left: 60 };
+  const MARGIN = { top: 14, right: 24, bottom: 42, left: 60 };
 
   function el(name, attributes, parent) {
     const node = document.createElementNS(SVG, name);
