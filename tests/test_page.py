@@ -221,7 +221,10 @@ def test_checkpoint_page_shows_the_whole_record_in_every_wire_format(
     page.goto(server + "/jobs/" + deleted.record.metadata.job_id)
     page.click(f"table.checkpoints a:text-is('{deleted.record.name}')")
     assert page.locator("h1").inner_text() == deleted.record.name
-    assert "deleted" in page.locator(".history").inner_text()
+    history = page.locator(".history li").all_inner_texts()
+    assert len(history) == deleted.revision and "recorded" in history[0] and "deleted" in history[-1]
+    if any(revision.best for revision in store.record_revisions(deleted.record.id)):
+        assert any("no longer the best" in line for line in history)
     assert "no longer exists" in page.locator(".reasons").inner_text()
     files = page.locator("table.files tbody tr")
     assert files.count() == len(deleted.record.status.files)

@@ -93,6 +93,25 @@ CREATE TABLE IF NOT EXISTS received_keys (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
+
+-- The web page: every revision of a record in brief, kept by a trigger on each write of a record (by any
+-- writer, old or new), so a checkpoint's page can tell when it was deleted or the best moved.
+CREATE TABLE IF NOT EXISTS record_revisions (
+    id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    status TEXT,
+    ready INTEGER,
+    best INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (id, revision)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS record_revisions_kept AFTER INSERT ON records BEGIN
+    INSERT OR REPLACE INTO record_revisions (id, revision, status, ready, best, updated_at) VALUES (
+        NEW.id, NEW.revision, json_extract(NEW.body, '$.status.status'),
+        json_extract(NEW.body, '$.status.metadata.inferenceReady'),
+        json_extract(NEW.body, '$.status.metadata.best'), NEW.updated_at
+    );
+END;
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -143,6 +162,17 @@ class StoredJob:
     revision: int
     #: The process that last ran it (``host/pid/...``), to tell an interrupted attempt.
     owner: str | None
+
+
+@dataclass(frozen=True)
+class RecordRevision:
+    """One revision of a record in brief: when it was written, and its status, readiness and best flag."""
+
+    revision: int
+    status: str | None
+    ready: bool | None
+    best: bool | None
+    updated_at: str
 
 
 @dataclass(frozen=True)
@@ -329,6 +359,23 @@ class RecordStore:
             .fetchone()
         )
         return None if row is None else StoredRecord(CheckpointRecord.from_json(row[0]), row[1])
+
+    def record_revisions(self, record_id: str) -> list[RecordRevision]:
+        """The revisions of a record that this store saw written, oldest first."""
+        rows = self._connection().execute(
+            "SELECT revision, status, ready, best, updated_at FROM record_revisions WHERE id = ? ORDER BY revision",
+            (record_id,),
+        )
+        return [
+            RecordRevision(
+                revision,
+                status,
+                None if ready is None else bool(ready),
+                None if best is None else bool(best),
+                at,
+            )
+            for revision, status, ready, best, at in rows
+        ]
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:
         """All records, oldest first (optionally of one job)."""

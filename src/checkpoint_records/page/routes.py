@@ -127,7 +127,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         stored = store.get(name_or_id)
         if stored is None:
             return not_found(request, f"checkpoint {name_or_id}")
-        view = views.checkpoint_view(stored, store.deliveries(stored.record.id))
+        record_id = stored.record.id
+        view = views.checkpoint_view(stored, store.deliveries(record_id), store.record_revisions(record_id))
         return page("checkpoint.html", request, view=view)
 
     def job_view(job_id: str) -> dict[str, Any] | None:

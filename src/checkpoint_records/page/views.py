@@ -18,7 +18,7 @@ from ..formats import get_format, known_formats
 from ..formats.training_job import progress
 from ..record import CheckpointRecord
 from ..render import delivery_summary, human_size
-from ..store import Delivery, StoredJob, StoredRecord
+from ..store import Delivery, RecordRevision, StoredJob, StoredRecord
 
 #: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
 MAX_CHART_POINTS = 1500
@@ -183,26 +183,49 @@ def wire_documents(record: CheckpointRecord) -> list[tuple[str, str]]:
     return documents
 
 
-def checkpoint_view(stored: StoredRecord, deliveries: Sequence[Delivery]) -> dict[str, Any]:
+def history(revisions: Sequence[RecordRevision]) -> list[dict[str, Any]]:
+    """Each revision the store saw, in words: what changed from the one before (deleted, became the
+    best, no longer the best, ...)."""
+    events: list[dict[str, Any]] = []
+    previous: RecordRevision | None = None
+    for current in revisions:
+        if previous is None:
+            changes = ["recorded", "ready" if current.ready else "not ready"] + (
+                ["best"] if current.best else []
+            )
+        else:
+            changes = [current.status or "?"] if current.status != previous.status else []
+            if current.best and not previous.best:
+                changes.append("became the best")
+            if previous.best and not current.best:
+                changes.append("no longer the best")
+            if current.ready != previous.ready and not changes:
+                changes.append("ready" if current.ready else "not ready")
+        events.append(
+            {
+                "revision": current.revision,
+                "when": short_time(current.updated_at),
+                "what": ", ".join(changes or ["updated"]),
+            }
+        )
+        previous = current
+    return events
+
+
+def checkpoint_view(
+    stored: StoredRecord, deliveries: Sequence[Delivery], revisions: Sequence[RecordRevision]
+) -> dict[str, Any]:
     """Everything the checkpoint's page shows, beyond the row of the job's table."""
     record = stored.record
     row = checkpoint_row(record, deliveries, time.time())
     metadata = record.training
-    history = [{"revision": 1, "when": short_time(record.status.created_at), "what": "recorded"}]
-    if stored.revision > 1:
-        what = "deleted" if record.status.status == "deleted" else "updated"
-        if record.training.best:
-            what += ", best"
-        history.append(
-            {"revision": stored.revision, "when": short_time(record.status.updated_at), "what": what}
-        )
     return {
         **row,
         "job_id": record.metadata.job_id,
         "job_name": record.metadata.job_name,
         "job_url": job_url(record.metadata.job_id),
         "revision": stored.revision,
-        "history": history,
+        "history": history(revisions),
         "facts": [
             ("Status", record.status.status),
             ("Step", str(metadata.step)),
