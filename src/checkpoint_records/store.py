@@ -176,6 +176,22 @@ class RecordRevision:
 
 
 @dataclass(frozen=True)
+class CheckpointStats:
+    """A job's checkpoints in numbers, counted by SQLite without parsing a record (the page's jobs table
+    must stay fast with 100,000 records in the store)."""
+
+    job_id: str
+    job_name: str
+    checkpoints: int
+    ready: int
+    best_eval_loss: float | None
+    last_eval_loss: float | None
+    last_step: int
+    first_created_at: str
+    last_updated_at: str
+
+
+@dataclass(frozen=True)
 class StoredRecord:
     record: CheckpointRecord
     revision: int
@@ -375,6 +391,32 @@ class RecordStore:
                 at,
             )
             for revision, status, ready, best, at in rows
+        ]
+
+    def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
+        """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
+        eval_loss = "json_extract(body, '$.status.metadata.evalLoss')"
+        only = "job_id = ?" if job_id is not None else "1"
+        params = (job_id,) if job_id is not None else ()
+        connection = self._connection()
+        # SQLite gives the other columns of the row that holds MAX(step): the last eval loss.
+        last_eval = {
+            job: loss
+            for job, loss, _ in connection.execute(
+                f"SELECT job_id, {eval_loss}, MAX(step) FROM records"
+                f" WHERE {only} AND {eval_loss} IS NOT NULL GROUP BY job_id",
+                params,
+            )
+        }
+        rows = connection.execute(
+            f"SELECT job_id, json_extract(body, '$.metadata.jobName'), COUNT(*),"
+            f" TOTAL(json_extract(body, '$.status.metadata.inferenceReady')), MIN({eval_loss}), MAX(step),"
+            f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
+            params,
+        )
+        return [
+            CheckpointStats(job, name, count, int(ready), best, last_eval.get(job), step, first, last)
+            for job, name, count, ready, best, step, first, last in rows
         ]
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:

@@ -98,7 +98,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def jobs_page(request: Request, q: str = "") -> Response:
         if not auth.check(request):
             return to_login(request)
-        jobs = views.job_summaries(store.jobs(), store.records(), q)
+        jobs = views.job_summaries(store.jobs(), store.checkpoint_stats(), q)
         return page("jobs.html", request, jobs=jobs, query=q)
 
     @router.get("/jobs/{job_id}")
@@ -115,7 +115,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def compare_page(request: Request, job: list[str] = Query(default=[])) -> Response:  # noqa: B008
         if not auth.check(request):
             return to_login(request)
-        summaries = views.job_summaries(store.jobs(), store.records())
+        summaries = views.job_summaries(store.jobs(), store.checkpoint_stats())
         chosen = [summary for summary in summaries if summary["id"] in job]
         feed = "/ui/api/compare?" + "&".join(f"job={quote(s['id'], safe='')}" for s in chosen)
         return page("compare.html", request, jobs=chosen, all_jobs=summaries, feed=feed)
@@ -136,7 +136,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         if stored is None and not records:
             return None
         deliveries = {stored.record.id: store.deliveries(stored.record.id) for stored in records}
-        return views.job_view(job_id, stored, records, deliveries)
+        stats = next(iter(store.checkpoint_stats(job_id)), None)
+        return views.job_view(job_id, stored, stats, records, deliveries)
 
     @functools.lru_cache(maxsize=32)
     def curves_at(job_id: str, log_length: int, checkpoints: int) -> dict[str, list[list[float]]]:
@@ -154,7 +155,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def jobs_feed(request: Request, q: str = "") -> Response:
         if not auth.check(request):
             return data({"detail": "sign in first"}, 401)
-        return data({"jobs": views.job_summaries(store.jobs(), store.records(), q)})
+        return data({"jobs": views.job_summaries(store.jobs(), store.checkpoint_stats(), q)})
 
     @router.get("/ui/api/jobs/{job_id}")
     def job_feed(request: Request, job_id: str) -> Response:

@@ -18,7 +18,7 @@ from ..formats import get_format, known_formats
 from ..formats.training_job import progress
 from ..record import CheckpointRecord
 from ..render import delivery_summary, human_size
-from ..store import Delivery, RecordRevision, StoredJob, StoredRecord
+from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
 
 #: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
 MAX_CHART_POINTS = 1500
@@ -84,37 +84,30 @@ def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now
     }
 
 
-def job_summary(job_id: str, stored: StoredJob | None, records: Sequence[CheckpointRecord]) -> dict[str, Any]:
+def job_summary(job_id: str, stored: StoredJob | None, stats: CheckpointStats | None) -> dict[str, Any]:
     """One job as the jobs table shows it. A job known only from its records (ingested without its job
     document) is ``Unknown``, named after its records."""
-    evals = [(r.training.step, r.training.eval_loss) for r in records if r.training.eval_loss is not None]
-    last_eval = max(evals)[1] if evals else None
-    best_eval = min(loss for _, loss in evals) if evals else None
-    status: str
-    percent: float | None
+    status: str = "Unknown"
+    percent: float | None = None
+    step = stats.last_step if stats is not None else 0
+    stamps = [_epoch_seconds(stats.first_created_at), _epoch_seconds(stats.last_updated_at)] if stats else []
     if stored is not None:
         snapshot = stored.job
-        name, status, percent = snapshot.name, snapshot.status, progress(snapshot)
-        created, updated = snapshot.created_at, snapshot.updated_at
-        step = snapshot.global_step
-    else:
-        name = records[0].metadata.job_name if records else job_id
-        status, percent, step = "Unknown", None, max((r.training.step for r in records), default=0)
-        stamps = [_epoch_seconds(r.status.updated_at) for r in records] or [0.0]
-        created, updated = min(stamps), max(stamps)
+        status, percent, step = snapshot.status, progress(snapshot), snapshot.global_step
+        stamps = [snapshot.created_at, max([snapshot.updated_at, *stamps])]
     return {
         "id": job_id,
-        "name": name,
+        "name": stored.job.name if stored is not None else stats.job_name if stats is not None else job_id,
         "url": job_url(job_id),
         "status": status,
         "progress": percent,
         "step": step,
-        "best_eval_loss": best_eval,
-        "last_eval_loss": last_eval,
-        "checkpoints": len(records),
-        "ready": sum(1 for r in records if r.training.inference_ready),
-        "created": created,
-        "updated": iso_time(updated),
+        "best_eval_loss": stats.best_eval_loss if stats is not None else None,
+        "last_eval_loss": stats.last_eval_loss if stats is not None else None,
+        "checkpoints": stats.checkpoints if stats is not None else 0,
+        "ready": stats.ready if stats is not None else 0,
+        "created": stamps[0] if stamps else 0.0,
+        "updated": iso_time(stamps[-1]) if stamps else "",
     }
 
 
@@ -126,14 +119,12 @@ def _epoch_seconds(text: str) -> float:
 
 
 def job_summaries(
-    jobs: Iterable[StoredJob], records: Iterable[StoredRecord], name_filter: str = ""
+    jobs: Iterable[StoredJob], stats: Iterable[CheckpointStats], name_filter: str = ""
 ) -> list[dict[str, Any]]:
     """Every job (those known only from records too), newest first, whose name contains ``name_filter``."""
-    by_job: dict[str, list[CheckpointRecord]] = {}
-    for stored in records:
-        by_job.setdefault(stored.record.metadata.job_id, []).append(stored.record)
     known = {stored.job.id: stored for stored in jobs}
-    summaries = [job_summary(job_id, known.get(job_id), by_job.get(job_id, [])) for job_id in known | by_job]
+    counted = {entry.job_id: entry for entry in stats}
+    summaries = [job_summary(job_id, known.get(job_id), counted.get(job_id)) for job_id in known | counted]
     wanted = name_filter.strip().casefold()
     found = [s for s in summaries if wanted in s["name"].casefold()]
     return sorted(found, key=lambda summary: summary["created"], reverse=True)
@@ -153,6 +144,7 @@ def curve(entries: Iterable[Mapping[str, Any]], key: str) -> list[list[float]]:
 def job_view(
     job_id: str,
     stored: StoredJob | None,
+    stats: CheckpointStats | None,
     records: Sequence[StoredRecord],
     deliveries: Mapping[str, Sequence[Delivery]],
 ) -> dict[str, Any]:
@@ -160,7 +152,7 @@ def job_view(
     now = time.time()
     ordered = sorted((s.record for s in records), key=lambda record: record.training.step)
     return {
-        "job": job_summary(job_id, stored, ordered),
+        "job": job_summary(job_id, stored, stats),
         "checkpoints": [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in ordered],
     }
 
