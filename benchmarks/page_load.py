@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(["request", "median ms", "p95 ms", "size"], rows))
             print(
                 f"points sent: train {len(feed['curves']['train'])} of {args.steps}, "
-                f"eval {len(feed['curves']['eval'])}, checkpoints {len(feed['checkpoints'])}"
+                f"eval {len(feed['curves']['eval'])}, checkpoints {len(feed['markers'])}"
             )
             if os.path.exists(CHROMIUM):
                 opens = browser_opens(f"{base}/jobs/{job_id}", args.opens)

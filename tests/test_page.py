@@ -367,5 +367,5 @@ def test_the_server_sends_a_long_run_downsampled_keeping_every_checkpoint(tmp_pa
     train_steps = [step for step, _ in feed["curves"]["train"]]
     assert len(train_steps) <= MAX_CHART_POINTS < steps
     assert set(checkpoints) <= set(train_steps) and train_steps == sorted(train_steps)
-    assert [c["step"] for c in feed["checkpoints"]] == checkpoints
+    assert [c["step"] for c in feed["markers"]] == checkpoints
     assert "default-src 'none'" in page.headers["content-security-policy"]

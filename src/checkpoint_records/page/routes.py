@@ -24,7 +24,7 @@ from ..server.auth import SESSION_COOKIE, Auth
 from . import views
 
 if TYPE_CHECKING:
-    from ..store import RecordStore
+    from ..store import CheckpointStats, RecordStore
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -136,8 +136,17 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         if stored is None and not records:
             return None
         deliveries = {stored.record.id: store.deliveries(stored.record.id) for stored in records}
-        stats = next(iter(store.checkpoint_stats(job_id)), None)
-        return views.job_view(job_id, stored, stats, records, deliveries)
+        return views.job_view(job_id, stored, stats_of(job_id), records, deliveries)
+
+    def chart_view(job_id: str) -> dict[str, Any] | None:
+        stored, records = store.job(job_id), store.records(job_id)
+        if stored is None and not records:
+            return None
+        drawn = curves_at(job_id, store.log_length(job_id), len(records))
+        return views.chart_view(job_id, stored, stats_of(job_id), records, drawn)
+
+    def stats_of(job_id: str) -> CheckpointStats | None:
+        return next(iter(store.checkpoint_stats(job_id)), None)
 
     @functools.lru_cache(maxsize=32)
     def curves_at(job_id: str, log_length: int, checkpoints: int) -> dict[str, list[list[float]]]:
@@ -146,10 +155,6 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         train = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="loss")
         evaluation = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="eval_loss")
         return views.curves(train, evaluation)
-
-    def with_curves(view: dict[str, Any]) -> dict[str, Any]:
-        job_id = view["job"]["id"]
-        return {**view, "curves": curves_at(job_id, store.log_length(job_id), len(view["checkpoints"]))}
 
     @router.get("/ui/api/jobs")
     def jobs_feed(request: Request, q: str = "") -> Response:
@@ -161,8 +166,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def job_feed(request: Request, job_id: str) -> Response:
         if not auth.check(request):
             return data({"detail": "sign in first"}, 401)
-        view = job_view(job_id)
-        return data({"detail": "no such job"}, 404) if view is None else data(with_curves(view))
+        view = chart_view(job_id)
+        return data({"detail": "no such job"}, 404) if view is None else data(view)
 
     @router.get("/ui/api/compare")
     def compare_feed(request: Request, job: list[str] = Query(default=[])) -> Response:  # noqa: B008
@@ -170,9 +175,9 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             return data({"detail": "sign in first"}, 401)
         found = []
         for job_id in dict.fromkeys(job):
-            view = job_view(job_id)
+            view = chart_view(job_id)
             if view is not None:
-                found.append({**view["job"], "curves": with_curves(view)["curves"]})
+                found.append({**view["job"], "curves": view["curves"]})
         return data({"jobs": found})
 
     @router.get("/ui/static/{name}")

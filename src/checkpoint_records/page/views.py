@@ -60,24 +60,32 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now: float) -> dict[str, Any]:
-    """One checkpoint as the job's table and chart show it."""
+def marker(record: CheckpointRecord) -> dict[str, Any]:
+    """One checkpoint as its chart marker shows it (and says on hover)."""
     training = record.training
     return {
         "id": record.id,
         "name": record.name,
         "url": f"/checkpoints/{quote(record.id, safe='')}",
         "step": training.step,
-        "epoch": training.epoch,
         "train_loss": training.train_loss,
         "eval_loss": training.eval_loss,
         "ready": training.inference_ready,
-        "reasons": list(training.inference_ready_reasons),
-        "status": record.status.status,
+        "reason": next(iter(training.inference_ready_reasons), None),
         "state": marker_state(record),
+        "size_human": human_size(record.status.size),
+    }
+
+
+def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now: float) -> dict[str, Any]:
+    """One checkpoint as the job's table shows it: its marker's facts and the rest."""
+    return {
+        **marker(record),
+        "epoch": record.training.epoch,
+        "reasons": list(record.training.inference_ready_reasons),
+        "status": record.status.status,
         "best": record.training.best,
         "size": record.status.size,
-        "size_human": human_size(record.status.size),
         "upload": upload_state(record),
         "delivery": delivery_summary(deliveries, now),
         "updated": short_time(record.status.updated_at),
@@ -141,6 +149,10 @@ def curve(entries: Iterable[Mapping[str, Any]], key: str) -> list[list[float]]:
     return points
 
 
+def _by_step(records: Sequence[StoredRecord]) -> list[CheckpointRecord]:
+    return sorted((stored.record for stored in records), key=lambda record: record.training.step)
+
+
 def job_view(
     job_id: str,
     stored: StoredJob | None,
@@ -148,13 +160,22 @@ def job_view(
     records: Sequence[StoredRecord],
     deliveries: Mapping[str, Sequence[Delivery]],
 ) -> dict[str, Any]:
-    """The job's summary and its checkpoints, oldest step first."""
+    """The job's page: its summary and its checkpoints' table rows, oldest step first."""
     now = time.time()
-    ordered = sorted((s.record for s in records), key=lambda record: record.training.step)
-    return {
-        "job": job_summary(job_id, stored, stats),
-        "checkpoints": [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in ordered],
-    }
+    rows = [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in _by_step(records)]
+    return {"job": job_summary(job_id, stored, stats), "checkpoints": rows}
+
+
+def chart_view(
+    job_id: str,
+    stored: StoredJob | None,
+    stats: CheckpointStats | None,
+    records: Sequence[StoredRecord],
+    drawn: Mapping[str, list[list[float]]],
+) -> dict[str, Any]:
+    """The job's chart feed: its summary (to know when to stop following it), curves and markers."""
+    markers = [marker(record) for record in _by_step(records)]
+    return {"job": job_summary(job_id, stored, stats), "curves": drawn, "markers": markers}
 
 
 def curves(

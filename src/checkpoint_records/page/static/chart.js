@@ -73,9 +73,9 @@
   }
 
   function markersOf(feed) {
-    if (!feed.checkpoints) return [];
+    if (!feed.markers) return [];
     const train = feed.curves.train;
-    return feed.checkpoints.map((c) => {
+    return feed.markers.map((c) => {
       let y = valueAt(train, c.step);
       if (y === null) y = c.train_loss !== null ? c.train_loss : c.eval_loss;
       return { ...c, y };
@@ -107,7 +107,7 @@
       [marker.name, "tip-title"],
       [`step ${marker.step} · ${STATE_WORDS[marker.state]}`],
       [`train loss ${format(marker.train_loss)} · eval loss ${format(marker.eval_loss)}`],
-      [`${marker.size_human}${marker.ready ? "" : " · " + (marker.reasons[0] || "not ready")}`],
+      [`${marker.size_human}${marker.ready ? "" : " · " + (marker.reason || "not ready")}`],
     ];
     return lines;
   }
@@ -195,7 +195,7 @@
       g.addEventListener("mouseleave", () => { tip.hidden = true; });
       g.addEventListener("blur", () => { tip.hidden = true; });
     }
-    legend(figure, series, Boolean(feed.checkpoints));
+    legend(figure, series, Boolean(feed.markers));
     figure.dataset.drawn = String(Date.now());
   }
 
