@@ -329,6 +329,12 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
         except urllib.error.HTTPError as error:
             assert error.code == 401
 
+        big = urllib.request.Request(base + "/login", data=b"token=" + b"x" * 100_000, method="POST")
+        try:
+            urllib.request.urlopen(big)
+            raise AssertionError("a 100 kB login form was read")
+        except urllib.error.HTTPError as error:
+            assert error.code == 413
         tab.fill("#token", "wrong")
         tab.click("button[type=submit]")
         assert "not valid" in tab.locator(".error").inner_text()

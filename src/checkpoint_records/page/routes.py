@@ -190,12 +190,18 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
 
     @router.get("/login")
     def login_form(request: Request, next: str = "/") -> Response:
+        if not auth.required:  # nothing to sign in to
+            return RedirectResponse(safe_next(next), 303, headers=SECURITY_HEADERS)
         return page("login.html", request, next=safe_next(next), failed=False, signed_in=False)
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        body = await request.body()
-        form = parse_qs(body[:_MAX_FORM_BYTES].decode("utf-8", "replace"))
+        body = b""
+        async for chunk in request.stream():  # never hold more than a login form's worth
+            body += chunk
+            if len(body) > _MAX_FORM_BYTES:
+                return data({"detail": "a login form is a token, nothing bigger"}, 413)
+        form = parse_qs(body.decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0].strip()
         target = safe_next((form.get("next") or ["/"])[0])
         session = auth.open_session(token) if token else None
