@@ -12,6 +12,7 @@ from unittest import mock
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 from llama_stack_client import LlamaStackClient
 from openai import OpenAI
 from openapi_spec_validator import validate as validate_openapi
@@ -19,7 +20,10 @@ from openapi_spec_validator import validate as validate_openapi
 from checkpoint_records import CheckpointRecordCallback
 from checkpoint_records.cli import main
 from checkpoint_records.formats.llama_stack import job_artifacts
+from checkpoint_records.formats.openai import checkpoint_id, fine_tuning_job_id
+from checkpoint_records.server.app import create_app
 from checkpoint_records.store import RecordStore
+from records_factory import make_record
 from registry_server import Registry, serving
 from schema_files import validate
 from trainer_runs import tiny_trainer
@@ -30,17 +34,21 @@ STEPS = 12  # more than one page of OpenAI checkpoints (10)
 
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Path]]:
-    """A registry, and a tiny Trainer run on "node-a" sending its records and job documents to it."""
+    """A registry, and two tiny Trainer runs on "node-a" and "node-b" sending their records and job
+    documents to it, as the README's team set-up does; node-a's store is returned to compare with."""
     base = tmp_path_factory.mktemp("registry")
     with serving(base / "registry", base / "server.log", TOKEN) as registry:
-        node = base / "node-a"
         sinks = f"{registry.url}/v1/records,training-job+{registry.url}/v1/records"
-        env = {"CHECKPOINT_RECORDS_HOME": str(node), "CHECKPOINT_RECORDS_SINKS": sinks}
-        with mock.patch.dict(os.environ, {**env, "CHECKPOINT_RECORDS_TOKEN": TOKEN}):
-            tiny_trainer(base / "run", [CheckpointRecordCallback()], max_steps=STEPS, save_steps=1).train()
-        local = RecordStore(node)
-        assert local.counts()["pending"] == 0, local.deliveries()
-        yield registry, node
+        for node, job, steps in (("node-a", "run", STEPS), ("node-b", "other", 4)):
+            env = {"CHECKPOINT_RECORDS_HOME": str(base / node), "CHECKPOINT_RECORDS_SINKS": sinks}
+            with mock.patch.dict(os.environ, {**env, "CHECKPOINT_RECORDS_TOKEN": TOKEN}):
+                run = tiny_trainer(
+                    base / node / job, [CheckpointRecordCallback()], max_steps=steps, save_steps=1
+                )
+                run.train()
+            local = RecordStore(base / node)
+            assert local.counts()["pending"] == 0, local.deliveries()
+        yield registry, base / "node-a"
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
@@ -84,7 +92,8 @@ def test_llama_stack_client_reads_the_run_back(served_run: tuple[Registry, Path]
     client = LlamaStackClient(base_url=registry.url, api_key=TOKEN, max_retries=0)
     local = RecordStore(node)
     (job_id,) = local.job_ids()
-    assert job_id in [job.job_uuid for job in client.post_training.job.list()]
+    listed = [job.job_uuid for job in client.post_training.job.list()]
+    assert job_id in listed and len(listed) == 2
     expected = job_artifacts(job_id, [stored.record for stored in local.records(job_id)])
     artifacts = client.post_training.job.artifacts(job_uuid=job_id)
     assert artifacts.to_dict() == expected
@@ -151,3 +160,23 @@ def test_every_route_needs_the_token_and_the_token_is_never_logged(served_run: t
         assert posted.status_code == 401
     assert TOKEN not in registry.log.read_text()
     assert "401" in registry.log.read_text()
+
+
+def test_openai_pages_start_after_any_checkpoint_even_one_this_process_never_served(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "registry")
+    for step in range(1, 16):
+        store.put(make_record(step))
+    job_id = make_record(1).metadata.job_id
+    with TestClient(create_app(store)) as client:
+        url = f"/v1/fine_tuning/jobs/{fine_tuning_job_id(job_id)}/checkpoints"
+        after = checkpoint_id(make_record(9).id)
+        page = client.get(url, params={"after": after, "limit": 3}).json()
+        assert [item["step_number"] for item in page["data"]] == [8, 7, 6] and page["has_more"]
+        assert page["first_id"] == page["data"][0]["id"] and page["last_id"] == page["data"][-1]["id"]
+        rest = client.get(url, params={"after": page["last_id"], "limit": 10}).json()
+        assert [item["step_number"] for item in rest["data"]] == [5, 4, 3, 2, 1] and not rest["has_more"]
+        missing = client.get(url, params={"after": "ftckpt_unknown"})
+        assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["id"] == fine_tuning_job_id(job_id)
+        assert client.get("/v1/fine_tuning/jobs/ftjob-nope").status_code == 404
+        assert client.get(url, params={"limit": 0}).json()["detail"].startswith("limit:")

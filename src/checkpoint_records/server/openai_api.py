@@ -18,9 +18,12 @@ openai``). Pages are newest first (highest step), ``after`` is the last id of th
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
 
 from ..formats.openai import DEFAULT_ORG, OpenAIFormat, checkpoint_id
 from ..formats.openai import fine_tuning_job_id as openai_job_id
@@ -89,38 +92,67 @@ def fine_tuning_job(
 
 
 class _Ids:
-    """OpenAI ids back to canonical ones: ``ftjob-...`` to a job id, ``ftckpt_...`` to a record id."""
+    """OpenAI ids back to canonical ones: ``ftjob-...`` to a job id, ``ftckpt_...`` to a record id.
+
+    Both are one-way hashes, so the mappings are computed from the store and remembered: a page's
+    ``after`` is the last id of a page just served, found without touching the store.
+    """
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
         self._jobs: dict[str, str] = {}
         self._checkpoints: dict[str, str] = {}
+        #: Jobs whose every checkpoint id is remembered, with how many they had then.
+        self._learned: dict[str, int] = {}
+        self._rendered: dict[tuple[str, int], dict[str, Any]] = {}
+        self._renderer = OpenAIFormat()
         self._lock = threading.Lock()
 
-    def job(self, given: str) -> JobView:
-        job_id = self._jobs.get(given)
-        if job_id is None:
-            with self._lock:
-                self._jobs = {openai_job_id(job_id): job_id for job_id in self.store.job_ids()}
-            job_id = self._jobs.get(given, given)
-        view = job_view(self.store, job_id)
-        if view is None:
-            raise Problem(404, f"no fine-tuning job {given!r}")
-        return view
+    def job_id(self, given: str) -> str:
+        """The job id an OpenAI job id (or the job id itself) names; 404 when the store has no such job."""
+        for refresh in (False, True):
+            if refresh:
+                known = self.store.job_ids()
+                with self._lock:
+                    self._jobs = {openai_job_id(job_id): job_id for job_id in known}
+                    self._jobs.update((job_id, job_id) for job_id in known)
+            if given in self._jobs:
+                return self._jobs[given]
+        raise Problem(404, f"no fine-tuning job {given!r}")
 
-    def remember(self, records: list[CheckpointRecord]) -> None:
+    def remember(self, records: Sequence[str]) -> None:
         with self._lock:
             if len(self._checkpoints) + len(records) > _REMEMBERED_CHECKPOINTS:
                 self._checkpoints.clear()
-            self._checkpoints.update((checkpoint_id(record.id), record.id) for record in records)
+                self._learned.clear()
+            self._checkpoints.update((checkpoint_id(record_id), record_id) for record_id in records)
+
+    def remembers(self, checkpoint: str) -> bool:
+        return checkpoint in self._checkpoints
+
+    def rendered(self, record: CheckpointRecord) -> dict[str, Any]:
+        """The record as the ``openai`` format renders it, kept per revision (pages are read again and
+        again while a run is followed; rendering derives three hashes)."""
+        key = (record.id, record.metadata.revision)
+        found = self._rendered.get(key)
+        if found is None:
+            found = self._renderer.render(record)
+            with self._lock:
+                if len(self._rendered) >= _REMEMBERED_CHECKPOINTS:
+                    self._rendered.clear()
+                self._rendered[key] = found
+        return found
 
     def checkpoint(self, job_id: str, given: str) -> CheckpointRecord:
-        """The record a checkpoint id names (remembered, else found among the job's records)."""
+        """The record a checkpoint id names: remembered, else after learning every id of the job (once
+        per number of checkpoints it has: about a second per 100,000 here, for a process that did not
+        serve the page before)."""
+        if given not in self._checkpoints:
+            record_ids = self.store.record_ids(job_id)
+            if self._learned.get(job_id) != len(record_ids):
+                self.remember(record_ids)
+                self._learned[job_id] = len(record_ids)
         record_id = self._checkpoints.get(given)
-        if record_id is None:
-            record_id = next(
-                (rid for rid in self.store.record_ids(job_id) if checkpoint_id(rid) == given), None
-            )
         stored = None if record_id is None else self.store.get(record_id)
         if stored is None or stored.record.metadata.job_id != job_id:
             raise Problem(404, f"no checkpoint {given!r} in this job (after=)")
@@ -154,22 +186,30 @@ def openai_router(store: RecordStore) -> APIRouter:
 
     @router.get("/jobs/{fine_tuning_job_id}", summary="One fine-tuning job (OpenAI)")
     def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        return job_object(ids.job(fine_tuning_job_id))
+        view = job_view(store, ids.job_id(fine_tuning_job_id))
+        if view is None:
+            raise Problem(404, f"no fine-tuning job {fine_tuning_job_id!r}")
+        return job_object(view)
 
     @router.get(
         "/jobs/{fine_tuning_job_id}/checkpoints", summary="A job's checkpoints, newest first (OpenAI)"
     )
-    def list_checkpoints(
+    async def list_checkpoints(
         fine_tuning_job_id: str,
         after: str | None = Query(None, description="the last checkpoint id of the previous page"),
         limit: int = Query(10, ge=1, le=100),
     ) -> dict[str, Any]:
-        view = ids.job(fine_tuning_job_id)
-        before = None if after is None else ids.checkpoint(view.job_id, after)
-        page = [stored.record for stored in store.records_newest_first(view.job_id, limit + 1, before)]
+        # On the event loop: a page is a few indexed rows, cheaper than the hops to a worker thread.
+        # Only an ``after`` this process never served (a pass over the job's ids) goes to a thread.
+        job_id = ids.job_id(fine_tuning_job_id)
+        before = None
+        if after is not None:
+            lookup = partial(ids.checkpoint, job_id, after)
+            before = lookup() if ids.remembers(after) else await run_in_threadpool(lookup)
+        page = [stored.record for stored in store.records_newest_first(job_id, limit + 1, before)]
         shown = page[:limit]
-        ids.remember(shown)
-        data = [OpenAIFormat().render(record) for record in shown]
+        ids.remember([record.id for record in shown])
+        data = [ids.rendered(record) for record in shown]
         return {
             "object": "list",
             "data": data,
