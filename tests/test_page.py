@@ -360,7 +360,7 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
 
 def test_the_server_sends_a_long_run_downsampled_keeping_every_checkpoint(tmp_path: Path) -> None:
     store = RecordStore(tmp_path / "store")
-    steps, checkpoints = 20_000, list(range(997, 20_000, 997))
+    steps, checkpoints = 20_000, list(range(160, 20_000, 160))
     for step in checkpoints:
         store.put(make_record(step, job="long-run"), durable=False)
     job_id = store.records()[0].record.metadata.job_id
@@ -371,8 +371,11 @@ def test_the_server_sends_a_long_run_downsampled_keeping_every_checkpoint(tmp_pa
     with TestClient(create_app(store)) as client:
         feed = client.get(f"/ui/api/jobs/{job_id}").json()
         page = client.get(f"/jobs/{job_id}")
+        everything = client.get(f"/jobs/{job_id}?all=1")
     train_steps = [step for step, _ in feed["curves"]["train"]]
     assert len(train_steps) <= MAX_CHART_POINTS < steps
     assert set(checkpoints) <= set(train_steps) and train_steps == sorted(train_steps)
     assert [c["step"] for c in feed["markers"]] == checkpoints
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.text.count("data-checkpoint=") == 100 and f"the newest 100 of {len(checkpoints)}" in page.text
+    assert everything.text.count("data-checkpoint=") == len(checkpoints)

@@ -105,11 +105,10 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def job_page(request: Request, job_id: str, all: bool = False) -> Response:
         if not auth.check(request):
             return to_login(request)
-        view = job_view(job_id)
+        view = job_view(job_id, None if all else TABLE_ROWS)
         if view is None:
             return not_found(request, f"job {job_id}")
-        feed = f"/ui/api/jobs/{quote(job_id, safe='')}"
-        return page("job.html", request, view=view, feed=feed, show_all=all, table_rows=TABLE_ROWS)
+        return page("job.html", request, view=view, feed=f"/ui/api/jobs/{quote(job_id, safe='')}")
 
     @router.get("/compare")
     def compare_page(request: Request, job: list[str] = Query(default=[])) -> Response:  # noqa: B008
@@ -131,12 +130,14 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         view = views.checkpoint_view(stored, store.deliveries(record_id), store.record_revisions(record_id))
         return page("checkpoint.html", request, view=view)
 
-    def job_view(job_id: str) -> dict[str, Any] | None:
-        stored, records = store.job(job_id), store.records(job_id)
-        if stored is None and not records:
+    def job_view(job_id: str, newest: int | None) -> dict[str, Any] | None:
+        """The job's summary and its ``newest`` checkpoints (all of them with None)."""
+        stored, stats = store.job(job_id), stats_of(job_id)
+        if stored is None and stats is None:
             return None
+        records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
         deliveries = {stored.record.id: store.deliveries(stored.record.id) for stored in records}
-        return views.job_view(job_id, stored, stats_of(job_id), records, deliveries)
+        return views.job_view(job_id, stored, stats, records, deliveries)
 
     def chart_view(job_id: str) -> dict[str, Any] | None:
         stored, records = store.job(job_id), store.records(job_id)
