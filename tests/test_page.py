@@ -262,6 +262,10 @@ def test_two_jobs_drawn_together(server: str, runs: Path, page: Any) -> None:
     page.locator("#chart polyline").first.wait_for()
     assert page.locator("#chart polyline.line-train").count() == 2
     assert page.locator("#chart polyline.line-eval").count() == 2
+    colours = page.eval_on_selector_all(
+        "#chart polyline", "lines => lines.map(line => getComputedStyle(line).stroke)"
+    )
+    assert len(set(colours)) == 2 and colours[0] == colours[1]  # one colour per job, train and eval
     legend = page.locator("#chart .legend").inner_text()
     assert "rotating-run: train loss" in legend and f"{EVIL}: eval loss" in legend
 

@@ -89,7 +89,7 @@
       const item = html("li", "", undefined, list);
       const icon = el("svg", { width: 28, height: 14, "aria-hidden": "true" }, item);
       const line = el("line", { x1: 2, y1: 7, x2: 26, y2: 7, class: `line line-${s.kind}` }, icon);
-      if (s.colour) line.setAttribute("stroke", s.colour);
+      if (s.colour) line.style.stroke = s.colour;
       item.appendChild(document.createTextNode(` ${s.label}`));
     }
     if (!withMarkers) return;
@@ -161,12 +161,12 @@
         class: `line line-${s.kind}`, "data-count": s.points.length,
         points: s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "),
       }, svg);
-      if (s.colour) line.setAttribute("stroke", s.colour);
+      if (s.colour) line.style.stroke = s.colour;  // one colour per job when comparing
       if (s.kind === "eval" && s.points.length <= 400) {
         const dots = el("g", { class: "dots dots-eval" }, svg);
         for (const [x, y] of s.points) {
           const dot = el("circle", { cx: sx(x), cy: sy(y), r: 3 }, dots);
-          if (s.colour) dot.setAttribute("fill", s.colour);
+          if (s.colour) dot.style.fill = s.colour;
         }
       }
     });
