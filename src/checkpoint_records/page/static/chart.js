@@ -136,7 +136,7 @@
     const sy = (y) => MARGIN.top + (1 - (y - y0) / (y1 - y0)) * plotH;
 
     const svg = el("svg", {
-      viewBox: `0 0 ${width} ${height}`, width, height, role: "img", class: "plot",
+      viewBox: `0 0 ${width} ${height}`, width, height, role: "group", class: "plot",
       "aria-label": `Loss by step, ${series.map((s) => `${s.label}: ${s.points.length} points`).join(", ")}` +
         (markers.length ? `, ${markers.length} checkpoints` : ""),
     }, figure);
