@@ -1,8 +1,11 @@
 """A tiny training run configured only through CHECKPOINT_RECORDS_* variables, that can die mid-way.
 
 Usage: python killed_run.py OUTPUT_DIR [--kill-after-save STEP | --raise-at STEP KIND] [--resume]
+                             [--hold-from STEP]
 With --kill-after-save, the process SIGKILLs itself right after the save at STEP returned; with
---raise-at, training raises KIND (RuntimeError or KeyboardInterrupt) at the end of that step.
+--raise-at, training raises KIND (RuntimeError or KeyboardInterrupt) at the end of that step; with
+--hold-from, the recorder's background thread never commits the record of a save at STEP or later (so a
+kill right after ``on_save`` returned catches the save handed over but not stored).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "
 
 from transformers import TrainerCallback  # noqa: E402
 
-from checkpoint_records import CheckpointRecordCallback  # noqa: E402
+from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder  # noqa: E402
 from trainer_runs import tiny_trainer  # noqa: E402
 
 
@@ -43,13 +47,28 @@ class RaiseAt(TrainerCallback):
             raise self.kind("stopped by the test")
 
 
+def hold_records_from(step: int) -> None:
+    """Block the background thread before it stores the record of a save at ``step`` or later."""
+    store_record = CheckpointRecorder._store_record
+
+    def held(self: CheckpointRecorder, record: Any) -> Any:
+        if record.training.step >= step:
+            threading.Event().wait()  # forever: the process is killed meanwhile
+        return store_record(self, record)
+
+    CheckpointRecorder._store_record = held  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
     parser.add_argument("--kill-after-save", type=int)
     parser.add_argument("--raise-at", nargs=2, metavar=("STEP", "KIND"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--hold-from", type=int)
     args = parser.parse_args()
+    if args.hold_from:
+        hold_records_from(args.hold_from)
     callbacks: list[TrainerCallback] = [CheckpointRecordCallback()]
     if args.kill_after_save:
         callbacks.append(KillAfterSave(args.kill_after_save))

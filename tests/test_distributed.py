@@ -207,7 +207,9 @@ def test_a_two_process_run_killed_mid_way_and_resumed(tmp_path: Path, isolated_s
     assert not (tmp_path / "out" / "checkpoint-6").exists()
     saved_before = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*") if path.is_file()}
     before = records(isolated_store)
-    assert {record.name for record in before.values()} == {"out-checkpoint-2", "out-checkpoint-4"}
+    # checkpoint-4 was handed over just before the kill: stored, or recorded from disk by the resumed run
+    names = {record.name for record in before.values()}
+    assert {"out-checkpoint-2"} <= names <= {"out-checkpoint-2", "out-checkpoint-4"}
     assert {delivery.state for delivery in RecordStore(isolated_store).deliveries()} == {"pending"}
     with receiver:
         resumed = launch(torchrun(), str(LAUNCHED_RUN), str(tmp_path / "out"), "--resume", env=env)

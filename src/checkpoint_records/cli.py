@@ -7,12 +7,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .delivery import DeliveryWorker
 from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
+from .recovery import checkpoint_folders
 from .render import (
     ProgressBar,
     delivery_state,
@@ -25,6 +28,9 @@ from .render import (
 from .settings import environment
 from .sinks import Sink, configured_sinks, job_sinks
 from .store import RecordStore
+
+if TYPE_CHECKING:
+    from .recorder import CheckpointRecorder
 
 DEFAULT_FLUSH_TIMEOUT = 60.0
 
@@ -80,6 +86,18 @@ def cmd_jobs(store: RecordStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorder(store: RecordStore, sinks: list[Sink], args: argparse.Namespace) -> CheckpointRecorder:
+    """A recorder for recovery from the command line (imported here: it needs transformers)."""
+    from .recorder import CheckpointRecorder
+
+    return CheckpointRecorder(
+        store=store,
+        sinks=sinks,
+        job_id=getattr(args, "job_id", None),
+        job_name=getattr(args, "job_name", None),
+    )
+
+
 def _deliver(store: RecordStore, sinks: list[Sink], timeout: float) -> int:
     """Deliver what is pending to ``sinks`` within ``timeout``, showing progress; 1 if anything is left."""
     keys = [sink.key for sink in sinks]
@@ -122,7 +140,32 @@ def _sinks(args: argparse.Namespace) -> list[Sink]:
 
 
 def cmd_flush(store: RecordStore, args: argparse.Namespace) -> int:
-    return _deliver(store, _sinks(args), args.timeout)
+    sinks = _sinks(args)
+    recovered = _recorder(store, sinks, args).recover_known()  # saves a killed run never stored
+    if recovered:
+        names = ", ".join(record.name for record in recovered)
+        print(
+            f"recorded {len(recovered)} checkpoint(s) from disk that had no record: {names}", file=sys.stderr
+        )
+    return _deliver(store, sinks, args.timeout)
+
+
+def cmd_import(store: RecordStore, args: argparse.Namespace) -> int:
+    sinks = _sinks(args)
+    recorder = _recorder(store, sinks, args)
+    missing = 0
+    for directory in args.output_dirs:
+        path = Path(directory)
+        if not checkpoint_folders(path):
+            print(f"no checkpoint-<step> or checkpoints/checkpoint_<n> folders in {path}", file=sys.stderr)
+            missing += 1
+            continue
+        job = recorder.job_for(str(path), args.run_name)
+        imported = recorder.recover(path, job)
+        print(f"{path}: imported {len(imported)} checkpoint(s) as job {job.name}", file=sys.stderr)
+    if missing:
+        return 1
+    return _deliver(store, sinks, args.timeout) if sinks else 0
 
 
 def cmd_resend(store: RecordStore, args: argparse.Namespace) -> int:
@@ -225,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve on a non-loopback address without a token (only on a trusted network)",
     )
     serving.set_defaults(run=cmd_serve)
+    importing = commands.add_parser(
+        "import",
+        parents=[common, delivering],
+        help="record the checkpoints of runs that had no callback, from their trainer_state.json",
+    )
+    importing.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's output_dir")
+    importing.add_argument(
+        "--run-name", help="the run's TrainingArguments.run_name, if it had one (part of the job's id)"
+    )
+    importing.add_argument("--job-id", help="the job id, as CHECKPOINT_RECORDS_JOB_ID")
+    importing.add_argument("--job-name", help="the job name, as CHECKPOINT_RECORDS_JOB_NAME")
+    importing.set_defaults(run=cmd_import)
     return parser
 
 

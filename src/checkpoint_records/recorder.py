@@ -179,7 +179,6 @@ class CheckpointRecorder:
         self._live: dict[str, Path] = {}
         self._runs: dict[str, _Run] = {}
         self._jobs: dict[tuple[str, str | None], JobIdentity] = {}
-        self._last_step: int | None = None
 
     @property
     def record_sinks(self) -> list[Sink]:
@@ -208,7 +207,8 @@ class CheckpointRecorder:
 
     def hand_off(self, save: Save) -> None:
         """A checkpoint was saved: its record is built and stored in the background."""
-        self._last_step = save.step
+        if save.reports_job and not lifecycle.tracked(self):  # a loop's job starts with its first save
+            lifecycle.track(self)
         self._background.submit("on_save", self._record_save, save)
 
     def end(self, status: JobStatus, step: int | None = None) -> None:
@@ -245,7 +245,7 @@ class CheckpointRecorder:
 
     def close(self) -> None:
         """End what this recorder ran, flush (bounded) when this process delivers, stop its threads."""
-        if self._runs or lifecycle.tracked(self):
+        if lifecycle.tracked(self):
             self.end("Success")
         if self.delivery.running or self._background.pending:
             self.flush()
@@ -346,7 +346,9 @@ class CheckpointRecorder:
         ):  # a loop without on_train_begin: the job starts at its first save
             self._begin(Begin(job=job, directory=save.run_dir, base_model=save.base_model))
             run = self._runs[job.id]
-        elif run is None:
+        elif run is None:  # another node's main recording its own copy: the job is reported elsewhere
+            self.start_delivery()
+            self.watch_job(job)
             snapshot = job_snapshot(
                 None, "loop", "Running", None, job_id=job.id, job_name=job.name, created_at=0
             )
@@ -521,9 +523,10 @@ class CheckpointRecorder:
             for directory, step in checkpoint_folders(path)
             if written_before is None or _modified(directory) < written_before
         ]
+        recorded = {stored.record.spec.directory for stored in self.store.records(job.id)}
         recovered = []
         for directory, step in folders:
-            if self.store.get(checkpoint_id_for(job.id, step)) is not None:
+            if str(directory.absolute()) in recorded or self.store.get(checkpoint_id_for(job.id, step)):
                 continue
             found = read_checkpoint(directory, step)
             record = self._build(directory, job, found.step, found.epoch, found.logged, recovered=True)
@@ -544,6 +547,20 @@ class CheckpointRecorder:
             )
             self.delivery.wake()
         return recovered
+
+    def recover_known(self) -> list[CheckpointRecord]:
+        """:meth:`recover` every directory where the store knows a job wrote checkpoints."""
+        places: dict[Path, JobIdentity] = {}
+        for stored_job in self.store.jobs():
+            if stored_job.job.directory:
+                places[Path(stored_job.job.directory)] = JobIdentity(stored_job.job.id, stored_job.job.name)
+        for stored in self.store.records():
+            metadata = stored.record.metadata
+            place = Path(stored.record.spec.directory).parent
+            if place.name == "checkpoints":  # accelerate's project_dir/checkpoints/checkpoint_<n>
+                place = place.parent
+            places.setdefault(place, JobIdentity(metadata.job_id, metadata.job_name))
+        return [record for place, job in places.items() for record in self.recover(place, job)]
 
 
 def _modified(path: Path) -> float:

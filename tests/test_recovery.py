@@ -1,0 +1,129 @@
+"""The checkpoint on disk is the source of truth: a save handed over but never stored (the process was
+killed in between) is recorded afterwards from its own files, once, by the job's next run, by ``flush``
+or by ``import``; ``import`` records runs that never had the callback with the ids a live run gives."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpoint_records import CheckpointRecordCallback, RecordStore
+from checkpoint_records.history import metrics_at_step
+from checkpoint_records.identity import checkpoint_id_for, default_job_key, job_id_for
+from commands import cli, killed_run
+from http_server import Receiver
+from trainer_runs import tiny_trainer
+
+
+def by_step(home: Path) -> dict[int, Any]:
+    records = [stored.record for stored in RecordStore(home).records()]
+    steps = [record.training.step for record in records]
+    assert len(steps) == len(set(steps)), f"a checkpoint recorded twice: {steps}"
+    return {record.training.step: record for record in records}
+
+
+@pytest.mark.parametrize("recovery", ["resumed run", "flush", "import"])
+def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
+    tmp_path: Path, isolated_store: Path, recovery: str
+) -> None:
+    output = tmp_path / "out"
+    with Receiver() as receiver:
+        env = {"CHECKPOINT_RECORDS_SINKS": receiver.url}
+        killed = killed_run(output, env, "--kill-after-save", "4", "--hold-from", "4")
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        assert 4 not in by_step(isolated_store)  # handed over, never stored
+        if recovery == "resumed run":
+            resumed = killed_run(output, env, "--resume")
+            assert resumed.returncode == 0, resumed.stderr[-2000:]
+            expected = [2, 4, 6]
+        elif recovery == "flush":
+            flushed = cli("flush", "--sink", receiver.url)
+            assert flushed.returncode == 0, flushed.stderr
+            assert (
+                "recorded 1 checkpoint(s) from disk" in flushed.stderr
+                and "out-checkpoint-4" in flushed.stderr
+            )
+            expected = [2, 4]
+        else:
+            imported = cli("import", str(output), "--sink", receiver.url)
+            assert imported.returncode == 0, imported.stderr
+            assert "imported 1 checkpoint(s) as job out" in imported.stderr
+            expected = [2, 4]
+        again = cli("import", str(output), "--sink", receiver.url)  # nothing new: nothing added or sent
+        assert again.returncode == 0 and "imported 0 checkpoint(s)" in again.stderr, again.stderr
+        receiver.wait_for(len(expected))
+    records = by_step(isolated_store)
+    assert sorted(records) == expected
+    recovered = records[4]
+    assert recovered.training.recovered and not records[2].training.recovered
+    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = metrics_at_step(state["log_history"], 4)
+    assert (
+        recovered.training.train_loss == logged.train_loss
+        and recovered.training.eval_loss == logged.eval_loss
+    )
+    assert recovered.training.train_loss_step == 4 and recovered.training.eval_loss_step == 3
+    assert recovered.training.inference_ready and recovered.status.status == "available"
+    sent = Counter(request.payload["metadata"]["id"] for request in receiver.accepted())
+    assert set(sent) == {record.id for record in records.values()}
+    keys = {request.headers["Idempotency-Key"] for request in receiver.accepted()}
+    assert len(keys) == len(records)  # each delivered once (a re-send after a kill reuses its key)
+    receiver.assert_idempotent()
+
+
+def test_import_of_a_run_without_the_callback_gives_what_the_live_callback_gave(
+    tmp_path: Path, isolated_store: Path
+) -> None:
+    output = tmp_path / "out"
+    tiny_trainer(output, [CheckpointRecordCallback()], save_total_limit=2).train()
+    live = by_step(isolated_store)
+    other = tmp_path / "other-store"
+    imported = cli("import", str(output), "--store", str(other))
+    assert imported.returncode == 0, imported.stderr
+    again = by_step(other)
+    assert sorted(again) == [4, 6]  # checkpoint-2 was rotated away before the import
+    for step, record in again.items():
+        assert record.training.recovered
+        expected = live[step]
+        assert (record.id, record.name, record.metadata.job_id) == (
+            expected.id,
+            expected.name,
+            expected.metadata.job_id,
+        )
+        for field in (
+            "step",
+            "epoch",
+            "train_loss",
+            "eval_loss",
+            "train_loss_step",
+            "eval_loss_step",
+            "metrics",
+        ):
+            assert getattr(record.training, field) == getattr(expected.training, field), field
+        assert record.status.files == expected.status.files
+    series = RecordStore(other).log_series(again[6].metadata.job_id)
+    assert [entry["step"] for entry in series] == [
+        entry["step"] for entry in RecordStore(isolated_store).log_series(again[6].metadata.job_id)
+    ]
+
+
+def test_import_of_accelerate_save_state_folders_takes_the_step_from_the_folder(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    for index in range(2):
+        folder = project / "checkpoints" / f"checkpoint_{index}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"0" * 16)
+        (folder / "random_states_0.pkl").write_bytes(b"1")
+    assert cli("import", str(project)).returncode == 0
+    records = by_step(Path(str(tmp_path / "store")))
+    job_id = job_id_for(default_job_key(str(project), None))
+    assert {step: record.id for step, record in records.items()} == {
+        index: checkpoint_id_for(job_id, index) for index in range(2)
+    }
+    assert all(record.training.layout == "accelerate-state" for record in records.values())
+    missing = cli("import", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 1 and "no checkpoint-<step>" in missing.stderr
