@@ -195,6 +195,10 @@ def test_job_documents_keep_the_latest_status(registry: Registry) -> None:
     }
     assert registry.get("/v1/training-jobs/job-7").json() == done
     assert registry.get("/v1/fine_tuning/jobs/job-7").json()["status"] == "succeeded"
+    # Without max_steps (a run planned in epochs) the progress still comes back as sent.
+    epochs = {**detail, "id": "job-8", "progress": 37.25, "hyper_parameters": {"num_train_epochs": 3}}
+    assert post(registry, json.dumps(epochs)).json()["stored"] is True
+    assert registry.get("/v1/training-jobs/job-8").json() == epochs
     invalid = post(registry, json.dumps({**detail, "status": "Exploded"}))
     assert invalid.status_code == 422 and invalid.json()["detail"].startswith("status:")
 

@@ -230,7 +230,8 @@ class JobSummary:
 
 #: How long a received idempotency key is remembered (a sender retries for far less).
 RECEIVED_KEY_SECONDS = 7 * 24 * 3600.0
-_TERMINAL_JOB_STATUSES = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
+#: Job statuses that end a job.
+FINISHED_JOB_STATUSES: frozenset[str] = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
 
 
 def default_home() -> Path:
@@ -347,20 +348,7 @@ class RecordStore:
             else:
                 revision = 1
                 record = _as_revision(record, revision, created_at=record.status.created_at)
-            connection.execute(
-                "INSERT OR REPLACE INTO records (id, name, job_id, step, revision, body, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.name,
-                    record.metadata.job_id,
-                    record.training.step,
-                    revision,
-                    record.to_json(),
-                    record.status.created_at,
-                    record.status.updated_at,
-                ),
-            )
+            _write_record(connection, record, revision)
             _queue(connection, "INSERT OR REPLACE", sinks, record.id, revision)
         return StoredRecord(record, revision)
 
@@ -540,7 +528,9 @@ class RecordStore:
         now = time.time()
         answers: list[list[Receipt] | None] = []
         with self._transaction() as connection:
-            connection.execute("DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,))
+            connection.execute(
+                "DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,)
+            )
             for submission in submissions:
                 if submission.key is not None:
                     row = connection.execute(
@@ -571,7 +561,9 @@ class RecordStore:
     def job_summary(self, job_id: str) -> JobSummary:
         count, first, last = (
             self._connection()
-            .execute("SELECT COUNT(*), MIN(created_at), MAX(updated_at) FROM records WHERE job_id = ?", (job_id,))
+            .execute(
+                "SELECT COUNT(*), MIN(created_at), MAX(updated_at) FROM records WHERE job_id = ?", (job_id,)
+            )
             .fetchone()
         )
         return JobSummary(job_id, count, first, last)
@@ -814,6 +806,11 @@ def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) ->
     row = connection.execute("SELECT revision FROM records WHERE id = ?", (record.id,)).fetchone()
     if row is not None and int(row[0]) >= revision:
         return Receipt(record.id, "record", int(row[0]), stored=False)
+    _write_record(connection, record, revision)
+    return Receipt(record.id, "record", revision, stored=True)
+
+
+def _write_record(connection: sqlite3.Connection, record: CheckpointRecord, revision: int) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO records (id, name, job_id, step, revision, body, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -828,11 +825,10 @@ def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) ->
             record.status.updated_at,
         ),
     )
-    return Receipt(record.id, "record", revision, stored=True)
 
 
 def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
-    return (int(job.updated_at), job.status in _TERMINAL_JOB_STATUSES, job.global_step)
+    return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step)
 
 
 def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:

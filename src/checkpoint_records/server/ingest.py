@@ -221,18 +221,22 @@ class Writer:
             self.store.close()
 
     def _write(self, group: list[tuple[Submission, Future[list[Receipt] | None]]]) -> None:
+        """One transaction for the group; if it fails, each request alone, so that one request the
+        store cannot take does not fail the others that happened to wait beside it."""
         try:
             answers = self.store.receive([submission for submission, _ in group])
         except Exception as error:
+            if len(group) > 1:
+                for item in group:
+                    self._write([item])
+                return
             logger.warning("checkpoint-records serve: the store could not write: %r", error)
-            for _, future in group:
-                future.set_exception(error)
+            group[0][1].set_exception(error)
         else:
             for (_, future), answer in zip(group, answers, strict=True):
                 future.set_result(answer)
-        finally:
-            with self._lock:
-                self._waiting -= sum(len(submission.documents) for submission, _ in group)
+        with self._lock:
+            self._waiting -= sum(len(submission.documents) for submission, _ in group)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

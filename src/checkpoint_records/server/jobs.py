@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from ..formats.openai import unix_seconds
 from ..formats.training_job import JobSnapshot, JobStatus
-from ..store import JobSummary, RecordStore
-
-FINISHED: frozenset[JobStatus] = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
+from ..store import FINISHED_JOB_STATUSES, JobSummary, RecordStore
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class JobView:
     @property
     def finished_at(self) -> int | None:
         """When a finished job last changed; None while it runs (or when unknown)."""
-        if self.snapshot is None or self.snapshot.status not in FINISHED:
+        if self.snapshot is None or self.snapshot.status not in FINISHED_JOB_STATUSES:
             return None
         return int(self.snapshot.updated_at)
 
