@@ -78,7 +78,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding two real runs: one that rotates checkpoints away and has a best one (eval loss),
-    and a short one whose job name is an HTML script tag."""
+    and a short one whose job name is an HTML script tag and whose checkpoint is not ready."""
     root = tmp_path_factory.mktemp("runs")
     store = root / "store"
     tiny_trainer(
@@ -91,7 +91,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         metric_for_best_model="eval_loss",
     ).train()
     tiny_trainer(
-        root / "evil", [CheckpointRecordCallback(store=store, job_name=EVIL)], max_steps=2, eval_steps=2
+        root / "evil",
+        [CheckpointRecordCallback(store=store, job_name=EVIL)],
+        with_tokenizer=False,  # its checkpoint is not ready: no tokenizer saved
+        max_steps=2,
+        eval_steps=2,
     ).train()
     return store
 
@@ -246,8 +250,12 @@ def test_a_job_named_like_a_script_stays_text_everywhere(server: str, runs: Path
     page.click(f"a.job-name:text-is('{EVIL}')")
     page.locator("#chart[data-drawn]").wait_for()
     assert page.locator("h1").inner_text().startswith(EVIL)
-    page.locator("#chart a.marker").last.hover()
+    marker = page.locator("#chart a.marker")
+    assert marker.count() == 1 and marker.get_attribute("data-state") == "not-ready"
+    marker.hover()
     assert EVIL in page.locator("#chart .tip").inner_text()
+    assert "tokenizer" in page.locator("#chart .tip").inner_text()
+    assert "tokenizer" in page.locator("table.checkpoints .reasons").inner_text()
     page.click(f"table.checkpoints a:has-text('{EVIL}')")
     assert page.locator("h1").inner_text().startswith(EVIL)
     assert EVIL in page.locator("details pre").first.text_content()
