@@ -337,7 +337,7 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
         with urllib.request.urlopen(base + "/ui/static/page.css") as response:  # assets need no token
             assert response.status == 200
         try:
-            urllib.request.urlopen(base + "/ui/api/jobs")
+            urllib.request.urlopen(base + "/ui/api/jobs/" + job_of(runs, "rotating-run"))
             raise AssertionError("the JSON feed answered without a session")
         except urllib.error.HTTPError as error:
             assert error.code == 401

@@ -24,7 +24,7 @@ from ..server.auth import SESSION_COOKIE, Auth
 from . import views
 
 if TYPE_CHECKING:
-    from ..store import CheckpointStats, RecordStore
+    from ..store import CheckpointStats, RecordStore, StoredJob
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -132,22 +132,28 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
 
     def job_view(job_id: str, newest: int | None) -> dict[str, Any] | None:
         """The job's summary and its ``newest`` checkpoints (all of them with None)."""
-        stored, stats = store.job(job_id), stats_of(job_id)
-        if stored is None and stats is None:
+        found = job_of(job_id)
+        if found is None:
             return None
+        stored, stats = found
         records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
-        deliveries = {stored.record.id: store.deliveries(stored.record.id) for stored in records}
+        deliveries = {entry.record.id: store.deliveries(entry.record.id) for entry in records}
         return views.job_view(job_id, stored, stats, records, deliveries)
 
     def chart_view(job_id: str) -> dict[str, Any] | None:
-        stored, records = store.job(job_id), store.records(job_id)
-        if stored is None and not records:
+        found = job_of(job_id)
+        if found is None:
             return None
-        drawn = curves_at(job_id, store.log_length(job_id), len(records))
-        return views.chart_view(job_id, stored, stats_of(job_id), records, drawn)
+        stored, stats = found
+        return views.chart_view(job_id, stored, stats, store.records(job_id), curves_of(job_id, stats))
 
-    def stats_of(job_id: str) -> CheckpointStats | None:
-        return next(iter(store.checkpoint_stats(job_id)), None)
+    def job_of(job_id: str) -> tuple[StoredJob | None, CheckpointStats | None] | None:
+        """The job's document and its checkpoints' numbers; None when the store knows neither."""
+        stored, stats = store.job(job_id), next(iter(store.checkpoint_stats(job_id)), None)
+        return None if stored is None and stats is None else (stored, stats)
+
+    def curves_of(job_id: str, stats: CheckpointStats | None) -> dict[str, list[list[float]]]:
+        return curves_at(job_id, store.log_length(job_id), stats.checkpoints if stats is not None else 0)
 
     @functools.lru_cache(maxsize=32)
     def curves_at(job_id: str, log_length: int, checkpoints: int) -> dict[str, list[list[float]]]:
@@ -156,12 +162,6 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         train = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="loss")
         evaluation = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="eval_loss")
         return views.curves(train, evaluation)
-
-    @router.get("/ui/api/jobs")
-    def jobs_feed(request: Request, q: str = "") -> Response:
-        if not auth.check(request):
-            return data({"detail": "sign in first"}, 401)
-        return data({"jobs": views.job_summaries(store.jobs(), store.checkpoint_stats(), q)})
 
     @router.get("/ui/api/jobs/{job_id}")
     def job_feed(request: Request, job_id: str) -> Response:
@@ -176,9 +176,10 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             return data({"detail": "sign in first"}, 401)
         found = []
         for job_id in dict.fromkeys(job):
-            view = chart_view(job_id)
-            if view is not None:
-                found.append({**view["job"], "curves": view["curves"]})
+            known = job_of(job_id)
+            if known is not None:
+                summary = views.job_summary(job_id, *known)
+                found.append({**summary, "curves": curves_of(job_id, known[1])})
         return data({"jobs": found})
 
     @router.get("/ui/static/{name}")
