@@ -235,6 +235,10 @@ def test_checkpoint_page_shows_the_whole_record_in_every_wire_format(
     assert files.count() == len(deleted.record.status.files)
     assert "config.json" in page.locator("table.files").inner_text()
 
+    labels, values = page.locator(".facts dt").all_inner_texts(), page.locator(".facts dd").all_inner_texts()
+    facts = dict(zip(labels, values, strict=True))
+    assert facts["Status"] == "deleted" and facts["Best"] == "no"
+
     formats = [name for name in known_formats() if get_format(name).renders_records]
     blocks = page.locator("details")
     assert blocks.locator("summary").all_inner_texts() == formats

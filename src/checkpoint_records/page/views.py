@@ -252,6 +252,11 @@ def checkpoint_view(
             ("World size", str(metadata.world_size)),
             ("transformers", metadata.version),
             ("Directory", record.spec.directory),
+            ("Best", _best(record)),
+            (
+                "Recovered",
+                "yes: rebuilt from disk after a crash, or imported" if metadata.recovered else "no",
+            ),
             ("Created", short_time(record.status.created_at)),
             ("Updated", short_time(record.status.updated_at)),
         ],
@@ -263,6 +268,17 @@ def checkpoint_view(
         "deliveries": [(d.sink, d.state, d.attempts, d.last_error or "") for d in deliveries],
         "wire": wire_documents(record),
     }
+
+
+def _best(record: CheckpointRecord) -> str:
+    """Whether the Trainer called this checkpoint its best, and by which metric."""
+    training = record.training
+    if not training.best:
+        return "no"
+    if training.best_metric is None:
+        return "yes"
+    value = "-" if training.best_metric_value is None else f"{training.best_metric_value:.6g}"
+    return f"yes, by {training.best_metric} = {value}"
 
 
 def _metric(value: Any) -> str:
