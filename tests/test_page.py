@@ -209,6 +209,10 @@ def test_job_page_draws_every_logged_step_and_marks_every_checkpoint(
         readme_picture.parent.mkdir(exist_ok=True)
         shutil.copyfile(tmp_path / "job.png", readme_picture)
 
+    page.locator(f"#chart a.marker[data-step='{best[0]}']").click()  # a marker opens its checkpoint
+    assert page.locator("h1").inner_text() == records[best[0]].name
+    page.go_back()
+
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
     train.wait_for()
