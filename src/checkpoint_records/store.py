@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS log_entries (
     body TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+
 -- The registry server (``checkpoint-records serve``): newest-first pages of a job's checkpoints, and
 -- the idempotency keys of what it received, with the receipts it answered.
 CREATE INDEX IF NOT EXISTS records_by_job_step_id ON records(job_id, step, id);
@@ -105,6 +106,25 @@ CREATE TABLE IF NOT EXISTS received_keys (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
+
+-- The web page: every revision of a record in brief, kept by a trigger on each write of a record (by any
+-- writer, old or new), so a checkpoint's page can tell when it was deleted or the best moved.
+CREATE TABLE IF NOT EXISTS record_revisions (
+    id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    status TEXT,
+    ready INTEGER,
+    best INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (id, revision)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS record_revisions_kept AFTER INSERT ON records BEGIN
+    INSERT OR REPLACE INTO record_revisions (id, revision, status, ready, best, updated_at) VALUES (
+        NEW.id, NEW.revision, json_extract(NEW.body, '$.status.status'),
+        json_extract(NEW.body, '$.status.metadata.inferenceReady'),
+        json_extract(NEW.body, '$.status.metadata.best'), NEW.updated_at
+    );
+END;
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -155,6 +175,33 @@ class StoredJob:
     revision: int
     #: The process that last ran it (``host/pid/...``), to tell an interrupted attempt.
     owner: str | None
+
+
+@dataclass(frozen=True)
+class RecordRevision:
+    """One revision of a record in brief: when it was written, and its status, readiness and best flag."""
+
+    revision: int
+    status: str | None
+    ready: bool | None
+    best: bool | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """A job's checkpoints in numbers, counted by SQLite without parsing a record (the page's jobs table
+    must stay fast with 100,000 records in the store)."""
+
+    job_id: str
+    job_name: str
+    checkpoints: int
+    ready: int
+    best_eval_loss: float | None
+    last_eval_loss: float | None
+    last_step: int
+    first_created_at: str
+    last_updated_at: str
 
 
 @dataclass(frozen=True)
@@ -439,6 +486,49 @@ class RecordStore:
             (name_or_id, name_or_id),
         )
         return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+
+    def record_revisions(self, record_id: str) -> list[RecordRevision]:
+        """The revisions of a record that this store saw written, oldest first."""
+        rows = self._connection().execute(
+            "SELECT revision, status, ready, best, updated_at FROM record_revisions WHERE id = ? ORDER BY revision",
+            (record_id,),
+        )
+        return [
+            RecordRevision(
+                revision,
+                status,
+                None if ready is None else bool(ready),
+                None if best is None else bool(best),
+                at,
+            )
+            for revision, status, ready, best, at in rows
+        ]
+
+    def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
+        """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
+        eval_loss = "json_extract(body, '$.status.metadata.evalLoss')"
+        only = "job_id = ?" if job_id is not None else "1"
+        params = (job_id,) if job_id is not None else ()
+        connection = self._connection()
+        # SQLite gives the other columns of the row that holds MAX(step): the last eval loss.
+        last_eval = {
+            job: loss
+            for job, loss, _ in connection.execute(
+                f"SELECT job_id, {eval_loss}, MAX(step) FROM records"
+                f" WHERE {only} AND {eval_loss} IS NOT NULL GROUP BY job_id",
+                params,
+            )
+        }
+        rows = connection.execute(
+            f"SELECT job_id, json_extract(body, '$.metadata.jobName'), COUNT(*),"
+            f" TOTAL(json_extract(body, '$.status.metadata.inferenceReady')), MIN({eval_loss}), MAX(step),"
+            f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
+            params,
+        )
+        return [
+            CheckpointStats(job, name, count, int(ready), best, last_eval.get(job), step, first, last)
+            for job, name, count, ready, best, step, first, last in rows
+        ]
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:
         """All records, oldest first (optionally of one job)."""

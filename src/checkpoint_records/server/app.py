@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..page import page_router
 from ..store import RecordStore
 from . import problems
 from .auth import Auth
@@ -31,9 +32,7 @@ TITLE = "checkpoint-records registry"
 #: Builds a router mounted at ``/`` next to the API, given the store and the server's :class:`Auth`.
 RouterFactory = Callable[[RecordStore, Auth], APIRouter]
 
-# MERGE (issue 14): the web page is mounted here: `from ..page import page_router` and
-# `PAGE_ROUTERS: tuple[RouterFactory, ...] = (page_router,)`.
-PAGE_ROUTERS: tuple[RouterFactory, ...] = ()
+PAGE_ROUTERS: tuple[RouterFactory, ...] = (page_router,)
 
 
 def create_app(

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..formats.training_job import (
+from ..job import (
     BaseModelOption,
     JobSnapshot,
     JobStatus,

@@ -1,0 +1,290 @@
+"""What the page shows, as plain JSON-ready dicts: pure functions from stored records, jobs and logs.
+
+The HTML templates and the browser scripts only lay these out; every value a person sees is decided
+here, once, so the page and its live-update JSON can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from ..formats import get_format, known_formats
+from ..formats.training_job import progress
+from ..record import CheckpointRecord
+from ..render import delivery_summary, human_size
+from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
+
+#: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
+MAX_CHART_POINTS = 1500
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as a short UTC time for people: ``2026-11-23 15:04:05Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def short_time(text: str) -> str:
+    """A record's ISO 8601 timestamp without its fraction: ``2026-11-23 15:04:05Z``."""
+    return text.replace("T", " ")[:19] + "Z" if text else ""
+
+
+def job_url(job_id: str) -> str:
+    """The job's page; any id a remote job sent stays one path segment."""
+    return f"/jobs/{quote(job_id, safe='')}"
+
+
+def marker_state(record: CheckpointRecord) -> str:
+    """The one state a checkpoint's chart marker shows; a deleted checkpoint is never the best."""
+    if record.status.status == "deleted":
+        return "deleted"
+    if record.training.best:
+        return "best"
+    return "ready" if record.training.inference_ready else "not-ready"
+
+
+def upload_state(record: CheckpointRecord) -> dict[str, Any] | None:
+    """The storage upload (``status.upload``) when the record has one: state, progress, remote, error."""
+    upload = record.to_dict()["status"].get("upload")
+    return upload if isinstance(upload, dict) else None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def marker(record: CheckpointRecord) -> dict[str, Any]:
+    """One checkpoint as its chart marker shows it (and says on hover)."""
+    training = record.training
+    return {
+        "id": record.id,
+        "name": record.name,
+        "url": f"/checkpoints/{quote(record.id, safe='')}",
+        "step": training.step,
+        "train_loss": training.train_loss,
+        "eval_loss": training.eval_loss,
+        "ready": training.inference_ready,
+        "reason": next(iter(training.inference_ready_reasons), None),
+        "state": marker_state(record),
+        "size_human": human_size(record.status.size),
+    }
+
+
+def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now: float) -> dict[str, Any]:
+    """One checkpoint as the job's table shows it: its marker's facts and the rest."""
+    return {
+        **marker(record),
+        "epoch": record.training.epoch,
+        "reasons": list(record.training.inference_ready_reasons),
+        "status": record.status.status,
+        "best": record.training.best,
+        "size": record.status.size,
+        "upload": upload_state(record),
+        "delivery": delivery_summary(deliveries, now),
+        "updated": short_time(record.status.updated_at),
+    }
+
+
+def job_summary(job_id: str, stored: StoredJob | None, stats: CheckpointStats | None) -> dict[str, Any]:
+    """One job as the jobs table shows it. A job known only from its records (ingested without its job
+    document) is ``Unknown``, named after its records."""
+    status: str = "Unknown"
+    percent: float | None = None
+    step = stats.last_step if stats is not None else 0
+    stamps = [_epoch_seconds(stats.first_created_at), _epoch_seconds(stats.last_updated_at)] if stats else []
+    if stored is not None:
+        snapshot = stored.job
+        status, percent, step = snapshot.status, progress(snapshot), snapshot.global_step
+        stamps = [snapshot.created_at, max([snapshot.updated_at, *stamps])]
+    return {
+        "id": job_id,
+        "name": stored.job.name if stored is not None else stats.job_name if stats is not None else job_id,
+        "url": job_url(job_id),
+        "status": status,
+        "progress": percent,
+        "step": step,
+        "best_eval_loss": stats.best_eval_loss if stats is not None else None,
+        "last_eval_loss": stats.last_eval_loss if stats is not None else None,
+        "checkpoints": stats.checkpoints if stats is not None else 0,
+        "ready": stats.ready if stats is not None else 0,
+        "created": stamps[0] if stamps else 0.0,
+        "updated": iso_time(stamps[-1]) if stamps else "",
+    }
+
+
+def _epoch_seconds(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def job_summaries(
+    jobs: Iterable[StoredJob], stats: Iterable[CheckpointStats], name_filter: str = ""
+) -> list[dict[str, Any]]:
+    """Every job (those known only from records too), newest first, whose name contains ``name_filter``."""
+    known = {stored.job.id: stored for stored in jobs}
+    counted = {entry.job_id: entry for entry in stats}
+    summaries = [job_summary(job_id, known.get(job_id), counted.get(job_id)) for job_id in known | counted]
+    wanted = name_filter.strip().casefold()
+    found = [s for s in summaries if wanted in s["name"].casefold()]
+    return sorted(found, key=lambda summary: summary["created"], reverse=True)
+
+
+def curve(entries: Iterable[Mapping[str, Any]], key: str) -> list[list[float]]:
+    """``[step, value]`` pairs of the logged ``key`` (``loss``, ``eval_loss``); a non-finite value is left
+    out (there is nothing to draw)."""
+    points = []
+    for entry in entries:
+        step, value = _finite(entry.get("step")), _finite(entry.get(key))
+        if step is not None and value is not None:
+            points.append([step, value])
+    return points
+
+
+def _by_step(records: Sequence[StoredRecord]) -> list[CheckpointRecord]:
+    return sorted((stored.record for stored in records), key=lambda record: record.training.step)
+
+
+def job_view(
+    job_id: str,
+    stored: StoredJob | None,
+    stats: CheckpointStats | None,
+    records: Sequence[StoredRecord],
+    deliveries: Mapping[str, Sequence[Delivery]],
+) -> dict[str, Any]:
+    """The job's page: its summary and its checkpoints' table rows, oldest step first."""
+    now = time.time()
+    rows = [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in _by_step(records)]
+    return {"job": job_summary(job_id, stored, stats), "checkpoints": rows}
+
+
+def chart_view(
+    job_id: str,
+    stored: StoredJob | None,
+    stats: CheckpointStats | None,
+    records: Sequence[StoredRecord],
+    drawn: Mapping[str, list[list[float]]],
+) -> dict[str, Any]:
+    """The job's chart feed: its summary (to know when to stop following it), curves and markers."""
+    markers = [marker(record) for record in _by_step(records)]
+    return {"job": job_summary(job_id, stored, stats), "curves": drawn, "markers": markers}
+
+
+def curves(
+    train: Iterable[Mapping[str, Any]], evaluation: Iterable[Mapping[str, Any]]
+) -> dict[str, list[list[float]]]:
+    """The chart's two curves: from the entries that logged a train loss, and those with an eval loss."""
+    return {"train": curve(train, "loss"), "eval": curve(evaluation, "eval_loss")}
+
+
+def wire_documents(record: CheckpointRecord) -> list[tuple[str, str]]:
+    """The record in every wire format that renders single records, as indented JSON text made by each
+    format's own renderer (the page never renders a format itself)."""
+    documents = []
+    for name in known_formats():
+        wire = get_format(name)
+        if wire.renders_records:
+            documents.append((name, json.dumps(wire.render(record), indent=2, ensure_ascii=False)))
+    return documents
+
+
+def history(revisions: Sequence[RecordRevision]) -> list[dict[str, Any]]:
+    """Each revision the store saw, in words: what changed from the one before (deleted, became the
+    best, no longer the best, ...)."""
+    events: list[dict[str, Any]] = []
+    previous: RecordRevision | None = None
+    for current in revisions:
+        if previous is None:
+            changes = ["recorded", "ready" if current.ready else "not ready"] + (
+                ["best"] if current.best else []
+            )
+        else:
+            changes = [current.status or "?"] if current.status != previous.status else []
+            if current.best and not previous.best:
+                changes.append("became the best")
+            if previous.best and not current.best:
+                changes.append("no longer the best")
+            if current.ready != previous.ready and not changes:
+                changes.append("ready" if current.ready else "not ready")
+        events.append(
+            {
+                "revision": current.revision,
+                "when": short_time(current.updated_at),
+                "what": ", ".join(changes or ["updated"]),
+            }
+        )
+        previous = current
+    return events
+
+
+def checkpoint_view(
+    stored: StoredRecord, deliveries: Sequence[Delivery], revisions: Sequence[RecordRevision]
+) -> dict[str, Any]:
+    """Everything the checkpoint's page shows, beyond the row of the job's table."""
+    record = stored.record
+    row = checkpoint_row(record, deliveries, time.time())
+    metadata = record.training
+    return {
+        **row,
+        "job_id": record.metadata.job_id,
+        "job_name": record.metadata.job_name,
+        "job_url": job_url(record.metadata.job_id),
+        "revision": stored.revision,
+        "history": history(revisions),
+        "facts": [
+            ("Status", record.status.status),
+            ("Step", str(metadata.step)),
+            ("Epoch", "-" if metadata.epoch is None else f"{metadata.epoch:g}"),
+            ("Train loss", _number(metadata.train_loss)),
+            ("Eval loss", _number(metadata.eval_loss)),
+            ("Model", metadata.model),
+            ("Architecture", metadata.architecture or "-"),
+            ("Layout", metadata.layout),
+            ("Node", metadata.node),
+            ("World size", str(metadata.world_size)),
+            ("transformers", metadata.version),
+            ("Directory", record.spec.directory),
+            ("Best", _best(record)),
+            (
+                "Recovered",
+                "yes: rebuilt from disk after a crash, or imported" if metadata.recovered else "no",
+            ),
+            ("Created", short_time(record.status.created_at)),
+            ("Updated", short_time(record.status.updated_at)),
+        ],
+        "metrics": [
+            (key, metadata.non_finite.get(key, "-") if value is None else _metric(value))
+            for key, value in sorted(metadata.metrics.items())
+        ],
+        "files": [(entry.path, human_size(entry.size), entry.size) for entry in record.status.files],
+        "deliveries": [(d.sink, d.state, d.attempts, d.last_error or "") for d in deliveries],
+        "wire": wire_documents(record),
+    }
+
+
+def _best(record: CheckpointRecord) -> str:
+    """Whether the Trainer called this checkpoint its best, and by which metric."""
+    training = record.training
+    if not training.best:
+        return "no"
+    if training.best_metric is None:
+        return "yes"
+    value = "-" if training.best_metric_value is None else f"{training.best_metric_value:.6g}"
+    return f"yes, by {training.best_metric} = {value}"
+
+
+def _metric(value: Any) -> str:
+    """A metric for reading: floats to six significant digits, anything else as it is."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
