@@ -1,8 +1,9 @@
 """Destinations records are delivered to, registered by URL scheme in one place.
 
 ``sink_from_url("openai+https://host/path")`` builds an :class:`HttpSink` rendering the ``openai``
-format; other packages add schemes through the ``checkpoint_records.sinks`` entry-point group, whose
-entries are callables taking the URL and the keyword options below.
+format; a scheme registered whole (``mlflow+https``) names a sink of its own and gets the whole URL.
+Other packages add schemes through the ``checkpoint_records.sinks`` entry-point group, whose entries
+are callables taking the URL and the keyword options below.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from ..redaction import public_url
 from ..settings import parse_bool
 from .base import DeliveryError, Rejected, RetryLater, Sink
 from .http import HttpSink
+from .mlflow import SCHEMES as MLFLOW_SCHEMES
+from .mlflow import MlflowSink
 
 SinkFactory = Callable[..., Sink]
 ENTRY_POINT_GROUP = "checkpoint_records.sinks"
 
-_SCHEMES: dict[str, SinkFactory] = {"http": HttpSink, "https": HttpSink}
+_SCHEMES: dict[str, SinkFactory] = {
+    "http": HttpSink,
+    "https": HttpSink,
+    **{scheme: MlflowSink.from_url for scheme in MLFLOW_SCHEMES},
+}
 
 
 def _factory(scheme: str) -> SinkFactory | None:
@@ -43,6 +50,9 @@ def sink_from_url(spec: str, **options: Any) -> Sink:
     """The sink a URL names: ``[format+]scheme://...``; ``options`` (token, ca_bundle, ...) pass through."""
     spec = spec.strip()
     scheme = urlsplit(spec).scheme
+    whole = _factory(scheme) if "+" in scheme else None
+    if whole is not None:
+        return whole(spec, **options)
     wire_format, _, transport = scheme.rpartition("+")
     factory = _factory(transport)
     if factory is None:
@@ -82,13 +92,14 @@ def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
 
 
 def job_sinks(sinks: Sequence[Sink]) -> list[Sink]:
-    """The sinks that receive job-level events instead (the ``training-job`` format)."""
-    return [sink for sink in sinks if not sink.format.renders_records]
+    """The sinks that receive job-level events (the ``training-job`` format, MLflow runs)."""
+    return [sink for sink in sinks if sink.format.renders_jobs]
 
 
 __all__ = [
     "DeliveryError",
     "HttpSink",
+    "MlflowSink",
     "Rejected",
     "RetryLater",
     "Sink",
