@@ -18,6 +18,7 @@ import base64
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -146,6 +147,9 @@ def model_document(record: CheckpointRecord) -> dict[str, Any]:
     }
     return {
         "kind": "checkpoint",
+        # With a record per node (``host/node<rank>``), only node 0 may create the job's run, so two nodes
+        # never race to create it; the others wait for it (retried) when their record comes first.
+        "creates_run": re.search(r"/node[1-9][0-9]*$", training.node) is None,
         "job_id": record.metadata.job_id,
         "job_name": record.metadata.job_name,
         "record_id": record.id,
@@ -420,10 +424,12 @@ class MlflowSink(Sink):
         runs = found.get("runs") or []
         return runs[0] if runs else None
 
-    def _run(self, document: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-        """The job's run id, found by its job id tag or created once; the run as found, if looked up."""
+    def _run(self, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The job's run id, found by its job id tag or created once; the run as found or created."""
         experiment_id = self._experiment_id(document["job_name"])
         run = self._find_run(experiment_id, document["job_id"])
+        if run is None and not document.get("creates_run", True):
+            raise RetryLater(f"the run of job {document['job_id']} is not created yet (node 0 creates it)")
         if run is None:
             created = self._call(
                 "POST",
@@ -442,7 +448,7 @@ class MlflowSink(Sink):
 
     def _send_run(self, document: dict[str, Any]) -> None:
         run_id, run = self._run(document)
-        data = (run or {}).get("data") or {}
+        data = run.get("data") or {}
         logged = {param["key"] for param in data.get("params") or []}
         params = [{"key": k, "value": v} for k, v in document["params"].items() if k not in logged]
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
