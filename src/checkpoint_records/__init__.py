@@ -15,6 +15,7 @@ _EXPORTS = {
     "CheckpointRecorder": "recorder",
     "ConfigurationError": "errors",
     "HttpSink": "sinks",
+    "MlflowSink": "sinks",
     "Readiness": "readiness",
     "RecordStore": "store",
     "Rejected": "sinks",
@@ -29,6 +30,7 @@ __all__ = [
     "CheckpointRecorder",
     "ConfigurationError",
     "HttpSink",
+    "MlflowSink",
     "Readiness",
     "RecordStore",
     "Rejected",
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from .readiness import Readiness, assess_readiness
     from .record import CheckpointRecord
     from .recorder import CheckpointRecorder
-    from .sinks import HttpSink, Rejected, RetryLater, Sink
+    from .sinks import HttpSink, MlflowSink, Rejected, RetryLater, Sink
     from .store import RecordStore
 
 
