@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,21 +21,21 @@ import requests
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.delivery import DeliveryWorker
 from checkpoint_records.sinks import MlflowSink, RetryLater, sink_from_url
-from checkpoint_records.sinks.mlflow import JOB_TAG, RECORD_TAG, MlflowRejected
+from checkpoint_records.sinks.mlflow import JOB_TAG, RECORD_TAG, MlflowRejected, model_document
 from commands import cli, killed_run
 from http_server import Receiver, Reply, always, free_port
 from records_factory import make_record
 from trainer_runs import tiny_trainer
 
-mlflow = pytest.importorskip("mlflow", reason="needs the integration extra (mlflow server and client)")
-from mlflow import MlflowClient  # noqa: E402
-
 STATUS = "checkpoint_records.status"
+#: Runs wait for delivery before they exit: on a busy machine the server may take more than 5 s.
+PATIENT = {"CHECKPOINT_RECORDS_FLUSH_TIMEOUT": "120"}
 
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server for this module; its process group is ended at teardown."""
+    pytest.importorskip("mlflow", reason="needs the integration extra (mlflow server and client)")
     home = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     command = [
@@ -68,7 +69,10 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def client(url: str) -> MlflowClient:
+def client(url: str) -> Any:
+    """MLflow's own client, to read back what the sink wrote."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=url)
 
 
@@ -90,10 +94,15 @@ def by_name(models: list[Any]) -> dict[str, Any]:
 
 def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tmp_path: Path) -> None:
     sink = MlflowSink(tracking, experiment="completed")
-    callback = CheckpointRecordCallback(sinks=[sink])
-    tiny_trainer(tmp_path / "out", [callback], save_total_limit=1).train()
+    callback = CheckpointRecordCallback(
+        sinks=[sink], flush_timeout=float(PATIENT["CHECKPOINT_RECORDS_FLUSH_TIMEOUT"])
+    )
+    try:
+        tiny_trainer(tmp_path / "out", [callback], save_total_limit=1).train()
+    finally:
+        callback.recorder.close()
 
-    store = callback.recorder.store
+    store = RecordStore()
     assert {delivery.state for delivery in store.deliveries()} == {"delivered"}
     [run] = runs_of(tracking, "completed")
     job_id = store.jobs()[0].job.id
@@ -131,7 +140,7 @@ def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tm
     replay = DeliveryWorker(store, [MlflowSink(tracking, experiment="completed")])
     replay.start()
     try:
-        assert replay.flush(60).pending == 0
+        assert replay.flush(120).pending == 0
     finally:
         replay.close()
     assert len(runs_of(tracking, "completed")) == 1
@@ -141,7 +150,7 @@ def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tm
 
 
 def test_a_run_that_raises_is_failed(tracking: str, tmp_path: Path) -> None:
-    env = {"CHECKPOINT_RECORDS_SINKS": f"mlflow+{tracking}?experiment=raised"}
+    env = {"CHECKPOINT_RECORDS_SINKS": f"mlflow+{tracking}?experiment=raised", **PATIENT}
     run = killed_run(tmp_path / "out", env, "--raise-at", "3", "RuntimeError")
     assert run.returncode != 0 and "stopped by the test" in run.stderr
     [found] = runs_of(tracking, "raised")
@@ -153,9 +162,9 @@ def test_a_killed_run_is_killed_after_flush_and_its_resume_continues_the_same_ru
     tracking: str, tmp_path: Path
 ) -> None:
     sink_url = f"mlflow+{tracking}?experiment=killed"
-    env = {"CHECKPOINT_RECORDS_SINKS": sink_url}
+    env = {"CHECKPOINT_RECORDS_SINKS": sink_url, **PATIENT}
     assert killed_run(tmp_path / "out", env, "--kill-after-save", "4").returncode == -signal.SIGKILL
-    flushed = cli("flush", "--sink", sink_url)
+    flushed = cli("flush", "--sink", sink_url, "--timeout", "120")
     assert flushed.returncode == 0 and "reported Cancelled" in flushed.stderr, flushed.stderr
     [run] = runs_of(tracking, "killed")
     assert run.info.status == "KILLED"
@@ -180,7 +189,7 @@ def test_mlflow_refusing_a_request_dead_letters_it_with_mlflows_error_code(track
     worker = DeliveryWorker(store, [sink])
     worker.start()
     try:
-        assert worker.flush(30).dead == 1
+        assert worker.flush(120).dead == 1
     finally:
         worker.close()
     [delivery] = store.deliveries()
@@ -263,3 +272,24 @@ def test_with_a_record_per_node_only_node_0_creates_the_run(tracking: str) -> No
     [run] = runs_of(tracking, "per-node")
     assert {model.source_run_id for model in models_of(tracking, "per-node")} == {run.info.run_id}
     assert len(models_of(tracking, "per-node")) == 2
+
+
+def test_the_best_checkpoint_is_tagged_and_an_uploaded_one_says_where_it_is() -> None:
+    plain = model_document(make_record(2))
+    assert plain["tags"]["checkpoint_records.best"] == "false"
+    assert plain["tags"]["checkpoint_records.storage_location"] == ""
+    assert plain["model_status"] == "LOGGED_MODEL_READY"
+    record = make_record(4)
+    # Fields other branches add to the record (training.best*, status.upload), set here as they will be.
+    training = record.training.model_copy(
+        update={"best": True, "best_metric": "eval_loss", "best_metric_value": 0.5}
+    )
+    upload = SimpleNamespace(state="uploaded", remote="s3://bucket/run/checkpoint-4")
+    status = record.status.model_copy(update={"metadata": training, "upload": upload, "status": "failed"})
+    tags = model_document(record.model_copy(update={"status": status}))["tags"]
+    assert tags["checkpoint_records.best"] == "true"
+    assert tags["checkpoint_records.best_metric"] == "eval_loss=0.5"
+    assert tags["checkpoint_records.storage_location"] == "s3://bucket/run/checkpoint-4"
+    assert model_document(record.model_copy(update={"status": status}))["model_status"] == (
+        "LOGGED_MODEL_UPLOAD_FAILED"
+    )

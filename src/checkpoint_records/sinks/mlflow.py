@@ -1,9 +1,8 @@
 """``MlflowSink``: the job as one MLflow run, each checkpoint as one MLflow 3 logged model of that run.
 
 It speaks MLflow's REST API (``/api/2.0/mlflow/...``) with ``requests``, already a core dependency, so
-the sink works in every training environment without ``mlflow-skinny`` (and its protobuf, click,
-cachetools... pins) being installed next to the user's own versions; the few calls it needs are plain
-JSON. MLflow's REST API has no idempotency key, so every send first looks for what an earlier attempt
+the sink adds nothing to a training environment, where ``mlflow-skinny`` would bring some twenty
+pinned packages for about ten plain JSON calls. MLflow's REST API has no idempotency key, so every send first looks for what an earlier attempt
 created (the run by a tag holding the job id, the model by a tag holding the record id) and updates it
 instead of creating it again: retries, outbox replays, ``flush`` and resumed runs never duplicate.
 
@@ -219,6 +218,11 @@ def describe_mlflow_error(status: int, reason: str, body: bytes) -> tuple[str, s
     return code, head
 
 
+def _key_values(pairs: Mapping[str, str]) -> list[dict[str, str]]:
+    """Parameters or tags as MLflow's REST API takes them."""
+    return [{"key": key, "value": value} for key, value in pairs.items()]
+
+
 def _filter_value(value: str) -> str:
     """A value quoted for MLflow's search filter syntax."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -410,24 +414,23 @@ class MlflowSink(Sink):
             found = self._call("GET", "/experiments/get-by-name", query={"experiment_name": name})
             return str(found["experiment"]["experiment_id"])
 
-    def _find_run(self, experiment_id: str, job_id: str) -> dict[str, Any] | None:
-        found = self._call(
-            "POST",
-            "/runs/search",
-            {
-                "experiment_ids": [experiment_id],
-                "filter": f"tags.`{JOB_TAG}` = {_filter_value(job_id)}",
-                "order_by": ["attributes.start_time ASC"],
-                "max_results": 1,
-            },
-        )
-        runs = found.get("runs") or []
-        return runs[0] if runs else None
+    def _find_one(self, what: str, experiment_id: str, tag: str, value: str) -> dict[str, Any] | None:
+        """The oldest run or logged model (``what``: ``runs``, ``models``) whose ``tag`` is ``value``."""
+        path = "/runs/search" if what == "runs" else "/logged-models/search"
+        query: dict[str, Any] = {
+            "experiment_ids": [experiment_id],
+            "filter": f"tags.`{tag}` = {_filter_value(value)}",
+            "max_results": 1,
+        }
+        if what == "runs":
+            query["order_by"] = ["attributes.start_time ASC"]
+        found = self._call("POST", path, query).get(what) or []
+        return found[0] if found else None
 
     def _run(self, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The job's run id, found by its job id tag or created once; the run as found or created."""
         experiment_id = self._experiment_id(document["job_name"])
-        run = self._find_run(experiment_id, document["job_id"])
+        run = self._find_one("runs", experiment_id, JOB_TAG, document["job_id"])
         if run is None and not document.get("creates_run", True):
             raise RetryLater(f"the run of job {document['job_id']} is not created yet (node 0 creates it)")
         if run is None:
@@ -438,7 +441,7 @@ class MlflowSink(Sink):
                     "experiment_id": experiment_id,
                     "run_name": document["job_name"],
                     "start_time": document["start_time"],
-                    "tags": [{"key": JOB_TAG, "value": document["job_id"]}],
+                    "tags": _key_values({JOB_TAG: document["job_id"]}),
                 },
             )
             run = created["run"]
@@ -450,23 +453,12 @@ class MlflowSink(Sink):
         run_id, run = self._run(document)
         data = run.get("data") or {}
         logged = {param["key"] for param in data.get("params") or []}
-        params = [{"key": k, "value": v} for k, v in document["params"].items() if k not in logged]
-        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
-            self._call(
-                "POST",
-                "/runs/log-batch",
-                {"run_id": run_id, "params": params[start : start + MAX_PARAMS_PER_BATCH]},
-            )
+        params = _key_values({k: v for k, v in document["params"].items() if k not in logged})
+        self._log_batch(run_id, "params", params, MAX_PARAMS_PER_BATCH)
         if document["metrics"]:
-            history = self._call(
-                "GET",
-                "/metrics/get-history",
-                query={"run_id": run_id, "metric_key": LOSS_METRIC, "max_results": 25000},
-            )
-            seen = {int(metric.get("step", 0)) for metric in history.get("metrics") or []}
-            self._log_metrics(
-                run_id, [metric for metric in document["metrics"] if metric["step"] not in seen]
-            )
+            seen = self._logged_steps(run_id, LOSS_METRIC)
+            new = [metric for metric in document["metrics"] if metric["step"] not in seen]
+            self._log_batch(run_id, "metrics", new, MAX_METRICS_PER_BATCH)
         update: dict[str, Any] = {
             "run_id": run_id,
             "status": document["status"],
@@ -476,31 +468,26 @@ class MlflowSink(Sink):
             update["end_time"] = document["end_time"]
         self._call("POST", "/runs/update", update)
 
-    def _log_metrics(self, run_id: str, metrics: list[dict[str, Any]]) -> None:
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self._call(
-                "POST",
-                "/runs/log-batch",
-                {"run_id": run_id, "metrics": metrics[start : start + MAX_METRICS_PER_BATCH]},
-            )
+    def _log_batch(self, run_id: str, field: str, items: list[dict[str, Any]], size: int) -> None:
+        """``items`` (``params`` or ``metrics``) in batches of at most ``size``, MLflow's limit."""
+        for start in range(0, len(items), size):
+            self._call("POST", "/runs/log-batch", {"run_id": run_id, field: items[start : start + size]})
 
-    def _find_model(self, experiment_id: str, record_id: str) -> dict[str, Any] | None:
-        found = self._call(
-            "POST",
-            "/logged-models/search",
-            {
-                "experiment_ids": [experiment_id],
-                "filter": f"tags.`{RECORD_TAG}` = {_filter_value(record_id)}",
-                "max_results": 1,
-            },
-        )
-        models = found.get("models") or []
-        return models[0] if models else None
+    def _logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which ``key`` was logged in the run, every page of its history."""
+        steps: set[int] = set()
+        query: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+        while True:
+            page = self._call("GET", "/metrics/get-history", query=query)
+            steps.update(int(metric.get("step", 0)) for metric in page.get("metrics") or [])
+            if not page.get("next_page_token"):
+                return steps
+            query["page_token"] = page["next_page_token"]
 
     def _send_model(self, document: dict[str, Any]) -> None:
         experiment_id = self._experiment_id(document["job_name"])
         run_id = self._runs.get(document["job_id"]) or self._run(document)[0]
-        model = self._find_model(experiment_id, document["record_id"])
+        model = self._find_one("models", experiment_id, RECORD_TAG, document["record_id"])
         created = model is None
         if model is None:
             model = self._call(
@@ -510,13 +497,14 @@ class MlflowSink(Sink):
                     "experiment_id": experiment_id,
                     "name": document["name"],
                     "source_run_id": run_id,
-                    "params": [{"key": k, "value": v} for k, v in document["params"].items()],
-                    "tags": [{"key": k, "value": v} for k, v in document["tags"].items()],
+                    "params": _key_values(document["params"]),
+                    "tags": _key_values(document["tags"]),
                 },
             )["model"]
         model_id = str(model["info"]["model_id"])
         if document["metrics"] and (created or not (model.get("data") or {}).get("metrics")):
-            self._log_metrics(run_id, [{**metric, "model_id": model_id} for metric in document["metrics"]])
+            metrics = [{**metric, "model_id": model_id} for metric in document["metrics"]]
+            self._log_batch(run_id, "metrics", metrics, MAX_METRICS_PER_BATCH)
         if created or not self._is_output(run_id, model_id):
             self._call(
                 "POST",
@@ -524,8 +512,7 @@ class MlflowSink(Sink):
                 {"run_id": run_id, "models": [{"model_id": model_id, "step": document["step"]}]},
             )
         if not created:
-            tags = [{"key": k, "value": v} for k, v in document["tags"].items()]
-            self._call("PATCH", f"/logged-models/{model_id}/tags", {"tags": tags})
+            self._call("PATCH", f"/logged-models/{model_id}/tags", {"tags": _key_values(document["tags"])})
         if model["info"].get("status") != document["model_status"]:
             self._call(
                 "PATCH",
