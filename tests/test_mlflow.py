@@ -219,6 +219,12 @@ def test_credentials_travel_only_in_the_authorization_header(monkeypatch: pytest
         assert receiver.requests[-1].headers["Authorization"] == "Basic YW5uOnBhNTV3b3JkLXg="
         assert "pa55word-x" not in refused_basic.value.reason
 
+        in_url = MlflowSink(receiver.url.replace("http://", "http://ann:pa55word-x@"))
+        with pytest.raises(MlflowRejected):
+            in_url.send(in_url.format.render(make_record(2)), "key")
+        assert receiver.requests[-1].headers["Authorization"] == "Basic YW5uOnBhNTV3b3JkLXg="
+        assert "pa55word" not in in_url.key and "ann" not in in_url.key
+
 
 def test_an_unavailable_server_is_retried_later() -> None:
     busy = Reply(status=503, body=b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}')

@@ -271,8 +271,8 @@ class MlflowSink(Sink):
             )
         self.experiment = experiment or query.get("experiment") or env.get("MLFLOW_EXPERIMENT_NAME") or None
         token = token or env.get("MLFLOW_TRACKING_TOKEN") or None
-        username = username or env.get("MLFLOW_TRACKING_USERNAME") or None
-        password = password or env.get("MLFLOW_TRACKING_PASSWORD") or None
+        username = username or env.get("MLFLOW_TRACKING_USERNAME") or parts.username or None
+        password = password or env.get("MLFLOW_TRACKING_PASSWORD") or parts.password or None
         if parse_bool("MLFLOW_TRACKING_INSECURE_TLS", env.get("MLFLOW_TRACKING_INSECURE_TLS")):
             raise ConfigurationError(
                 "MLFLOW_TRACKING_INSECURE_TLS is set, but checkpoint-records always verifies TLS: give the "
@@ -281,7 +281,7 @@ class MlflowSink(Sink):
         ca_bundle = ca_bundle or env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
             raise ConfigurationError(f"CA bundle {os.fspath(ca_bundle)!r} is not a readable file")
-        credentials = bool(token or password or parts.username)
+        credentials = bool(token or password)
         if (
             credentials
             and parts.scheme == "http"
@@ -298,12 +298,12 @@ class MlflowSink(Sink):
         elif username and password:
             self._auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._redact = Redactor([token, password, self._auth, *url_secrets(url)])
-        base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        # Credentials in the URL's userinfo go in the header like the others, never in the request URL.
+        base = public_url(urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")))
         self._api = base + "/api/2.0/mlflow"
         self._verify: bool | str = os.fspath(ca_bundle) if ca_bundle is not None else True
         self.timeout = (float(timeout[0]), float(timeout[1]))
-        shown = public_url(base)
-        self._key = f"mlflow+{shown}" + (f"?experiment={self.experiment}" if self.experiment else "")
+        self._key = f"mlflow+{base}" + (f"?experiment={self.experiment}" if self.experiment else "")
         self._session: requests.Session | None = None
         self._experiments: dict[str, str] = {}
         self._runs: dict[str, str] = {}
