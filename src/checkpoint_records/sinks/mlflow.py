@@ -106,6 +106,11 @@ def _storage_location(record: CheckpointRecord) -> str:
     return record.spec.source_path
 
 
+def model_name(name: str) -> str:
+    """A record name as MLflow accepts a logged model's name: none of ``/ : . % " '`` (each becomes ``-``)."""
+    return re.sub(r"[/:.%\"']", "-", name)
+
+
 def model_document(record: CheckpointRecord) -> dict[str, Any]:
     """The MLflow logged model a checkpoint record describes.
 
@@ -119,6 +124,7 @@ def model_document(record: CheckpointRecord) -> dict[str, Any]:
     files = "\n".join(f"{entry.path}\t{entry.size}" for entry in record.status.files)
     tags = {
         RECORD_TAG: record.id,
+        TAG_PREFIX + "name": record.name,
         JOB_TAG: record.metadata.job_id,
         TAG_PREFIX + "status": record.status.status,
         TAG_PREFIX + "inference_ready": str(training.inference_ready).lower(),
@@ -152,7 +158,7 @@ def model_document(record: CheckpointRecord) -> dict[str, Any]:
         "job_id": record.metadata.job_id,
         "job_name": record.metadata.job_name,
         "record_id": record.id,
-        "name": record.name,
+        "name": model_name(record.name),
         "step": step,
         "start_time": timestamp,
         # A checkpoint whose directory was broken when saved is a model that is not usable.
