@@ -271,7 +271,7 @@ def test_with_a_record_per_node_only_node_0_creates_the_run(tracking: str) -> No
     sink = MlflowSink(tracking, experiment="per-node")
     # A dot is common in job names ("llama-3.1-sft") and refused in MLflow model names: replaced.
     other = make_record(4, job="per.node", node="host-b/node1")
-    with pytest.raises(RetryLater, match="not created yet"):
+    with pytest.raises(RetryLater, match="node 0 creates it"):
         sink.send(sink.format.render(other), "key")
     assert runs_of(tracking, "per-node") == []
     sink.send(sink.format.render(make_record(2, job="per.node", node="host-a/node0")), "key")

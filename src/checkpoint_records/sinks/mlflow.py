@@ -420,37 +420,41 @@ class MlflowSink(Sink):
             found = self._call("GET", "/experiments/get-by-name", query={"experiment_name": name})
             return str(found["experiment"]["experiment_id"])
 
-    def _find_one(self, what: str, experiment_id: str, tag: str, value: str) -> dict[str, Any] | None:
-        """The oldest run or logged model (``what``: ``runs``, ``models``) whose ``tag`` is ``value``."""
-        path = "/runs/search" if what == "runs" else "/logged-models/search"
-        query: dict[str, Any] = {
+    def _find_or_create(
+        self, what: str, experiment_id: str, tag: str, value: str, create: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The oldest run or logged model (``what``: ``runs``, ``models``) whose ``tag`` is ``value``, else
+        one created from ``create`` (the tag among its tags); whether it was created."""
+        search: dict[str, Any] = {
             "experiment_ids": [experiment_id],
             "filter": f"tags.`{tag}` = {_filter_value(value)}",
             "max_results": 1,
         }
         if what == "runs":
-            query["order_by"] = ["attributes.start_time ASC"]
-        found = self._call("POST", path, query).get(what) or []
-        return found[0] if found else None
+            search["order_by"] = ["attributes.start_time ASC"]
+        path = "/runs" if what == "runs" else "/logged-models"
+        found = self._call("POST", f"{path}/search", search).get(what) or []
+        if found:
+            return found[0], False
+        if create is None:
+            raise RetryLater(f"no {what[:-1]} tagged {tag}={value} yet (node 0 creates it)")
+        created = self._call(
+            "POST", "/runs/create" if what == "runs" else path, {"experiment_id": experiment_id, **create}
+        )
+        return created["run" if what == "runs" else "model"], True
 
     def _run(self, document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The job's run id, found by its job id tag or created once; the run as found or created."""
+        create = {
+            "run_name": document["job_name"],
+            "start_time": document["start_time"],
+            "tags": _key_values({JOB_TAG: document["job_id"]}),
+        }
         experiment_id = self._experiment_id(document["job_name"])
-        run = self._find_one("runs", experiment_id, JOB_TAG, document["job_id"])
-        if run is None and not document.get("creates_run", True):
-            raise RetryLater(f"the run of job {document['job_id']} is not created yet (node 0 creates it)")
-        if run is None:
-            created = self._call(
-                "POST",
-                "/runs/create",
-                {
-                    "experiment_id": experiment_id,
-                    "run_name": document["job_name"],
-                    "start_time": document["start_time"],
-                    "tags": _key_values({JOB_TAG: document["job_id"]}),
-                },
-            )
-            run = created["run"]
+        may_create = document.get("creates_run", True)
+        run, _ = self._find_or_create(
+            "runs", experiment_id, JOB_TAG, document["job_id"], create if may_create else None
+        )
         run_id = str(run["info"]["run_id"])
         self._runs[document["job_id"]] = run_id
         return run_id, run
@@ -493,20 +497,15 @@ class MlflowSink(Sink):
     def _send_model(self, document: dict[str, Any]) -> None:
         experiment_id = self._experiment_id(document["job_name"])
         run_id = self._runs.get(document["job_id"]) or self._run(document)[0]
-        model = self._find_one("models", experiment_id, RECORD_TAG, document["record_id"])
-        created = model is None
-        if model is None:
-            model = self._call(
-                "POST",
-                "/logged-models",
-                {
-                    "experiment_id": experiment_id,
-                    "name": document["name"],
-                    "source_run_id": run_id,
-                    "params": _key_values(document["params"]),
-                    "tags": _key_values(document["tags"]),
-                },
-            )["model"]
+        create = {
+            "name": document["name"],
+            "source_run_id": run_id,
+            "params": _key_values(document["params"]),
+            "tags": _key_values(document["tags"]),
+        }
+        model, created = self._find_or_create(
+            "models", experiment_id, RECORD_TAG, document["record_id"], create
+        )
         model_id = str(model["info"]["model_id"])
         if document["metrics"] and (created or not (model.get("data") or {}).get("metrics")):
             metrics = [{**metric, "model_id": model_id} for metric in document["metrics"]]
