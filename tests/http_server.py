@@ -141,6 +141,8 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(reply.body)
 
+            do_GET = do_PATCH = do_POST  # REST APIs (MLflow's) read and update too
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

@@ -26,6 +26,7 @@ _EXPORTS = {
     "DeliveryError": "sinks",
     "FlushResult": "delivery",
     "HttpSink": "sinks",
+    "MlflowSink": "sinks",
     "Readiness": "readiness",
     "RecordStore": "store",
     "Rejected": "sinks",
@@ -45,6 +46,7 @@ __all__ = [
     "DeliveryError",
     "FlushResult",
     "HttpSink",
+    "MlflowSink",
     "Readiness",
     "RecordStore",
     "Rejected",
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
     from .record import CheckpointRecord
     from .recorder import CheckpointRecorder
     from .settings import Settings, resolve_settings
-    from .sinks import DeliveryError, HttpSink, Rejected, RetryLater, Sink
+    from .sinks import DeliveryError, HttpSink, MlflowSink, Rejected, RetryLater, Sink
     from .store import RecordStore
 
 

@@ -15,6 +15,9 @@ class WireFormat(ABC):
     name: str
     #: False for a format of job-level events: its sinks get job snapshots, not checkpoint records.
     renders_records = True
+    #: True when its sinks get the job's snapshots (lifecycle, progress); ``render_stored`` then gets
+    #: both kinds of stored document when ``renders_records`` is true as well.
+    renders_jobs = False
 
     @abstractmethod
     def render(self, record: CheckpointRecord) -> dict[str, Any]:

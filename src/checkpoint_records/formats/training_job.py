@@ -100,6 +100,7 @@ class TrainingJobFormat(WireFormat):
 
     name = "training-job"
     renders_records = False
+    renders_jobs = True
 
     def render(self, record: CheckpointRecord) -> dict[str, Any]:
         raise TypeError(

@@ -1,8 +1,9 @@
 """Destinations records are delivered to, registered by URL scheme in one place.
 
 ``sink_from_url("openai+https://host/path")`` builds an :class:`HttpSink` rendering the ``openai``
-format; other packages add schemes through the ``checkpoint_records.sinks`` entry-point group, whose
-entries are callables taking the URL and the keyword options below.
+format; a scheme registered whole (``mlflow+https``) names a sink of its own and gets the whole URL.
+Other packages add schemes through the ``checkpoint_records.sinks`` entry-point group, whose entries
+are callables taking the URL and the keyword options below.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from ..redaction import public_url
 from ..settings import Settings
 from .base import DeliveryError, Rejected, RetryLater, Sink
 from .http import HttpSink
+from .mlflow import SCHEMES as MLFLOW_SCHEMES
+from .mlflow import MlflowSink
 
 SinkFactory = Callable[..., Sink]
 ENTRY_POINT_GROUP = "checkpoint_records.sinks"
 
-_SCHEMES: dict[str, SinkFactory] = {"http": HttpSink, "https": HttpSink}
+_SCHEMES: dict[str, SinkFactory] = {
+    "http": HttpSink,
+    "https": HttpSink,
+    **{scheme: MlflowSink.from_url for scheme in MLFLOW_SCHEMES},
+}
 
 
 def _factory(scheme: str) -> SinkFactory | None:
@@ -47,6 +54,9 @@ def sink_from_url(spec: str, **options: Any) -> Sink:
         scheme = urlsplit(spec).scheme
     except ValueError as error:
         raise ConfigurationError(f"sink URL {public_url(spec)!r} is not a valid URL: {error}") from None
+    whole = _factory(scheme) if "+" in scheme else None
+    if whole is not None:
+        return whole(spec, **options)
     wire_format, _, transport = scheme.rpartition("+")
     factory = _factory(transport)
     if factory is None:
@@ -87,13 +97,14 @@ def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
 
 
 def job_sinks(sinks: Sequence[Sink]) -> list[Sink]:
-    """The sinks that receive job-level events instead (the ``training-job`` format)."""
-    return [sink for sink in sinks if not sink.format.renders_records]
+    """The sinks that receive job-level events (the ``training-job`` format, MLflow runs)."""
+    return [sink for sink in sinks if sink.format.renders_jobs]
 
 
 __all__ = [
     "DeliveryError",
     "HttpSink",
+    "MlflowSink",
     "Rejected",
     "RetryLater",
     "Sink",
