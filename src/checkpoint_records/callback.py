@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from .lifecycle import JobLifecycle
 from .record import CheckpointRecord
 from .recorder import CheckpointRecorder, JobIdentity, base_model_name, never_raises
 from .sinks import Sink
+from .storage import StorageConfig
 from .store import RecordStore
 
 CHECKPOINT_PREFIX = "checkpoint"
@@ -53,6 +54,9 @@ class CheckpointRecordCallback(TrainerCallback):
         name_template: str | None = None,
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
+        storage: str | StorageConfig | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        storage_retention: str | None = None,
     ) -> None:
         self.recorder = CheckpointRecorder(
             store=store,
@@ -62,6 +66,9 @@ class CheckpointRecordCallback(TrainerCallback):
             name_template=name_template,
             flush_timeout=flush_timeout,
             record_every_node=record_every_node,
+            storage=storage,
+            storage_options=storage_options,
+            storage_retention=storage_retention,
         )
         self.last_record: CheckpointRecord | None = None
         self.lifecycle = JobLifecycle(self.recorder)

@@ -13,6 +13,7 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
+from .record import CheckpointRecord
 from .render import (
     ProgressBar,
     delivery_state,
@@ -24,6 +25,8 @@ from .render import (
 )
 from .settings import environment
 from .sinks import Sink, configured_sinks, job_sinks
+from .storage import upload_state
+from .storage.commands import add_commands as add_storage_commands
 from .store import RecordStore
 
 DEFAULT_FLUSH_TIMEOUT = 60.0
@@ -40,10 +43,22 @@ def cmd_list(store: RecordStore, args: argparse.Namespace) -> int:
     now = time.time()
     print(
         records_table(
-            [(item.record, delivery_summary(store.deliveries(item.record.id), now)) for item in stored]
+            [
+                (
+                    item.record,
+                    _with_upload(store, item.record, delivery_summary(store.deliveries(item.record.id), now)),
+                )
+                for item in stored
+            ]
         )
     )
     return 0
+
+
+def _with_upload(store: RecordStore, record: CheckpointRecord, delivery: str) -> str:
+    """The delivery cell, with the upload state when the checkpoint goes to storage."""
+    upload = upload_state(store, record)
+    return delivery if upload is None else f"{delivery}; upload: {upload}"
 
 
 def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
@@ -56,6 +71,9 @@ def cmd_inspect(store: RecordStore, args: argparse.Namespace) -> int:
     wire_format = get_format(args.format)
     if wire_format.name == DEFAULT_FORMAT:
         document = stored.record.to_dict() if args.json else human_record(stored.record)
+        upload = None if args.json else upload_state(store, stored.record)
+        if upload is not None:
+            document["status"]["upload"] = upload
     elif wire_format.renders_records:
         document = wire_format.render(stored.record)
     else:
@@ -188,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resend.add_argument("names", nargs="*", help="record names or ids (default: every rejected record)")
     resend.set_defaults(run=cmd_resend)
+    add_storage_commands(commands, common)
     return parser
 
 

@@ -27,6 +27,7 @@ from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .settings import check_name_template, environment, parse_bool, parse_seconds
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks
+from .storage import StorageConfig, Uploads, storage_config
 from .store import RecordStore
 
 DEFAULT_NAME_TEMPLATE = "{job_name}-checkpoint-{step}"
@@ -91,6 +92,9 @@ class CheckpointRecorder:
         name_template: str | None = None,
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
+        storage: str | StorageConfig | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        storage_retention: str | None = None,
     ) -> None:
         env = environment()
         self.store = store if isinstance(store, RecordStore) else RecordStore(store or env.get("HOME"))
@@ -111,6 +115,12 @@ class CheckpointRecorder:
         )
         self.node = socket.gethostname()
         self.delivery = DeliveryWorker(self.store, self.sinks)
+        self.uploads = Uploads(
+            self.store,
+            storage_config(storage, storage_options, storage_retention, env),
+            [sink.key for sink in self.record_sinks],
+            self.delivery.wake,
+        )
         #: Directories of this job's ``available`` records, by record id: watched for rotation.
         self._live: dict[str, Path] = {}
 
@@ -168,6 +178,7 @@ class CheckpointRecorder:
         stored = self.store.put(record, [sink.key for sink in self.record_sinks]).record
         if stored.status.status == "available":
             self._live[stored.id] = directory
+        self.uploads.enqueue(stored)  # hard links and one short transaction; sent by the upload lane
         self.record_rotations()  # the Trainer's save_total_limit (or accelerate's) has just deleted some
         self.start_delivery()
         self.delivery.wake()  # last: the delivery thread then competes with training, not with this save
@@ -201,9 +212,12 @@ class CheckpointRecorder:
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""
         self.delivery.start()
+        self.uploads.start()
 
     def flush(self) -> FlushResult:
-        """Wait up to ``flush_timeout`` for delivery; what is left stays pending for the next run or ``flush``."""
+        """Wait up to ``flush_timeout`` for uploads, then delivery; what is left stays pending for the next run
+        or ``flush``."""
+        self.uploads.flush(self.flush_timeout)
         result = self.delivery.flush(self.flush_timeout)
         if result.pending:
             logger.warning(
@@ -219,6 +233,7 @@ class CheckpointRecorder:
         """Flush (bounded) when this process delivers, then stop delivery and release the store."""
         if self.delivery.running:
             self.flush()
+        self.uploads.close()
         self.delivery.close()
         self.store.close()
 

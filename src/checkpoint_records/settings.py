@@ -25,6 +25,9 @@ ENVIRONMENT = {
     "NAME_TEMPLATE": "record name template, default '{job_name}-checkpoint-{step}'",
     "FLUSH_TIMEOUT": "seconds on_train_end waits for delivery before leaving the rest pending (default 5)",
     "RECORD_EVERY_NODE": "1 to record every node's copy when save_on_each_node=True",
+    "STORAGE": "fsspec URL the checkpoints' files are uploaded to, e.g. s3://bucket/prefix (storage extra)",
+    "STORAGE_RETENTION": "keep (default) or mirror: delete the remote copy when rotation deletes it locally",
+    "STORAGE_PARALLEL": "how many files of a checkpoint are uploaded at once (default 4)",
 }
 
 
