@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -131,7 +130,9 @@ def test_a_200_mb_file_goes_in_parts_and_its_hash_is_recorded(
     large = checkpoint / "model.safetensors"
     with open(large, "wb") as handle:  # sparse: created instantly, read as zeros
         handle.truncate(200 * 2**20)
-    with CheckpointRecorder(job_name="big", storage=bucket.url("big"), storage_options=bucket.options) as recorder:
+    with CheckpointRecorder(
+        job_name="big", storage=bucket.url("big"), storage_options=bucket.options
+    ) as recorder:
         recorder.record(checkpoint, step=1)
         assert recorder.uploads.flush(120) == 0
         record = recorder.store.get("big-checkpoint-1")
@@ -187,7 +188,9 @@ def test_training_goes_on_while_the_endpoint_is_down_and_rotated_checkpoints_upl
                 record = item.record
                 assert record.status.upload is not None and record.status.upload.state == "uploaded"
                 for entry in record.status.files:
-                    body = client.get_object(Bucket="later", Key=f"run/{record.name}/{entry.path}")["Body"].read()
+                    body = client.get_object(Bucket="later", Key=f"run/{record.name}/{entry.path}")[
+                        "Body"
+                    ].read()
                     assert len(body) == entry.size and hashlib.sha256(body).hexdigest() == entry.sha256
             deleted = [item.record for item in store.records() if item.record.status.status == "deleted"]
             assert len(deleted) == 2  # rotated away locally, uploaded in full from staging all the same
@@ -233,7 +236,9 @@ def test_killed_mid_upload_resumes_file_by_file_without_sending_a_complete_file_
 
     moto.record(True)
     try:
-        resumed = cli("upload", "--timeout", "120", env={**env, "CHECKPOINT_RECORDS_STORAGE": bucket.url("killed")})
+        resumed = cli(
+            "upload", "--timeout", "120", env={**env, "CHECKPOINT_RECORDS_STORAGE": bucket.url("killed")}
+        )
     finally:
         moto.record(False)
     assert resumed.returncode == 0, resumed.stderr
@@ -246,3 +251,226 @@ def test_killed_mid_upload_resumes_file_by_file_without_sending_a_complete_file_
     for entry in final.record.status.files:
         local = Path(final.record.spec.directory) / entry.path
         assert entry.sha256 == sha256_of(local) == bucket.sha256(prefix + entry.path)
+
+
+def test_wrong_credentials_fail_clearly_and_nothing_is_marked_uploaded(
+    tmp_path: Path, isolated_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    strict = MotoServer(
+        env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    ).start()  # every request must be signed by a known key
+    try:
+        for name, value in CREDENTIALS.items():
+            monkeypatch.setenv(name, value)
+        secret = "wrong-SECRET-value-4711"
+        options = {
+            "key": "AKIAWRONGKEY",
+            "secret": secret,
+            "client_kwargs": {"endpoint_url": strict.endpoint},
+        }
+        checkpoint = tmp_path / "checkpoint-3"
+        checkpoint.mkdir()
+        (checkpoint / "model.safetensors").write_bytes(os.urandom(1000))
+        caplog.set_level(logging.INFO, logger="checkpoint_records")
+        with CheckpointRecorder(
+            job_name="creds", storage="s3://denied/x", storage_options=options
+        ) as recorder:
+            recorder.record(checkpoint, step=3)
+            assert recorder.uploads.flush(30) == 0  # nothing left to try: it failed
+            stored = recorder.store.get("creds-checkpoint-3")
+        assert stored is not None
+        upload = stored.record.status.upload
+        assert upload is not None and upload.state == "failed"
+        assert "access denied by s3://denied/x: check the credentials" in (upload.error or "")
+        assert stored.record.spec.source_path == "" and stored.record.status.files[0].sha256 is None
+        assert [row.state for row in queue.rows(RecordStore(isolated_store), stored.record.id)] == ["failed"]
+        assert secret not in (isolated_store / "records.db").read_bytes().decode("latin-1")
+        assert secret not in caplog.text
+        listing = cli("list")
+        assert "upload: failed: model.safetensors: access denied" in listing.stdout
+    finally:
+        strict.stop()
+
+
+def test_verify_and_pull_name_every_file_that_differs_or_is_missing(
+    tmp_path: Path, isolated_store: Path, moto: MotoServer, bucket: Bucket
+) -> None:
+    checkpoint = tmp_path / "checkpoint-5"
+    checkpoint.mkdir()
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (checkpoint / name).write_bytes(os.urandom(5000))
+    with CheckpointRecorder(
+        job_name="v", storage=bucket.url("v"), storage_options=bucket.options
+    ) as recorder:
+        recorder.record(checkpoint, step=5)
+        assert recorder.uploads.flush(30) == 0
+    env = {"AWS_ENDPOINT_URL": moto.endpoint}
+    assert cli("verify", "v-checkpoint-5").returncode == 0
+    assert cli("verify", "v-checkpoint-5", "--remote", env=env).returncode == 0
+
+    pulled = tmp_path / "pulled"
+    result = cli("pull", "v-checkpoint-5", str(pulled), env=env)
+    assert result.returncode == 0, result.stderr
+    for name in ("a.bin", "b.bin", "c.bin"):
+        assert (pulled / name).read_bytes() == (checkpoint / name).read_bytes()
+
+    with open(checkpoint / "a.bin", "r+b") as handle:  # same size, one byte changed
+        handle.write(b"\x00" if handle.read(1) != b"\x00" else b"\x01")
+    (checkpoint / "b.bin").unlink()
+    local = cli("verify", "v-checkpoint-5")
+    assert local.returncode == 1
+    assert "a.bin: content differs" in local.stderr and "b.bin: missing" in local.stderr
+    assert "c.bin" not in local.stderr
+
+    key = "v/v-checkpoint-5/c.bin"
+    bucket.client.put_object(Bucket=bucket.name, Key=key, Body=os.urandom(5000))
+    remote = cli("verify", "v-checkpoint-5", "--remote", env=env)
+    assert remote.returncode == 1 and "c.bin: content differs" in remote.stderr, remote.stderr
+    bucket.client.delete_object(Bucket=bucket.name, Key="v/v-checkpoint-5/a.bin")
+    again = cli("pull", "v-checkpoint-5", str(tmp_path / "again"), env=env)
+    assert again.returncode == 1
+    assert "a.bin: missing" in again.stderr and "c.bin: content differs" in again.stderr
+
+
+def lane_cycles(recorder: CheckpointRecorder, count: int = 2) -> None:
+    """Let the upload lane run whole passes (retention is applied at the start of each)."""
+    for _ in range(count):
+        recorder.uploads.settled.clear()
+        recorder.uploads.wake()
+        assert recorder.uploads.settled.wait(10)
+
+
+def test_mirror_retention_deletes_the_remote_copy_of_rotated_checkpoints(
+    tmp_path: Path, isolated_store: Path, bucket: Bucket
+) -> None:
+    output = tmp_path / "out"
+    callback = CheckpointRecordCallback(
+        storage=bucket.url("m"), storage_options=bucket.options, storage_retention="mirror", flush_timeout=60
+    )
+    tiny_trainer(output, [callback], save_total_limit=1).train()
+    recorder = callback.recorder
+    try:
+        store = recorder.store
+        deleted = [item.record for item in store.records() if item.record.status.status == "deleted"]
+        assert len(deleted) == 2
+        assert recorder.uploads.flush(30) == 0
+        lane_cycles(recorder)
+        assert all(upload_state(store, record) == "deleted remotely (mirror retention)" for record in deleted)
+        assert set({key.split("/")[1] for key in bucket.keys("m/")}) == {"out-checkpoint-6"}
+        for record in deleted:
+            final = store.get(record.id)
+            assert final is not None and final.record.status.upload is not None
+            assert final.record.status.upload.state == "deleted" and final.record.spec.source_path == ""
+    finally:
+        recorder.close()
+
+
+def test_mirror_retention_keeps_the_best_checkpoint(
+    tmp_path: Path, isolated_store: Path, bucket: Bucket
+) -> None:
+    checkpoint = tmp_path / "checkpoint-7"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(os.urandom(2000))
+    with CheckpointRecorder(
+        job_name="best", storage=bucket.url("b"), storage_options=bucket.options, storage_retention="mirror"
+    ) as recorder:
+        record = recorder.record(checkpoint, step=7)
+        assert record is not None and recorder.uploads.flush(30) == 0
+        stored = recorder.store.get(record.id)
+        assert stored is not None
+        training = stored.record.training.model_copy(update={"best": True})
+        best = stored.record.model_copy(
+            update={"status": stored.record.status.model_copy(update={"metadata": training})}
+        )
+        recorder.store.put(best)
+        for path in checkpoint.iterdir():
+            path.unlink()
+        checkpoint.rmdir()
+        recorder.record_rotations()
+        lane_cycles(recorder)
+        final = recorder.store.get(record.id)
+    assert final is not None and final.record.status.status == "deleted"
+    assert final.record.status.upload is not None and final.record.status.upload.state == "uploaded"
+    assert list(bucket.keys("b/")) == ["b/best-checkpoint-7/model.safetensors"]
+
+
+def test_without_hard_links_the_lane_copies_and_a_file_rotated_first_is_reported_failed(
+    tmp_path: Path, isolated_store: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: Any, target: Any) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("checkpoint_records.storage.staging.os.link", no_links)
+    kept, rotated = tmp_path / "run" / "checkpoint-1", tmp_path / "run" / "checkpoint-2"
+    for checkpoint in (kept, rotated):
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "weights.bin").write_bytes(os.urandom(3000))
+    config = StorageConfig(bucket.url("c"), bucket.options)
+    with CheckpointRecorder(job_name="c", storage=config) as recorder:
+        recorder.uploads.start = lambda: None  # type: ignore[method-assign]  # queued, not sent yet
+        first = recorder.record(kept, step=1)
+        second = recorder.record(rotated, step=2)
+        assert first is not None and second is not None
+        (rotated / "weights.bin").unlink()  # rotated away before the lane could copy it
+        del recorder.uploads.start
+        assert recorder.uploads.flush(30) == 0
+        done, failed = recorder.store.get(first.id), recorder.store.get(second.id)
+    assert done is not None and done.record.status.upload is not None
+    assert done.record.status.upload.state == "uploaded"
+    assert done.record.status.files[0].sha256 == sha256_of(kept / "weights.bin")
+    assert failed is not None and failed.record.status.upload is not None
+    assert failed.record.status.upload.state == "failed"
+    assert "deleted locally (rotated away?) before it could be staged" in (
+        failed.record.status.upload.error or ""
+    )
+    assert list(bucket.keys("c/")) == ["c/c-checkpoint-1/weights.bin"]
+
+
+def test_a_callback_without_storage_never_imports_the_storage_backends() -> None:
+    code = (
+        "import sys; from checkpoint_records import CheckpointRecordCallback; CheckpointRecordCallback(); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('s3fs', 'aiobotocore', 'gcsfs')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"storage": "bucket/prefix"}, "is not a URL"),
+        (
+            {"storage": "s3://b/p", "storage_retention": "forever"},
+            "storage_retention='forever' is not one of",
+        ),
+        ({"storage": "nosuchfs://b/p"}, "no usable fsspec backend for nosuchfs://"),
+    ],
+)
+def test_bad_storage_configuration_fails_at_construction(arguments: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CheckpointRecordCallback(**arguments)
+
+
+def test_storage_from_the_environment_with_credentials_where_s3fs_looks(
+    tmp_path: Path, isolated_store: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    monkeypatch.setenv("CHECKPOINT_RECORDS_STORAGE", bucket.url("env"))
+    checkpoint = tmp_path / "checkpoint-9"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(os.urandom(1000))
+    with CheckpointRecorder(job_name="env") as recorder:
+        recorder.record(checkpoint, step=9)
+        assert recorder.uploads.flush(30) == 0
+        stored = recorder.store.get("env-checkpoint-9")
+    assert stored is not None and stored.record.spec.source_path == f"s3://{bucket.name}/env/env-checkpoint-9"
+    database = (isolated_store / "records.db").read_bytes().decode("latin-1")
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in database
+    assert "upload: uploaded" in cli("inspect", "env-checkpoint-9").stdout
+
+
+def test_secrets_in_a_storage_url_or_options_are_never_shown() -> None:
+    config = StorageConfig("ftp://user:pa55word@files.internal/ckpt?token=abc123", {"password": "opt-secret"})
+    assert config.public == "ftp://files.internal/ckpt?token=***"
+    assert config.redact("login pa55word failed with opt-secret, abc123") == "login *** failed with ***, ***"
