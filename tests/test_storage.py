@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
+from checkpoint_records.formats.llama_stack import LlamaStackFormat
 from checkpoint_records.recorder import CheckpointRecorder
 from checkpoint_records.storage import StorageConfig, queue, upload_state
 from commands import TESTS, cli
@@ -113,6 +114,7 @@ def test_trainer_run_uploads_every_checkpoint_and_the_sinks_get_where_it_lives(
                 assert keys[key] == entry.size == local.stat().st_size
                 assert entry.sha256 == sha256_of(local) == bucket.sha256(key)
             assert upload_state(store, record) == "uploaded"
+            assert LlamaStackFormat().render(record)["path"] == record.spec.source_path
         # Each record arrived twice: as saved, then as uploaded (its own Idempotency-Key).
         received = receiver.wait_for(6)
         uploaded = [p for p in (r.payload for r in received) if p["status"].get("upload")]

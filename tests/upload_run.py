@@ -34,16 +34,16 @@ class AddLargeFile(TrainerCallback):
 def kill_during(name: str) -> None:
     original = transfer.send
 
-    def send(fs: Any, local: Path, target: str, part_size: int, on_progress: Any) -> Any:
+    def send(fs: Any, local: Path, target: str, part_size: int, on_progress: Any, *args: Any) -> Any:
         if local.name != name:
-            return original(fs, local, target, part_size, on_progress)
+            return original(fs, local, target, part_size, on_progress, *args)
 
         def progress(sent: int) -> None:
             on_progress(sent)
-            if sent > PART:  # the first part was uploaded when the second was written
+            if sent > PART:  # two parts were uploaded, the upload is not complete
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        return original(fs, local, target, part_size, progress)
+        return original(fs, local, target, part_size, progress, *args)
 
     transfer.send = send  # type: ignore[assignment]
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 IDLE_POLL = 1.0
+WAKE_DELAY = 0.05
 #: Errors retrying cannot fix: refused credentials. Anything else (endpoint down, a bucket not created
 #: yet, a throttled request) is retried with backoff, its cause shown in the upload state meanwhile.
 PERMANENT_ERRORS = (PermissionError,)
@@ -83,9 +84,11 @@ class _Lane(threading.Thread):
                     self.uploads.settled.set()
                 if not worked:
                     due = queue.next_due(self.store, self.config.public)
-                    self.wakeup.wait(
+                    if self.wakeup.wait(
                         IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.01))
-                    )
+                    ):
+                        # Woken by a save: let it return before competing with it for the GIL.
+                        self.stopping.wait(WAKE_DELAY)
                     self.wakeup.clear()
         finally:
             queue.release(self.store, self.owner)
@@ -137,6 +140,7 @@ class _Lane(threading.Thread):
                 target,
                 self.config.part_size,
                 lambda sent: queue.update(self.store, row, self.owner, sent=sent),
+                self.config.parallel,
             )
             queue.update(self.store, row, self.owner, state="committing", sha256=sha256)
             try:
