@@ -255,15 +255,31 @@ def test_killed_mid_upload_resumes_file_by_file_without_sending_a_complete_file_
         assert entry.sha256 == sha256_of(local) == bucket.sha256(prefix + entry.path)
 
 
-def test_wrong_credentials_fail_clearly_and_nothing_is_marked_uploaded(
+def known_user(endpoint: str) -> dict[str, str]:
+    """An IAM user allowed everything on S3, made with moto's unauthenticated first three requests."""
+    iam = boto3.client("iam", endpoint_url=endpoint)
+    iam.create_user(UserName="trainer")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="trainer", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="trainer")["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_succeeds(
     tmp_path: Path, isolated_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    strict = MotoServer(
-        env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    ).start()  # every request must be signed by a known key
+    # Requests after the first three must be signed by a key moto's IAM knows.
+    strict = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}).start()
     try:
         for name, value in CREDENTIALS.items():
             monkeypatch.setenv(name, value)
+        good = known_user(strict.endpoint)
+        boto3.client(
+            "s3",
+            endpoint_url=strict.endpoint,
+            aws_access_key_id=good["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=good["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket="denied")
         secret = "wrong-SECRET-value-4711"
         options = {
             "key": "AKIAWRONGKEY",
@@ -288,8 +304,16 @@ def test_wrong_credentials_fail_clearly_and_nothing_is_marked_uploaded(
         assert [row.state for row in queue.rows(RecordStore(isolated_store), stored.record.id)] == ["failed"]
         assert secret not in (isolated_store / "records.db").read_bytes().decode("latin-1")
         assert secret not in caplog.text
-        listing = cli("list")
-        assert "upload: failed: model.safetensors: access denied" in listing.stdout
+        assert "upload: failed: model.safetensors: access denied" in cli("list").stdout
+
+        fixed = {**good, "AWS_ENDPOINT_URL": strict.endpoint, "CHECKPOINT_RECORDS_STORAGE": "s3://denied/x"}
+        retried = cli("upload", "--retry-failed", "--timeout", "60", env=fixed)
+        assert retried.returncode == 0, retried.stderr
+        assert "retrying 1 failed files" in retried.stderr
+        final = RecordStore(isolated_store).get("creds-checkpoint-3")
+        assert final is not None and final.record.status.upload is not None
+        assert final.record.status.upload.state == "uploaded"
+        assert final.record.status.files[0].sha256 == sha256_of(checkpoint / "model.safetensors")
     finally:
         strict.stop()
 

@@ -72,8 +72,9 @@ def cmd_upload(store: RecordStore, args: argparse.Namespace) -> int:
     if config is None:
         print("no storage configured: pass --storage URL or set CHECKPOINT_RECORDS_STORAGE", file=sys.stderr)
         return 2
+    retried = queue.due_now(store, retry_failed=args.retry_failed)
     if args.retry_failed:
-        print(f"retrying {queue.requeue_failed(store)} failed files", file=sys.stderr)
+        print(f"retrying {retried} failed files", file=sys.stderr)
     from ..delivery import DeliveryWorker
 
     sinks = record_sinks(configured_sinks(None, environment()))

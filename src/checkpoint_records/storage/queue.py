@@ -168,9 +168,15 @@ def release(store: RecordStore, owner: str | None = None) -> None:
         )
 
 
-def requeue_failed(store: RecordStore) -> int:
-    """Make failed files pending and due now (after the cause was fixed); how many."""
+def due_now(store: RecordStore, retry_failed: bool = False) -> int:
+    """Make the files still to send due now, skipping their backoff (the user is asking for them), and
+    with ``retry_failed`` the failed ones pending again (after the cause was fixed); how many failed."""
     with store._transaction(durable=False) as connection:
+        connection.execute(
+            "UPDATE uploads SET next_attempt_at = ? WHERE state IN ('pending', 'committing')", (time.time(),)
+        )
+        if not retry_failed:
+            return 0
         return int(
             connection.execute(
                 "UPDATE uploads SET state = 'pending', error = NULL, next_attempt_at = ? WHERE state = 'failed'",
