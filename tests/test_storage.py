@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
@@ -25,6 +24,10 @@ from commands import TESTS, cli
 from http_server import Receiver
 from s3_server import MotoServer
 from trainer_runs import tiny_trainer
+
+boto3 = pytest.importorskip("boto3")  # the storage and integration extras: s3fs, moto[server]
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing-key",
