@@ -503,3 +503,30 @@ def test_secrets_in_a_storage_url_or_options_are_never_shown() -> None:
     config = StorageConfig("ftp://user:pa55word@files.internal/ckpt?token=abc123", {"password": "opt-secret"})
     assert config.public == "ftp://files.internal/ckpt?token=***"
     assert config.redact("login pa55word failed with opt-secret, abc123") == "login *** failed with ***, ***"
+
+
+def test_a_file_committed_just_before_a_kill_is_not_sent_again(
+    tmp_path: Path, isolated_store: Path, moto: MotoServer, bucket: Bucket
+) -> None:
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(os.urandom(4000))
+    with CheckpointRecorder(
+        job_name="k", storage=bucket.url("k"), storage_options=bucket.options
+    ) as recorder:
+        record = recorder.record(checkpoint, step=4)
+        assert record is not None and recorder.uploads.flush(30) == 0
+    store = RecordStore(isolated_store)
+    [row] = queue.rows(store, record.id)
+    # As a process leaves it when killed between completing the upload and noting it: hash known, state open.
+    queue.update(store, row, "gone", state="committing")
+    moto.record(True)
+    try:
+        resumed = cli(
+            "upload", env={"AWS_ENDPOINT_URL": moto.endpoint, "CHECKPOINT_RECORDS_STORAGE": bucket.url("k")}
+        )
+    finally:
+        moto.record(False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert recorded_puts(Path(moto.env["MOTO_RECORDER_FILEPATH"])) == []
+    assert [row.state for row in queue.rows(store, record.id)] == ["uploaded"]
