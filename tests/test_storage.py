@@ -530,3 +530,26 @@ def test_a_file_committed_just_before_a_kill_is_not_sent_again(
     assert resumed.returncode == 0, resumed.stderr
     assert recorded_puts(Path(moto.env["MOTO_RECORDER_FILEPATH"])) == []
     assert [row.state for row in queue.rows(store, record.id)] == ["uploaded"]
+
+
+def test_a_record_that_lost_its_upload_state_gets_it_back(
+    tmp_path: Path, isolated_store: Path, bucket: Bucket
+) -> None:
+    checkpoint = tmp_path / "checkpoint-8"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(os.urandom(3000))
+    with CheckpointRecorder(
+        job_name="h", storage=bucket.url("h"), storage_options=bucket.options
+    ) as recorder:
+        saved = recorder.record(checkpoint, step=8)
+        assert saved is not None and recorder.uploads.flush(30) == 0
+        # A rotation check that read the record just before the upload's revision writes it back without
+        # it (or a process killed between the last file and the revision): the lane notices.
+        recorder.store.put(saved)
+        stale = recorder.store.get(saved.id)
+        assert stale is not None and stale.record.status.upload is None
+        lane_cycles(recorder)
+        healed = recorder.store.get(saved.id)
+    assert healed is not None and healed.revision == stale.revision + 1
+    assert healed.record.status.upload is not None and healed.record.status.upload.state == "uploaded"
+    assert healed.record.spec.source_path == f"s3://{bucket.name}/h/h-checkpoint-8"

@@ -185,6 +185,19 @@ def due_now(store: RecordStore, retry_failed: bool = False) -> int:
         )
 
 
+def unrevised(store: RecordStore, remote_prefix: str) -> list[str]:
+    """Records whose files under ``remote_prefix`` are all settled but whose record says nothing of it:
+    a process killed between the last file and the record's revision, or a revision lost to a
+    concurrent update of the record (rotation)."""
+    query = (
+        "SELECT DISTINCT u.record_id FROM uploads u JOIN records r ON r.id = u.record_id"
+        " WHERE u.remote LIKE ? ESCAPE '\\' AND json_extract(r.body, '$.status.upload') IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM uploads o WHERE o.record_id = u.record_id"
+        " AND o.state IN ('pending', 'committing'))"
+    )
+    return [record_id for (record_id,) in store._connection().execute(query, (_like_prefix(remote_prefix),))]
+
+
 def rotated_away(store: RecordStore, remote_prefix: str) -> list[str]:
     """Records with files under ``remote_prefix`` not yet removed, that are ``deleted`` locally and not best."""
     query = (

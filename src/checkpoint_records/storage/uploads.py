@@ -95,13 +95,17 @@ class _Lane(threading.Thread):
             self.store.close()
 
     def _once(self) -> bool:
-        """Apply mirror retention, then upload the next due record; whether there was one."""
+        """Apply mirror retention, then upload the next due record (or revise the records left without
+        their upload state); whether there was a record to upload."""
         self.busy = True
         if self.config.retention == "mirror":
             self._mirror_rotations()
         claimed = queue.claim_next(self.store, self.owner, self.config.public)
         if claimed:
             self._upload(claimed)
+        else:
+            for record_id in queue.unrevised(self.store, self.config.public):
+                self._settle(record_id)
         return bool(claimed)
 
     # -- one record ----------------------------------------------------------------------------------
