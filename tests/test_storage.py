@@ -553,3 +553,25 @@ def test_a_record_that_lost_its_upload_state_gets_it_back(
     assert healed is not None and healed.revision == stale.revision + 1
     assert healed.record.status.upload is not None and healed.record.status.upload.state == "uploaded"
     assert healed.record.spec.source_path == f"s3://{bucket.name}/h/h-checkpoint-8"
+
+
+def test_a_shared_disk_destination_through_fsspec_file_urls(tmp_path: Path, isolated_store: Path) -> None:
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(os.urandom(6 * 2**20))
+    (checkpoint / "sub" / "extra.json").write_text("{}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with CheckpointRecorder(job_name="disk", storage=f"file://{shared}") as recorder:
+        record = recorder.record(checkpoint, step=2)
+        assert record is not None and recorder.uploads.flush(30) == 0
+        stored = recorder.store.get(record.id)
+    assert stored is not None and stored.record.spec.storage_provider == "file"
+    copy = shared / "disk-checkpoint-2"
+    assert sorted(str(path.relative_to(copy)) for path in copy.rglob("*") if path.is_file()) == [
+        "model.safetensors",
+        "sub/extra.json",
+    ]
+    for entry in stored.record.status.files:
+        assert entry.sha256 == sha256_of(copy / entry.path) == sha256_of(checkpoint / entry.path)
+    assert cli("verify", "disk-checkpoint-2", "--remote").returncode == 0

@@ -39,6 +39,7 @@ def send(
         return _send_s3(fs, local, target, part_size, on_progress, concurrency)
     digest = hashlib.sha256()
     sent = 0
+    fs.makedirs(fs._parent(target), exist_ok=True)  # a file system with real directories needs them
     handle = fs.open(target, "wb", block_size=part_size, autocommit=False)
     try:
         with open(local, "rb") as source:
