@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from .logs import never_raises
 from .record import CheckpointRecord
 from .recorder import Begin, BestSoFar, CheckpointRecorder, Save, base_model_name
 from .sinks import Sink
+from .storage import StorageConfig
 from .store import RecordStore
 
 CHECKPOINT_PREFIX = "checkpoint"
@@ -59,6 +60,9 @@ class CheckpointRecordCallback(TrainerCallback):
         name_template: str | None = None,
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
+        storage: str | StorageConfig | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        storage_retention: str | None = None,
     ) -> None:
         self.recorder = CheckpointRecorder(
             store=store,
@@ -68,6 +72,9 @@ class CheckpointRecordCallback(TrainerCallback):
             name_template=name_template,
             flush_timeout=flush_timeout,
             record_every_node=record_every_node,
+            storage=storage,
+            storage_options=storage_options,
+            storage_retention=storage_retention,
         )
         #: How much of ``state.log_history`` was handed over, and when its new entries were logged.
         self._handed = 0

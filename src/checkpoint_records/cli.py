@@ -22,9 +22,12 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
+from .record import CheckpointRecord
 from .recovery import checkpoint_folders
 from .settings import ENVIRONMENT, PREFIX, Settings, environment, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
+from .storage import upload_state
+from .storage.commands import add_commands as add_storage_commands
 from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
 from .terminal import (
     RecordRow,
@@ -112,12 +115,23 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     by_record: dict[str, list[Delivery]] = {}
     for delivery in store.deliveries():
         by_record.setdefault(delivery.record_id, []).append(delivery)
-    rows = [RecordRow(item.record, delivery_summary(by_record.get(item.record.id, []))) for item in stored]
+    rows = [
+        RecordRow(
+            item.record, _with_upload(store, item.record, delivery_summary(by_record.get(item.record.id, [])))
+        )
+        for item in stored
+    ]
     print(records_table(rows))
     print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
     if any(row.delivery not in ("local", "delivered") for row in rows):
         print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
     return OK
+
+
+def _with_upload(store: RecordStore, record: CheckpointRecord, delivery: str) -> str:
+    """The delivery cell, with the upload state when the checkpoint goes to storage."""
+    upload = upload_state(store, record)
+    return delivery if upload is None else f"{delivery}; upload: {upload}"
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
@@ -133,6 +147,9 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     wire_format = get_format(args.format)
     if wire_format.name == DEFAULT_FORMAT:
         document = stored.record.to_dict() if args.json else human_record(stored.record)
+        upload = None if args.json else upload_state(store, stored.record)
+        if upload is not None:
+            document["status"]["upload"] = upload
     elif wire_format.renders_records:
         document = wire_format.render(stored.record)
     else:
@@ -427,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve on a non-loopback address without a token (only on a trusted network)",
     )
     serving.set_defaults(run=cmd_serve)
+    add_storage_commands(commands, common)
     return parser
 
 

@@ -27,6 +27,8 @@ class _Model(BaseModel):
 class FileEntry(_Model):
     path: str
     size: int
+    #: Hex SHA-256 of the file, computed while it was uploaded to object storage (``storage=``).
+    sha256: str | None = None
 
 
 class RecordMetadata(_Model):
@@ -73,6 +75,20 @@ class TrainingMetadata(_Model):
     recovered: bool = False
 
 
+#: Where the upload of a checkpoint's files to object storage stands; ``deleted``: removed remotely by
+#: ``storage_retention="mirror"`` after rotation deleted it locally.
+UploadState = Literal["pending", "uploading", "uploaded", "failed", "deleted"]
+
+
+class UploadStatus(_Model):
+    state: UploadState
+    #: Fraction of the checkpoint's bytes sent, 0..1.
+    progress: float = 0.0
+    error: str | None = None
+    #: The checkpoint's remote directory, without secrets.
+    remote: str | None = None
+
+
 class RecordStatus(_Model):
     status: CheckpointStatus
     storage_provider_id: str = Field(default="", alias="storageProviderID")
@@ -81,6 +97,7 @@ class RecordStatus(_Model):
     metadata: TrainingMetadata
     created_at: str
     updated_at: str
+    upload: UploadStatus | None = None
 
 
 class CheckpointRecord(_Model):

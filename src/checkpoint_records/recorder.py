@@ -43,8 +43,9 @@ from .logs import logger, never_raises
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .recovery import checkpoint_folders, read_checkpoint
-from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, resolve_settings
+from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, environment, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
+from .storage import StorageConfig, Uploads, storage_config
 from .store import RecordStore, claim_owner
 from .values import to_number
 
@@ -151,6 +152,9 @@ class CheckpointRecorder:
         name_template: str | None = None,
         flush_timeout: float | None = None,
         record_every_node: bool | None = None,
+        storage: str | StorageConfig | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        storage_retention: str | None = None,
     ) -> None:
         settings = resolve_settings(
             home=None if isinstance(store, RecordStore) else store,
@@ -176,6 +180,12 @@ class CheckpointRecorder:
         self._background = Background("checkpoint-records recorder", on_exit=self.store.close)
         #: The record of the latest save, once the background stored it.
         self.last_record: CheckpointRecord | None = None
+        self.uploads = Uploads(
+            self.store,
+            storage_config(storage, storage_options, storage_retention, environment()),
+            [sink.key for sink in self.record_sinks],
+            self.delivery.wake,
+        )
         #: Directories of this job's ``available`` records, by record id: watched for rotation.
         self._live: dict[str, Path] = {}
         self._runs: dict[str, _Run] = {}
@@ -232,8 +242,8 @@ class CheckpointRecorder:
                 self._background.pending,
                 self.flush_timeout,
             )
-        left = max(self.flush_timeout - (time.monotonic() - started), 0.0)
-        result = self.delivery.flush(left)
+        self.uploads.flush(max(self.flush_timeout - (time.monotonic() - started), 0.0))
+        result = self.delivery.flush(max(self.flush_timeout - (time.monotonic() - started), 0.0))
         if result.pending:
             logger.warning(
                 "checkpoint-records: deliveries still pending after %.1fs: %d; they stay in %s and go out "
@@ -255,6 +265,7 @@ class CheckpointRecorder:
         if self.delivery.running or self._background.pending:
             self.flush()
         self.stop_background()
+        self.uploads.close()
         self.delivery.close()
         self.store.close()
 
@@ -461,6 +472,7 @@ class CheckpointRecorder:
         stored = self.store.put(record, keys, durable=durable).record
         if stored.status.status == "available":
             self._live[stored.id] = Path(stored.spec.directory)
+        self.uploads.enqueue(stored)  # hard links and one short transaction; sent by the upload lane
         return stored
 
     def _move_best(self, job: JobIdentity, best: Best, node_suffix: str | None, run: _Run | None) -> None:
@@ -511,6 +523,7 @@ class CheckpointRecorder:
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""
         self.delivery.start()
+        self.uploads.start()
 
     # -- recovery: the checkpoint on disk is the source of truth --------------------------------------
 

@@ -35,6 +35,9 @@ ENVIRONMENT = {
     "FLUSH_TIMEOUT": "seconds on_train_end waits for delivery before leaving the rest pending (default 5)",
     "RECORD_EVERY_NODE": "1 to record every node's copy when save_on_each_node=True",
     "SERVER_TOKENS": "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens",
+    "STORAGE": "fsspec URL the checkpoints' files are uploaded to, e.g. s3://bucket/prefix (storage extra)",
+    "STORAGE_RETENTION": "keep (default) or mirror: delete the remote copy when rotation deletes it locally",
+    "STORAGE_PARALLEL": "how many files of a checkpoint are uploaded at once (default 4)",
 }
 
 

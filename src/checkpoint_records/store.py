@@ -125,6 +125,26 @@ CREATE TRIGGER IF NOT EXISTS record_revisions_kept AFTER INSERT ON records BEGIN
         json_extract(NEW.body, '$.status.metadata.best'), NEW.updated_at
     );
 END;
+
+CREATE TABLE IF NOT EXISTS uploads (
+    record_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    remote TEXT NOT NULL,
+    source TEXT NOT NULL,
+    staging TEXT NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (record_id, path)
+);
+CREATE INDEX IF NOT EXISTS uploads_due ON uploads(state, next_attempt_at);
 """
 
 DeliveryState = Literal["pending", "delivered", "dead"]

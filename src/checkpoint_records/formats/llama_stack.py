@@ -6,7 +6,7 @@
 | ``created_at``                     | ``status.createdAt`` (ISO 8601 UTC)                                |
 | ``epoch``                          | 0-based index of the epoch the step is in: ``ceil(epoch) - 1``     |
 | ``post_training_job_id``           | ``metadata.jobId``                                                 |
-| ``path``                           | ``spec.directory`` (absolute checkpoint directory)                 |
+| ``path``                           | ``spec.sourcePath`` once uploaded (storage=), else ``spec.directory`` |
 | ``training_metrics.epoch``         | same as ``epoch``                                                  |
 | ``training_metrics.train_loss``    | ``status.metadata.trainLoss``                                      |
 | ``training_metrics.validation_loss`` | ``status.metadata.evalLoss``                                     |
@@ -79,7 +79,7 @@ class LlamaStackFormat(WireFormat):
             "created_at": record.status.created_at,
             "epoch": epoch_index(record.training.epoch),
             "post_training_job_id": record.metadata.job_id,
-            "path": record.spec.directory,
+            "path": record.spec.source_path or record.spec.directory,
         }
         metrics = self.training_metrics(record)
         if metrics is not None:

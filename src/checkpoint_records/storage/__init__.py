@@ -1,0 +1,29 @@
+"""Uploading checkpoints to object storage (any fsspec URL) in the background, with checksums and verify.
+
+Optional: fsspec and its backends are the ``storage`` extra, imported only when storage is configured.
+"""
+
+from __future__ import annotations
+
+from ..record import CheckpointRecord, UploadStatus
+from ..store import RecordStore
+from . import queue
+from .config import StorageConfig, storage_config
+from .progress import describe, upload_status
+from .uploads import Uploads
+
+__all__ = ["StorageConfig", "Uploads", "live_upload_status", "storage_config", "upload_state"]
+
+
+def live_upload_status(store: RecordStore, record: CheckpointRecord) -> UploadStatus | None:
+    """Where the record's upload stands now: from the queue while it runs, else what the record says."""
+    files = queue.rows(store, record.id)
+    if not files:
+        return record.status.upload
+    return upload_status(files, files[0].remote[: -len(files[0].path) - 1])
+
+
+def upload_state(store: RecordStore, record: CheckpointRecord) -> str | None:
+    """The upload state in words for ``list``/``inspect`` (``uploading 43%``), None without storage."""
+    status = live_upload_status(store, record)
+    return None if status is None else describe(status)
