@@ -111,6 +111,7 @@ def test_an_outbox_from_before_the_kind_column_is_upgraded(tmp_path: Path) -> No
     job_body = '{"id":"job-1","name":"job","status":"Running","created_at":0,"updated_at":0}'
     with sqlite3.connect(path) as old:  # as the previous release wrote it: no kind, a job in record_id
         old.execute("ALTER TABLE outbox DROP COLUMN kind")
+        old.execute("PRAGMA user_version = 0")  # the previous release had no schema version
         old.execute(
             "INSERT INTO jobs (id, name, revision, status, owner, body, updated_at) VALUES (?, ?, 1, ?, NULL, ?, 0)",
             (

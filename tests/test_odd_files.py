@@ -27,7 +27,9 @@ def test_link_loops_and_names_that_are_not_utf8_are_recorded_listed_and_delivere
         odd.write(b"12345")
     caplog.set_level(logging.WARNING, logger="checkpoint_records")
     with Receiver() as receiver, CheckpointRecorder(sinks=[receiver.url]) as recorder:
-        record = recorder.record(checkpoint, step=1, train_loss=0.5)
+        recorder.record(checkpoint, step=1, train_loss=0.5)
+        recorder.drain()
+        record = recorder.last_record
         assert record is not None
         assert recorder.delivery.flush(10).pending == 0
     files = {entry.path: entry.size for entry in record.status.files}
@@ -36,5 +38,5 @@ def test_link_loops_and_names_that_are_not_utf8_are_recorded_listed_and_delivere
     assert [d.state for d in RecordStore(isolated_store).deliveries()] == ["delivered"]
     assert receiver.accepted_payloads()[0]["status"]["files"][1]["path"] == "notes-\\xff\\xfe.txt"
     listing, as_json = cli("list"), cli("list", "--json")
-    assert listing.returncode == 0 and "run-checkpoint-1" in listing.stdout, listing.stderr
+    assert listing.returncode == 0 and "run-step-1" in listing.stdout, listing.stderr
     assert as_json.returncode == 0 and json.loads(as_json.stdout)[0]["status"]["size"] == 43

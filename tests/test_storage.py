@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
+from checkpoint_records import CheckpointRecord, CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.formats.llama_stack import LlamaStackFormat
 from checkpoint_records.recorder import CheckpointRecorder
 from checkpoint_records.storage import StorageConfig, queue, upload_state
@@ -34,6 +34,13 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def recorded(recorder: CheckpointRecorder, directory: Path, **save: Any) -> CheckpointRecord | None:
+    """``recorder.record(...)``, then the record once the recorder's thread has stored it."""
+    recorder.record(directory, **save)
+    recorder.drain()
+    return recorder.last_record
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +145,9 @@ def test_a_200_mb_file_goes_in_parts_and_its_hash_is_recorded(
     with CheckpointRecorder(
         job_name="big", storage=bucket.url("big"), storage_options=bucket.options
     ) as recorder:
-        recorder.record(checkpoint, step=1)
+        recorded(recorder, checkpoint, step=1)
         assert recorder.uploads.flush(120) == 0
-        record = recorder.store.get("big-checkpoint-1")
+        record = recorder.store.get("big-step-1")
     assert record is not None
     [entry] = record.record.status.files
     key = f"big/{record.record.name}/model.safetensors"
@@ -187,6 +194,7 @@ def test_training_goes_on_while_the_endpoint_is_down_and_rotated_checkpoints_upl
         try:
             boto3.client("s3", endpoint_url=down.endpoint).create_bucket(Bucket="later")
             assert callback.recorder.uploads.flush(60) == 0
+            callback.recorder.start_delivery()  # training has ended: what is left goes out as a flush sends it
             assert callback.recorder.delivery.flush(30).pending == 0
             client = boto3.client("s3", endpoint_url=down.endpoint)
             for item in store.records():
@@ -296,9 +304,9 @@ def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_s
         with CheckpointRecorder(
             job_name="creds", storage="s3://denied/x", storage_options=options
         ) as recorder:
-            recorder.record(checkpoint, step=3)
+            recorded(recorder, checkpoint, step=3)
             assert recorder.uploads.flush(30) == 0  # nothing left to try: it failed
-            stored = recorder.store.get("creds-checkpoint-3")
+            stored = recorder.store.get("creds-step-3")
         assert stored is not None
         upload = stored.record.status.upload
         assert upload is not None and upload.state == "failed"
@@ -313,7 +321,7 @@ def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_s
         retried = cli("upload", "--retry-failed", "--timeout", "60", env=fixed)
         assert retried.returncode == 0, retried.stderr
         assert "retrying 1 failed files" in retried.stderr
-        final = RecordStore(isolated_store).get("creds-checkpoint-3")
+        final = RecordStore(isolated_store).get("creds-step-3")
         assert final is not None and final.record.status.upload is not None
         assert final.record.status.upload.state == "uploaded"
         assert final.record.status.files[0].sha256 == sha256_of(checkpoint / "model.safetensors")
@@ -331,14 +339,14 @@ def test_verify_and_pull_name_every_file_that_differs_or_is_missing(
     with CheckpointRecorder(
         job_name="v", storage=bucket.url("v"), storage_options=bucket.options
     ) as recorder:
-        recorder.record(checkpoint, step=5)
+        recorded(recorder, checkpoint, step=5)
         assert recorder.uploads.flush(30) == 0
     env = {"AWS_ENDPOINT_URL": moto.endpoint}
-    assert cli("verify", "v-checkpoint-5").returncode == 0
-    assert cli("verify", "v-checkpoint-5", "--remote", env=env).returncode == 0
+    assert cli("verify", "v-step-5").returncode == 0
+    assert cli("verify", "v-step-5", "--remote", env=env).returncode == 0
 
     pulled = tmp_path / "pulled"
-    result = cli("pull", "v-checkpoint-5", str(pulled), env=env)
+    result = cli("pull", "v-step-5", str(pulled), env=env)
     assert result.returncode == 0, result.stderr
     for name in ("a.bin", "b.bin", "c.bin"):
         assert (pulled / name).read_bytes() == (checkpoint / name).read_bytes()
@@ -346,17 +354,17 @@ def test_verify_and_pull_name_every_file_that_differs_or_is_missing(
     with open(checkpoint / "a.bin", "r+b") as handle:  # same size, one byte changed
         handle.write(b"\x00" if handle.read(1) != b"\x00" else b"\x01")
     (checkpoint / "b.bin").unlink()
-    local = cli("verify", "v-checkpoint-5")
+    local = cli("verify", "v-step-5")
     assert local.returncode == 1
     assert "a.bin: content differs" in local.stderr and "b.bin: missing" in local.stderr
     assert "c.bin" not in local.stderr
 
-    key = "v/v-checkpoint-5/c.bin"
+    key = "v/v-step-5/c.bin"
     bucket.client.put_object(Bucket=bucket.name, Key=key, Body=os.urandom(5000))
-    remote = cli("verify", "v-checkpoint-5", "--remote", env=env)
+    remote = cli("verify", "v-step-5", "--remote", env=env)
     assert remote.returncode == 1 and "c.bin: content differs" in remote.stderr, remote.stderr
-    bucket.client.delete_object(Bucket=bucket.name, Key="v/v-checkpoint-5/a.bin")
-    again = cli("pull", "v-checkpoint-5", str(tmp_path / "again"), env=env)
+    bucket.client.delete_object(Bucket=bucket.name, Key="v/v-step-5/a.bin")
+    again = cli("pull", "v-step-5", str(tmp_path / "again"), env=env)
     assert again.returncode == 1
     assert "a.bin: missing" in again.stderr and "c.bin: content differs" in again.stderr
 
@@ -403,7 +411,7 @@ def test_mirror_retention_keeps_the_best_checkpoint(
     with CheckpointRecorder(
         job_name="best", storage=bucket.url("b"), storage_options=bucket.options, storage_retention="mirror"
     ) as recorder:
-        record = recorder.record(checkpoint, step=7)
+        record = recorded(recorder, checkpoint, step=7)
         assert record is not None and recorder.uploads.flush(30) == 0
         stored = recorder.store.get(record.id)
         assert stored is not None
@@ -420,7 +428,7 @@ def test_mirror_retention_keeps_the_best_checkpoint(
         final = recorder.store.get(record.id)
     assert final is not None and final.record.status.status == "deleted"
     assert final.record.status.upload is not None and final.record.status.upload.state == "uploaded"
-    assert list(bucket.keys("b/")) == ["b/best-checkpoint-7/model.safetensors"]
+    assert list(bucket.keys("b/")) == ["b/best-step-7/model.safetensors"]
 
 
 def test_without_hard_links_the_lane_copies_and_a_file_rotated_first_is_reported_failed(
@@ -437,8 +445,8 @@ def test_without_hard_links_the_lane_copies_and_a_file_rotated_first_is_reported
     config = StorageConfig(bucket.url("c"), bucket.options)
     with CheckpointRecorder(job_name="c", storage=config) as recorder:
         recorder.uploads.start = lambda: None  # type: ignore[method-assign]  # queued, not sent yet
-        first = recorder.record(kept, step=1)
-        second = recorder.record(rotated, step=2)
+        first = recorded(recorder, kept, step=1)
+        second = recorded(recorder, rotated, step=2)
         assert first is not None and second is not None
         (rotated / "weights.bin").unlink()  # rotated away before the lane could copy it
         del recorder.uploads.start
@@ -452,7 +460,7 @@ def test_without_hard_links_the_lane_copies_and_a_file_rotated_first_is_reported
     assert "deleted locally (rotated away?) before it could be staged" in (
         failed.record.status.upload.error or ""
     )
-    assert list(bucket.keys("c/")) == ["c/c-checkpoint-1/weights.bin"]
+    assert list(bucket.keys("c/")) == ["c/c-step-1/weights.bin"]
 
 
 def test_a_callback_without_storage_never_imports_the_storage_backends() -> None:
@@ -490,13 +498,13 @@ def test_storage_from_the_environment_with_credentials_where_s3fs_looks(
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(os.urandom(1000))
     with CheckpointRecorder(job_name="env") as recorder:
-        recorder.record(checkpoint, step=9)
+        recorded(recorder, checkpoint, step=9)
         assert recorder.uploads.flush(30) == 0
-        stored = recorder.store.get("env-checkpoint-9")
-    assert stored is not None and stored.record.spec.source_path == f"s3://{bucket.name}/env/env-checkpoint-9"
+        stored = recorder.store.get("env-step-9")
+    assert stored is not None and stored.record.spec.source_path == f"s3://{bucket.name}/env/env-step-9"
     database = (isolated_store / "records.db").read_bytes().decode("latin-1")
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in database
-    assert "upload: uploaded" in cli("inspect", "env-checkpoint-9").stdout
+    assert "upload: uploaded" in cli("inspect", "env-step-9").stdout
 
 
 def test_secrets_in_a_storage_url_or_options_are_never_shown() -> None:
@@ -514,7 +522,7 @@ def test_a_file_committed_just_before_a_kill_is_not_sent_again(
     with CheckpointRecorder(
         job_name="k", storage=bucket.url("k"), storage_options=bucket.options
     ) as recorder:
-        record = recorder.record(checkpoint, step=4)
+        record = recorded(recorder, checkpoint, step=4)
         assert record is not None and recorder.uploads.flush(30) == 0
     store = RecordStore(isolated_store)
     [row] = queue.rows(store, record.id)
@@ -541,7 +549,7 @@ def test_a_record_that_lost_its_upload_state_gets_it_back(
     with CheckpointRecorder(
         job_name="h", storage=bucket.url("h"), storage_options=bucket.options
     ) as recorder:
-        saved = recorder.record(checkpoint, step=8)
+        saved = recorded(recorder, checkpoint, step=8)
         assert saved is not None and recorder.uploads.flush(30) == 0
         # A rotation check that read the record just before the upload's revision writes it back without
         # it (or a process killed between the last file and the revision): the lane notices.
@@ -552,7 +560,7 @@ def test_a_record_that_lost_its_upload_state_gets_it_back(
         healed = recorder.store.get(saved.id)
     assert healed is not None and healed.revision == stale.revision + 1
     assert healed.record.status.upload is not None and healed.record.status.upload.state == "uploaded"
-    assert healed.record.spec.source_path == f"s3://{bucket.name}/h/h-checkpoint-8"
+    assert healed.record.spec.source_path == f"s3://{bucket.name}/h/h-step-8"
 
 
 def test_a_shared_disk_destination_through_fsspec_file_urls(tmp_path: Path, isolated_store: Path) -> None:
@@ -563,15 +571,15 @@ def test_a_shared_disk_destination_through_fsspec_file_urls(tmp_path: Path, isol
     shared = tmp_path / "shared"
     shared.mkdir()
     with CheckpointRecorder(job_name="disk", storage=f"file://{shared}") as recorder:
-        record = recorder.record(checkpoint, step=2)
+        record = recorded(recorder, checkpoint, step=2)
         assert record is not None and recorder.uploads.flush(30) == 0
         stored = recorder.store.get(record.id)
     assert stored is not None and stored.record.spec.storage_provider == "file"
-    copy = shared / "disk-checkpoint-2"
+    copy = shared / "disk-step-2"
     assert sorted(str(path.relative_to(copy)) for path in copy.rglob("*") if path.is_file()) == [
         "model.safetensors",
         "sub/extra.json",
     ]
     for entry in stored.record.status.files:
         assert entry.sha256 == sha256_of(copy / entry.path) == sha256_of(checkpoint / entry.path)
-    assert cli("verify", "disk-checkpoint-2", "--remote").returncode == 0
+    assert cli("verify", "disk-step-2", "--remote").returncode == 0

@@ -1,10 +1,17 @@
 """checkpoint-records: a checkpoint record on every save, kept durably and delivered to your platform.
 
-Where things are: ``record.py`` is the record itself (the model), ``recorder.py`` makes one at each save
-(``callback.py`` is the Trainer's adapter over it; ``collect.py``, ``readiness.py``, ``build.py`` read the
-directory and build the record), ``store.py`` keeps it (SQLite, with the outbox), ``formats/`` renders it
-for a platform (``formats/canonical.py`` is the record as stored), ``sinks/`` and ``delivery.py`` send it,
-``terminal.py`` shows it to people for ``cli.py``, and ``settings.py`` holds every setting.
+Where things are:
+
+- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
+- built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` hand each save to the recorder's own
+  thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
+  ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
+- stored: ``store.py`` (SQLite: records, jobs, the delivery outbox, logged entries, uploads).
+- rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored);
+  ``terminal.py`` for people (``cli.py``); ``page/`` for a browser.
+- sent: ``delivery.py`` runs the outbox through ``sinks/`` (HTTP, MLflow); ``storage/`` uploads the files.
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
+- configured: ``settings.py``, one table of every setting.
 
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """

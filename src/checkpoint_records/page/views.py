@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -17,8 +16,8 @@ from urllib.parse import quote
 from ..formats import get_format, known_formats
 from ..formats.training_job import progress
 from ..record import CheckpointRecord
-from ..render import delivery_summary, human_size
 from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
+from ..terminal import delivery_summary, human_size
 
 #: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
 MAX_CHART_POINTS = 1500
@@ -77,7 +76,7 @@ def marker(record: CheckpointRecord) -> dict[str, Any]:
     }
 
 
-def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now: float) -> dict[str, Any]:
+def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery]) -> dict[str, Any]:
     """One checkpoint as the job's table shows it: its marker's facts and the rest."""
     return {
         **marker(record),
@@ -87,7 +86,7 @@ def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery], now
         "best": record.training.best,
         "size": record.status.size,
         "upload": upload_state(record),
-        "delivery": delivery_summary(deliveries, now),
+        "delivery": delivery_summary(deliveries),
         "updated": short_time(record.status.updated_at),
     }
 
@@ -161,8 +160,7 @@ def job_view(
     deliveries: Mapping[str, Sequence[Delivery]],
 ) -> dict[str, Any]:
     """The job's page: its summary and its checkpoints' table rows, oldest step first."""
-    now = time.time()
-    rows = [checkpoint_row(r, deliveries.get(r.id, ()), now) for r in _by_step(records)]
+    rows = [checkpoint_row(r, deliveries.get(r.id, ())) for r in _by_step(records)]
     return {"job": job_summary(job_id, stored, stats), "checkpoints": rows}
 
 
@@ -230,7 +228,7 @@ def checkpoint_view(
 ) -> dict[str, Any]:
     """Everything the checkpoint's page shows, beyond the row of the job's table."""
     record = stored.record
-    row = checkpoint_row(record, deliveries, time.time())
+    row = checkpoint_row(record, deliveries)
     metadata = record.training
     return {
         **row,
