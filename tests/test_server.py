@@ -111,8 +111,10 @@ def test_flexai_checkpoints_and_training_job_documents(
 ) -> None:
     registry, node = served_run
     (job_id,) = RecordStore(node).job_ids()
-    listed = registry.get("/v1/checkpoints", job=job_id).json()
-    assert [item["status"]["metadata"]["step"] for item in listed] == list(range(1, STEPS + 1))
+    page = registry.get("/v1/checkpoints", job=job_id).json()
+    assert (page["has_more"], page["last_id"]) == (False, page["data"][-1]["metadata"]["id"])
+    listed = page["data"]
+    assert [item["status"]["metadata"]["step"] for item in listed] == list(range(STEPS, 0, -1))
     for item in listed:
         validate(item, "flexai-checkpoint")
     name = listed[-1]["metadata"]["name"]
@@ -125,6 +127,41 @@ def test_flexai_checkpoints_and_training_job_documents(
     (local_detail,) = cli_json(capsys, "--store", str(node), "jobs", "--json")
     assert detail == local_detail
     assert detail["status"] == "Success" and detail["progress"] == 100
+
+
+def pages(registry: Registry, limit: int, **params: str) -> list[dict[str, Any]]:
+    """``GET /v1/checkpoints`` followed page by page through ``after``; each page's ``has_more`` checked."""
+    pages: list[dict[str, Any]] = []
+    after: dict[str, str] = {}
+    for _ in range(100):
+        page = registry.get("/v1/checkpoints", limit=str(limit), **params, **after).json()
+        assert len(page["data"]) == limit or not page["has_more"]
+        pages.append(page)
+        if not page["has_more"]:
+            return pages
+        after = {"after": page["last_id"]}
+    raise AssertionError("more than 100 pages")
+
+
+def test_flexai_checkpoints_page_newest_first_for_a_job_and_for_every_job(
+    served_run: tuple[Registry, Path],
+) -> None:
+    registry, node = served_run
+    (job_id,) = RecordStore(node).job_ids()
+    job_pages = pages(registry, 5, job=job_id)
+    assert [len(page["data"]) for page in job_pages] == [5, 5, 2]
+    steps = [item["status"]["metadata"]["step"] for page in job_pages for item in page["data"]]
+    assert steps == list(range(STEPS, 0, -1))
+
+    every = [item for page in pages(registry, 7) for item in page["data"]]
+    assert len(every) == len({item["metadata"]["id"] for item in every}) == STEPS + 4
+    assert [item["status"]["metadata"]["step"] for item in every][:2] == [STEPS, STEPS - 1]
+
+    assert registry.get("/v1/checkpoints", limit="1001").status_code == 422
+    ids = {item["metadata"]["id"] for page in job_pages for item in page["data"]}
+    other = next(item["metadata"]["id"] for item in every if item["metadata"]["id"] not in ids)  # node-b's
+    unknown = registry.get("/v1/checkpoints", job=job_id, after=other)
+    assert unknown.status_code == 404 and "after=" in unknown.json()["detail"]
 
 
 def test_openapi_document_is_valid_and_describes_every_route(served_run: tuple[Registry, Path]) -> None:
@@ -145,6 +182,15 @@ def test_openapi_document_is_valid_and_describes_every_route(served_run: tuple[R
     }
     schemas = document["components"]["schemas"]
     assert {"CheckpointRecord", "TrainingJobDetail", "ProblemDetails"} <= set(schemas)
+    listing = {p["name"]: p["schema"] for p in document["paths"]["/v1/checkpoints"]["get"]["parameters"]}
+    assert listing["limit"] == {
+        "type": "integer",
+        "maximum": 1000,
+        "minimum": 1,
+        "default": 100,
+        **listing["limit"],
+    }
+    assert {"job", "after"} <= set(listing)
 
 
 def test_every_route_needs_the_token_and_the_token_is_never_logged(served_run: tuple[Registry, Path]) -> None:

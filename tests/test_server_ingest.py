@@ -249,7 +249,7 @@ def test_page_routers_are_mounted_with_the_servers_auth(tmp_path: Path) -> None:
         session = seen[0].open_session(TOKEN)
         assert session is not None and seen[0].open_session("wrong") is None
         client.cookies.set(SESSION_COOKIE, session)
-        assert client.get("/v1/checkpoints").json() == []
+        assert client.get("/v1/checkpoints").json() == {"data": [], "has_more": False, "last_id": None}
         seen[0].close_session(session)
         assert client.get("/v1/checkpoints").status_code == 401
         assert TOKEN not in repr(seen[0])

@@ -720,15 +720,22 @@ class RecordStore:
         return [record_id for (record_id,) in rows]
 
     def records_newest_first(
-        self, job_id: str, limit: int, before: CheckpointRecord | None = None
+        self, job_id: str | None, limit: int, before: CheckpointRecord | None = None
     ) -> list[StoredRecord]:
-        """Up to ``limit`` records of ``job_id``, highest step first, after ``before`` in that order."""
-        query = "SELECT body, revision FROM records WHERE job_id = ?"
-        params: list[Any] = [job_id]
+        """Up to ``limit`` records of ``job_id`` (of every job when None), highest step first, after
+        ``before`` in that order."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if job_id is not None:
+            conditions.append("job_id = ?")
+            params.append(job_id)
         if before is not None:
-            query += " AND (step, id) < (?, ?)"
+            conditions.append("(step, id) < (?, ?)")
             params += [before.training.step, before.id]
-        rows = self._connection().execute(query + " ORDER BY step DESC, id DESC LIMIT ?", [*params, limit])
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._connection().execute(
+            f"SELECT body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?", [*params, limit]
+        )
         return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
 
     def last_ready(self, job_id: str) -> CheckpointRecord | None:

@@ -31,6 +31,7 @@ from ..formats.training_job import JobStatus
 from ..record import CheckpointRecord
 from ..store import RecordStore
 from .jobs import JobView, all_jobs, job_view
+from .paging import newest_first_page
 from .problems import Problem
 
 OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -206,8 +207,7 @@ def openai_router(store: RecordStore) -> APIRouter:
         if after is not None:
             lookup = partial(ids.checkpoint, job_id, after)
             before = lookup() if ids.remembers(after) else await run_in_threadpool(lookup)
-        page = [stored.record for stored in store.records_newest_first(job_id, limit + 1, before)]
-        shown = page[:limit]
+        shown, has_more = newest_first_page(store, job_id, limit, before)
         ids.remember([record.id for record in shown])
         data = [ids.rendered(record) for record in shown]
         return {
@@ -215,7 +215,7 @@ def openai_router(store: RecordStore) -> APIRouter:
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
-            "has_more": len(page) > limit,
+            "has_more": has_more,
         }
 
     return router
