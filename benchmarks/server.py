@@ -1,7 +1,8 @@
 """The registry server (issue 13): how fast it ingests, how fast it lists, how much memory it holds.
 
 1. Ingest: 8 threads, each a job's ``HttpSink``, deliver to a served registry at once: one record per
-   request (as the delivery worker sends them), then batches of 100 (``POST /v1/records`` with an array).
+   request (as the delivery worker sends them), the same with plain ``http.client`` connections (what the
+   server itself can take), then batches of 100 (``POST /v1/records`` with an array).
 2. List: a store with 100,000 checkpoints of one job (rows written with ``executemany``, not by a Trainer),
    then ``GET /v1/fine_tuning/jobs/{id}/checkpoints`` as the ``openai`` package pages through it: the first
    page, the next pages (``after`` = the last id of the page before), and pages at random places.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -21,8 +23,10 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from common import cell, machine_description, percentile, table
@@ -58,28 +62,54 @@ def commits_per_second(directory: Path, count: int = 200) -> float:
         return count / (time.perf_counter() - started)
 
 
-def ingest(registry: Registry, per_sender: int, batch: int) -> tuple[float, float]:
+def send_with_sink(url: str, documents: list[dict[str, Any]], batch: int) -> None:
+    """Deliver ``documents`` as a job does: its own ``HttpSink``, an ``Idempotency-Key`` per request."""
+    sink = HttpSink(url, token=TOKEN)
+    try:
+        for start in range(0, len(documents), batch):
+            chunk = documents[start : start + batch]
+            key = idempotency_key(chunk[0]["metadata"]["id"], len(chunk), "record")
+            sink.send(chunk[0] if batch == 1 else chunk, key)  # type: ignore[arg-type]
+    finally:
+        sink.close()
+
+
+def send_plainly(url: str, documents: list[dict[str, Any]], batch: int) -> None:
+    """Deliver ``documents`` one per request over one keep-alive ``http.client`` connection: the
+    server's own capacity, without ``requests``' client cost (the 8 senders here share one process)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+    try:
+        for document in documents:
+            key = idempotency_key(document["metadata"]["id"], 1, "record")
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            connection.request("POST", parts.path, json.dumps(document), {**headers, "Idempotency-Key": key})
+            reply = connection.getresponse()
+            reply.read()
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}")
+    finally:
+        connection.close()
+
+
+def ingest(
+    registry: Registry, per_sender: int, batch: int, send: Callable[..., None] = send_with_sink
+) -> tuple[float, float]:
     """Records per second stored by ``SENDERS`` concurrent senders, ``batch`` records per request, and
     the server's CPU milliseconds per record."""
     jobs = [
-        [make_record(step, job=f"{batch}-{n}").to_dict() for step in range(per_sender)]
+        [make_record(step, job=f"{batch}-{send.__name__}-{n}").to_dict() for step in range(per_sender)]
         for n in range(SENDERS)
     ]
     errors: list[BaseException] = []
 
-    def send(documents: list[dict[str, Any]]) -> None:
-        sink = HttpSink(f"{registry.url}/v1/records", token=TOKEN)
+    def sender(documents: list[dict[str, Any]]) -> None:
         try:
-            for start in range(0, len(documents), batch):
-                chunk = documents[start : start + batch]
-                key = idempotency_key(chunk[0]["metadata"]["id"], len(chunk), "record")
-                sink.send(chunk[0] if batch == 1 else chunk, key)  # type: ignore[arg-type]
+            send(f"{registry.url}/v1/records", documents, batch)
         except BaseException as error:
             errors.append(error)
-        finally:
-            sink.close()
 
-    threads = [threading.Thread(target=send, args=(documents,)) for documents in jobs]
+    threads = [threading.Thread(target=sender, args=(documents,)) for documents in jobs]
     cpu = cpu_seconds(registry.process.pid)
     started = time.perf_counter()
     for thread in threads:
@@ -169,8 +199,10 @@ def main() -> None:
         commits = commits_per_second(base)
         with serving(base / "ingest", base / "ingest.log", TOKEN) as registry:
             single = ingest(registry, per_sender, 1)
+            plain = ingest(registry, per_sender, 1, send_plainly)
             batch = ingest(registry, batched, 100)
-            stored = len(RecordStore(base / "ingest").record_ids(make_record(0, job="1-0").metadata.job_id))
+            sender = make_record(0, job="1-send_with_sink-0").metadata.job_id
+            stored = len(RecordStore(base / "ingest").record_ids(sender))
         started = time.perf_counter()
         job_id = fill(base / "big", args.checkpoints)
         filled = time.perf_counter() - started
@@ -184,6 +216,12 @@ def main() -> None:
             ["requests", "records", "records/s", "server CPU ms/record"],
             [
                 ["1 record each", str(SENDERS * per_sender), cell(single[0], 0), cell(single[1])],
+                [
+                    "1 record each, http.client",
+                    str(SENDERS * per_sender),
+                    cell(plain[0], 0),
+                    cell(plain[1]),
+                ],
                 ["batches of 100", str(SENDERS * batched), cell(batch[0], 0), cell(batch[1])],
             ],
         )

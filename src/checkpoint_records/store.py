@@ -263,6 +263,8 @@ class JobSummary:
 
 #: How long a received idempotency key is remembered (a sender retries for far less).
 RECEIVED_KEY_SECONDS = 7 * 24 * 3600.0
+#: Expired keys are deleted at most this often: once per write round was a statement per request.
+RECEIVED_KEY_PURGE_SECONDS = 60.0
 #: Job statuses that end a job.
 FINISHED_JOB_STATUSES: frozenset[str] = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
 
@@ -303,6 +305,7 @@ class RecordStore:
         #: Writes that found the disk full, in order, kept until there is room (see :meth:`_write`).
         self._kept: list[Callable[[], object]] = []
         self._kept_lock = threading.RLock()
+        self._keys_purged_at = 0.0  # when received idempotency keys past their time were last deleted
         self._check_writable()
         self._check_readable()
 
@@ -675,9 +678,11 @@ class RecordStore:
         now = time.time()
         answers: list[list[Receipt] | None] = []
         with self._transaction() as connection:
-            connection.execute(
-                "DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,)
-            )
+            if now - self._keys_purged_at > RECEIVED_KEY_PURGE_SECONDS:
+                connection.execute(
+                    "DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,)
+                )
+                self._keys_purged_at = now
             for submission in submissions:
                 if submission.key is not None:
                     row = connection.execute(

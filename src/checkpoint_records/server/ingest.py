@@ -14,15 +14,15 @@ Writes go through one thread that commits whatever requests are waiting in a sin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..job import (
@@ -47,6 +47,9 @@ MAX_GROUP = 256
 RETRY_AFTER_SECONDS = 1
 
 Document = CheckpointRecord | JobSnapshot
+#: What the writer answers a request: its receipts, or None for a reused ``Idempotency-Key``.
+Answer = list[Receipt] | None
+_Waiting = tuple[Submission, "asyncio.Future[Answer]"]
 
 
 class _Detail(BaseModel):
@@ -166,9 +169,7 @@ class Writer:
     def __init__(self, store: RecordStore, capacity: int = QUEUE_CAPACITY) -> None:
         self.store = store
         self.capacity = capacity
-        self._queue: queue.SimpleQueue[tuple[Submission, Future[list[Receipt] | None]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -189,16 +190,17 @@ class Writer:
             self._thread.join()
             self._thread = None
 
-    def submit(self, submission: Submission) -> Future[list[Receipt] | None]:
-        """Queue ``submission``; raises :class:`Overloaded` when the queue is full. Starts the thread
-        if the app's lifespan did not (an app mounted inside another runs no lifespan of its own)."""
+    def submit(self, submission: Submission) -> asyncio.Future[Answer]:
+        """Queue ``submission``, on the event loop that awaits its answer; raises :class:`Overloaded`
+        when the queue is full. Starts the thread if the app's lifespan did not (an app mounted inside
+        another runs no lifespan of its own)."""
         self.start()
         size = len(submission.documents)
         with self._lock:
             if self._waiting and self._waiting + size > self.capacity:
                 raise Overloaded
             self._waiting += size
-        future: Future[list[Receipt] | None] = Future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.put((submission, future))
         return future
 
@@ -222,23 +224,41 @@ class Writer:
         finally:
             self.store.close()
 
-    def _write(self, group: list[tuple[Submission, Future[list[Receipt] | None]]]) -> None:
+    def _write(self, group: list[_Waiting]) -> None:
         """One transaction for the group; if it fails, each request alone, so that one request the
         store cannot take does not fail the others that happened to wait beside it."""
+        outcomes: Sequence[Answer | Exception]
         try:
-            answers = self.store.receive([submission for submission, _ in group])
+            outcomes = self.store.receive([submission for submission, _ in group])
         except Exception as error:
             if len(group) > 1:
                 for item in group:
                     self._write([item])
                 return
             logger.warning("checkpoint-records serve: the store could not write: %r", error)
-            group[0][1].set_exception(error)
-        else:
-            for (_, future), answer in zip(group, answers, strict=True):
-                future.set_result(answer)
+            outcomes = [error]
         with self._lock:
             self._waiting -= sum(len(submission.documents) for submission, _ in group)
+        answered: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Answer], Answer | Exception]]
+        ] = {}
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            answered.setdefault(future.get_loop(), []).append((future, outcome))
+        # One hand-off per round and loop, not one wake-up of the event loop per request.
+        for loop, answers in answered.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for the answers
+                loop.call_soon_threadsafe(_settle, answers)
+
+
+def _settle(answers: list[tuple[asyncio.Future[Answer], Answer | Exception]]) -> None:
+    """On the event loop: each request's answer (a request that went away has a cancelled future)."""
+    for future, outcome in answers:
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -263,18 +283,22 @@ def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRo
         "/records",
         summary="Receive checkpoint records and job documents (one, or a JSON array)",
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY}}}},
+        response_model=None,
         responses={
-            200: {"description": "A receipt per document; `stored: false` when a newer one was already held"},
+            200: {
+                "description": "A receipt per document; `stored: false` when a newer one was already held",
+                "content": {"application/json": {"schema": _ANSWER}},
+            },
             **{status: _PROBLEM_RESPONSE for status in (400, 401, 413, 422, 429, 503)},
         },
     )
-    async def receive(request: Request) -> dict[str, Any]:
+    async def receive(request: Request) -> Response:
         body = await read_limited(request, max_body_bytes)
         documents, batch = parse_documents(body)
         key = request.headers.get("idempotency-key") or None
         submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
         try:
-            answer = await asyncio.wrap_future(writer.submit(submission))
+            answer = await writer.submit(submission)
         except Overloaded:
             raise Problem(
                 429,
@@ -290,7 +314,10 @@ def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRo
         if answer is None:
             raise Problem(422, "Idempotency-Key was already used for a different body")
         receipts = [receipt_json(receipt) for receipt in answer]
-        return {"data": receipts} if batch else receipts[0]
+        # Encoded here: FastAPI's response validation and encoding of a plain dict cost more than the
+        # rest of a one-record request.
+        content = json.dumps({"data": receipts} if batch else receipts[0], separators=(",", ":"))
+        return Response(content, media_type="application/json")
 
     return router
 
@@ -301,6 +328,26 @@ def _ref(name: str) -> dict[str, str]:
 
 _ONE = {"oneOf": [_ref("CheckpointRecord"), _ref("TrainingJobDetail")]}
 _BODY = {"oneOf": [_ONE, {"type": "array", "items": _ONE, "minItems": 1, "maxItems": MAX_BATCH}]}
+_RECEIPT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"enum": ["record", "job"]},
+        "revision": {"type": "integer"},
+        "stored": {"type": "boolean"},
+    },
+    "required": ["id", "kind", "revision", "stored"],
+}
+_ANSWER = {
+    "oneOf": [
+        _RECEIPT,
+        {
+            "type": "object",
+            "properties": {"data": {"type": "array", "items": _RECEIPT}},
+            "required": ["data"],
+        },
+    ]
+}
 _PROBLEM_RESPONSE: dict[str, Any] = {
     "description": "RFC 7807 problem details",
     "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}},
