@@ -52,9 +52,11 @@ def upload_with_recorder(work: Path, config: StorageConfig, checkpoint: Path, ro
         store=work / f"store-{round_}", job_name=f"bench{round_}", storage=config
     ) as recorder:
         start = time.perf_counter()
-        record = recorder.record(checkpoint, step=1)
+        recorder.record(checkpoint, step=1)  # a hand-off: the record is stored (and queued) in the background
+        assert recorder.drain(3600)
         left = recorder.uploads.flush(3600)
         seconds = time.perf_counter() - start
+        record = recorder.last_record
         assert record is not None and left == 0
         stored = recorder.store.get(record.id)
     assert stored is not None and stored.record.status.upload is not None
