@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from checkpoint_records.storage import StorageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # The example's tiny GPT-2, tokenizer and dataset (no download), and the tests' pure record factory.
@@ -140,3 +144,19 @@ def summarize(messages: Sequence[str], limit: int = 8) -> list[str]:
     """Distinct messages with their counts, most frequent first (store paths folded into one)."""
     counts = Counter(re.sub(r"/\S+/records\.db", "<store>/records.db", message) for message in messages)
     return [f"{count} x {message}" for message, count in counts.most_common(limit)]
+
+
+def moto_storage(endpoint: str, bucket: str, prefix: str, **config: Any) -> StorageConfig:
+    """Storage on a local moto S3 server (``s3_server.MotoServer``): fake credentials, the bucket created.
+
+    Imported here, not above: the benchmarks without storage must not need boto3 or s3fs.
+    """
+    import boto3
+
+    from checkpoint_records.storage import StorageConfig
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return StorageConfig(f"s3://{bucket}/{prefix}", {"client_kwargs": {"endpoint_url": endpoint}}, **config)

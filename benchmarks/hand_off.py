@@ -19,8 +19,15 @@ For each save: the time inside ``on_save`` (training thread), the time from the 
 record's commit (``_store_record`` returning, in the background) and to its arrival at the endpoint. Then
 ``import``: checkpoints recorded per second from a directory of ``--import-count`` Trainer checkpoints.
 
+``--storage`` (issue 15) measures instead ``tiny`` and ``500 MB`` each with storage off and on
+(``storage="s3://..."`` on a local moto S3 server, ``tests/s3_server.py``), and the time from the start of
+``on_save`` to the record's upload revision (every file sent and committed). Uploads go one checkpoint at
+a time, so a save waits for the uploads queued before it; the 500 MB case takes ``--upload-saves`` saves
+(each one 500 MB more for the server to take).
+
     python benchmarks/hand_off.py             # 200 saves per case (20 at 20,000 files), 2 GB included
     python benchmarks/hand_off.py --quick     # 50 saves per case (5 at 20,000 files), no 2 GB
+    python benchmarks/hand_off.py --storage --saves 50 --upload-saves 3 --interval 0.05
 """
 
 from __future__ import annotations
@@ -39,14 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import LibraryLog, cell, machine_description, median, percentile, summarize, table
+from common import LibraryLog, cell, machine_description, median, moto_storage, percentile, summarize, table
 from endpoints import Endpoints
 from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, HttpSink
+from checkpoint_records.storage import StorageConfig
+from s3_server import MotoServer
 
 CONFIG = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "_name_or_path": "tiny-gpt2"}
+#: Bounds the wait for uploads (the 500 MB ones take about 20 s each to moto on a 2-core machine).
+UPLOAD_TIMEOUT = 600.0
 LOCKER = """
 import sqlite3, sys, time
 connection = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -57,16 +68,24 @@ connection.execute("ROLLBACK")
 """
 
 
+#: Builds a case in its work directory (where its weights are written).
+CaseMaker = Callable[[Path], "Case"]
+#: Writes a checkpoint's weights into its directory.
+Filler = Callable[[Path], None]
+
+
 @dataclass
 class Case:
     name: str
     saves: int
     #: Files of a checkpoint besides config and state: writes them into the directory.
-    fill: Callable[[Path], None]
+    fill: Filler
     interval: float = 0.0
     history: int = 0
     per_save_entries: int = 1
     lock_seconds: float = 0.0
+    #: Where the checkpoints upload to; None: storage off.
+    storage: StorageConfig | None = None
 
 
 @dataclass
@@ -74,6 +93,7 @@ class Result:
     on_save: list[float] = field(default_factory=list)
     durable: list[float] = field(default_factory=list)
     delivered: list[float] = field(default_factory=list)
+    uploaded: list[float] = field(default_factory=list)
     stored: int = 0
     messages: list[str] = field(default_factory=list)
 
@@ -82,7 +102,7 @@ def tiny_weights(directory: Path) -> None:
     save_file({"weight": torch.zeros(100, 100)}, str(directory / "model.safetensors"))
 
 
-def big_weights(size: int, workdir: Path) -> Callable[[Path], None]:
+def big_weights(size: int, workdir: Path) -> Filler:
     """A real ``size``-byte safetensors file written now (dirty pages), hard-linked into each checkpoint."""
     source = workdir / f"weights-{size}.safetensors"
     rows = size // (4 * 4096)
@@ -94,7 +114,7 @@ def big_weights(size: int, workdir: Path) -> Callable[[Path], None]:
     return fill
 
 
-def many_files(count: int) -> Callable[[Path], None]:
+def many_files(count: int) -> Filler:
     def fill(directory: Path) -> None:
         tiny_weights(directory)
         shards = directory / "shards"
@@ -105,7 +125,7 @@ def many_files(count: int) -> Callable[[Path], None]:
     return fill
 
 
-def checkpoint(output: Path, step: int, fill: Callable[[Path], None], log: list[dict[str, Any]]) -> None:
+def checkpoint(output: Path, step: int, fill: Filler, log: list[dict[str, Any]]) -> None:
     directory = output / f"checkpoint-{step}"
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(CONFIG))
@@ -119,19 +139,34 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
     result = Result()
     first_message = len(log.messages)
     output = workdir / "output"
-    job_name = f"hand-off-{case.name.replace(' ', '-').replace(',', '')}"
+    job_name = f"hand-off-{slug(case.name)}"
     callback = CheckpointRecordCallback(
-        store=workdir / "store", sinks=[HttpSink(endpoints.healthy_url)], job_name=job_name, flush_timeout=60
+        store=workdir / "store",
+        sinks=[HttpSink(endpoints.healthy_url)],
+        job_name=job_name,
+        flush_timeout=60 if case.storage is None else UPLOAD_TIMEOUT,
+        storage=case.storage,
     )
+    recorder = callback.recorder
     durable_at: dict[int, float] = {}
-    store_record = callback.recorder._store_record
+    uploaded_at: dict[int, float] = {}
+    store_record, store_put = recorder._store_record, recorder.store.put
 
-    def stamped(record: Any, **options: Any) -> Any:
-        stored = store_record(record, **options)
+    def stamped(record: Any, *args: Any, **options: Any) -> Any:
+        stored = store_record(record, *args, **options)
         durable_at[record.training.step] = time.monotonic()
         return stored
 
-    callback.recorder._store_record = stamped  # type: ignore[method-assign]
+    def stamped_put(record: Any, *args: Any, **options: Any) -> Any:
+        """The upload lane stores the record's revision with its upload state."""
+        stored = store_put(record, *args, **options)
+        upload = record.status.upload
+        if upload is not None and upload.state == "uploaded":
+            uploaded_at.setdefault(record.training.step, time.monotonic())
+        return stored
+
+    recorder._store_record = stamped  # type: ignore[method-assign]
+    recorder.store.put = stamped_put  # type: ignore[method-assign]
     args = TrainingArguments(output_dir=str(output), report_to=[], save_strategy="steps")
     history = [{"loss": 1.0 / (i + 1), "step": i, "epoch": i / 1000} for i in range(case.history)]
     state = TrainerState(global_step=0, max_steps=case.saves, log_history=history)
@@ -141,7 +176,8 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
     locker = None
     for index in range(case.saves + 1):  # save 0: an untimed warm-up (it hands over the prefilled log)
         if index == 1:
-            callback.recorder.drain(60)
+            recorder.drain(60)
+            recorder.uploads.flush(UPLOAD_TIMEOUT)  # the warm-up's upload: no queue before the first
         step = case.history + index * case.per_save_entries
         for offset in range(case.per_save_entries):
             entry_step = step - case.per_save_entries + offset + 1
@@ -164,7 +200,7 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
             started[step] = began
         time.sleep(case.interval or interval)
     callback.on_train_end(args, state, control)
-    callback.recorder.close()
+    recorder.close()
     if locker is not None:
         locker.wait(timeout=case.lock_seconds + 30)
     deadline = time.monotonic() + 30
@@ -181,6 +217,8 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
         name = f"{job_name}-checkpoint-{step}"
         if name in arrivals:
             result.delivered.append(arrivals[name] - at)
+        if step in uploaded_at:
+            result.uploaded.append(uploaded_at[step] - at)
     result.stored = len(set(started) & set(durable_at))
     result.messages = log.messages[first_message:]
     return result
@@ -201,6 +239,56 @@ def import_rate(count: int, workdir: Path) -> tuple[float, int]:
     return len(recorded) / elapsed, len(recorded)
 
 
+def slug(label: str) -> str:
+    """A case's label as a directory, job or bucket name."""
+    return label.lower().replace(" ", "-").replace(",", "")
+
+
+def storage_case(label: str, saves: int, fill: Callable[[Path], Filler], endpoint: str | None) -> CaseMaker:
+    """A case of ``--storage``, uploading to a bucket of its own on ``endpoint`` (None: storage off)."""
+
+    def make(work: Path) -> Case:
+        storage = None if endpoint is None else moto_storage(endpoint, slug(label), "run")
+        return Case(label, saves, fill(work), storage=storage)
+
+    return make
+
+
+def storage_cases(options: argparse.Namespace, server: MotoServer) -> list[tuple[str, CaseMaker]]:
+    """tiny and 500 MB, each with storage off, then on."""
+    sizes: list[tuple[str, int, Callable[[Path], Filler]]] = [
+        ("tiny", options.saves, lambda work: tiny_weights),
+        ("500 MB", options.upload_saves, lambda work: big_weights(500 * 2**20, work)),
+    ]
+    return [
+        (label, storage_case(label, saves, fill, endpoint))
+        for size, saves, fill in sizes
+        for label, endpoint in ((f"{size}, storage off", None), (f"{size}, storage on", server.endpoint))
+    ]
+
+
+def hand_off_cases(options: argparse.Namespace) -> list[tuple[str, CaseMaker]]:
+    many = max(options.saves // 10, 5)
+    cases: list[tuple[str, CaseMaker]] = [
+        ("tiny", lambda work: Case("tiny", options.saves, tiny_weights)),
+        ("500 MB", lambda work: Case("500 MB", options.saves, big_weights(500 * 2**20, work))),
+        ("2 GB", lambda work: Case("2 GB", options.saves, big_weights(2 * 2**30, work))),
+        ("20,000 files", lambda work: Case("20,000 files", many, many_files(20_000), interval=1.0)),
+        (
+            "100,000-entry log_history",
+            lambda work: Case("100k log", options.saves, tiny_weights, history=100_000, per_save_entries=100),
+        ),
+        ("store locked", lambda work: Case("locked", options.saves, tiny_weights, lock_seconds=options.lock)),
+    ]
+    return [(label, make) for label, make in cases if not (label == "2 GB" and options.no_2gb)]
+
+
+def median_p99(values: list[float], scale: float, digits: int) -> str:
+    if not values:
+        return "-"
+    return f"{cell(median(values) * scale, digits)} / {cell(percentile(values, 99) * scale, digits)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=200)
@@ -211,59 +299,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-2gb", action="store_true", help="leave out the 2 GB case")
     parser.add_argument("--quick", action="store_true", help="50 saves per case, no 2 GB")
+    parser.add_argument(
+        "--storage", action="store_true", help="tiny and 500 MB with storage off and on (moto S3 server)"
+    )
+    parser.add_argument("--upload-saves", type=int, default=3, help="saves of the 500 MB case with --storage")
     options = parser.parse_args(argv)
     if options.quick:
         options.saves, options.no_2gb = 50, True
     torch.set_num_threads(1)
     log = LibraryLog.install()
     print(machine_description())
-    with tempfile.TemporaryDirectory(prefix="hand-off-") as temp:
-        root = Path(temp)
-        many = max(options.saves // 10, 5)
-        cases = [
-            ("tiny", lambda work: Case("tiny", options.saves, tiny_weights)),
-            ("500 MB", lambda work: Case("500 MB", options.saves, big_weights(500 * 2**20, work))),
-            ("2 GB", lambda work: Case("2 GB", options.saves, big_weights(2 * 2**30, work))),
-            ("20,000 files", lambda work: Case("20,000 files", many, many_files(20_000), interval=1.0)),
-            (
-                "100,000-entry log_history",
-                lambda work: Case(
-                    "100k log", options.saves, tiny_weights, history=100_000, per_save_entries=100
-                ),
-            ),
-            (
-                "store locked",
-                lambda work: Case("locked", options.saves, tiny_weights, lock_seconds=options.lock),
-            ),
-        ]
-        rows = []
-        checks = []
-        with Endpoints(root / "arrivals.tsv") as endpoints:
-            for label, make in cases:
-                if label == "2 GB" and options.no_2gb:
-                    continue
-                work = root / label.replace(" ", "-").replace(",", "")
-                work.mkdir()
-                case = make(work)
-                result = run_case(case, work, endpoints, log, options.interval)
-                shutil.rmtree(work, ignore_errors=True)
-                rows.append(
-                    [
+    server = MotoServer().start() if options.storage else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="hand-off-") as temp:
+            root = Path(temp)
+            cases = hand_off_cases(options) if server is None else storage_cases(options, server)
+            rows = []
+            checks = []
+            with Endpoints(root / "arrivals.tsv") as endpoints:
+                for label, make in cases:
+                    work = root / slug(label)
+                    work.mkdir()
+                    case = make(work)
+                    result = run_case(case, work, endpoints, log, options.interval)
+                    shutil.rmtree(work, ignore_errors=True)
+                    row = [
                         label,
                         str(len(result.on_save)),
                         cell(median(result.on_save) * 1e3, 3),
                         cell(percentile(result.on_save, 99) * 1e3, 3),
                         cell(max(result.on_save) * 1e3, 3),
-                        f"{cell(median(result.durable) * 1e3, 1)} / {cell(percentile(result.durable, 99) * 1e3, 1)}",
-                        f"{cell(median(result.delivered) * 1e3, 1)} / {cell(percentile(result.delivered, 99) * 1e3, 1)}"
-                        if result.delivered
-                        else "-",
+                        median_p99(result.durable, 1e3, 1),
+                        median_p99(result.delivered, 1e3, 1),
                         f"{result.stored}/{case.saves}, {len(result.delivered)}/{case.saves}",
                     ]
-                )
-                checks.append((label, result.messages))
-                print(f"  {label}: on_save median {median(result.on_save) * 1e6:.0f} us", flush=True)
-        rate, imported = import_rate(options.import_count, root)
+                    if server is not None:
+                        row += [median_p99(result.uploaded, 1, 2), f"{len(result.uploaded)}/{case.saves}"]
+                    rows.append(row)
+                    checks.append((label, result.messages))
+                    print(f"  {label}: on_save median {median(result.on_save) * 1e6:.0f} us", flush=True)
+            rate, imported = import_rate(options.import_count, root) if server is None else (0.0, 0)
+    finally:
+        if server is not None:
+            server.stop()
     header = [
         "case",
         "saves",
@@ -274,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         "save->delivered median / p99 ms",
         "stored, delivered",
     ]
+    if server is not None:
+        header += ["save->uploaded median / p99 s", "uploaded"]
     print("\nTime inside on_save on the training thread, and until the record is durable and delivered\n")
     print(table(header, rows))
-    print(f"\nimport: {imported} checkpoints recorded at {rate:,.0f} checkpoints/s")
+    if server is None:
+        print(f"\nimport: {imported} checkpoints recorded at {rate:,.0f} checkpoints/s")
     print("\nChecks (checkpoint-records messages, distinct, with counts):")
     for label, messages in checks:
         print(f"{label}:", *(summarize(messages) or ["none"]), sep="\n    ")

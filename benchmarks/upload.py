@@ -1,14 +1,13 @@
-"""Uploads (issue 15): throughput next to s3fs's own ``put``, and what storage adds to a save.
+"""Uploads (issue 15): throughput next to s3fs's own ``put``.
 
-1. Throughput: one checkpoint directory (``--size-mb``, default 300: a third ``model.safetensors``, two
-   thirds ``optimizer.pt``, plus small JSON files; sparse files, so creating them costs nothing) sent to
-   the same local moto S3 server by ``s3fs.S3FileSystem.put(recursive=True)`` and by checkpoint-records
-   (from ``record()`` until the record's upload is complete: staging, hashing, multipart upload, commit,
-   the record's new revision). Ratio = ours / put (goal >= 0.9).
-2. Save cost: ``CheckpointRecorder.record()`` on a tiny real checkpoint (the example's GPT-2 and
-   tokenizer), ``--saves`` times with storage off and on, alternating, the upload lane running.
+One checkpoint directory (``--size-mb``, default 300: a third ``model.safetensors``, two thirds
+``optimizer.pt``, plus small JSON files; sparse files, so creating them costs nothing) sent to the same
+local moto S3 server by ``s3fs.S3FileSystem.put(recursive=True)`` and by checkpoint-records (from
+``record()`` until the record's upload is complete: staging, hashing, multipart upload, commit, the
+record's new revision). Ratio = ours / put (goal >= 0.9). What storage adds to a save, and the time from a
+save to its upload: ``hand_off.py --storage``.
 
-Usage: python benchmarks/upload.py [--size-mb 300] [--rounds 2] [--saves 20]
+Usage: python benchmarks/upload.py [--size-mb 300] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -19,15 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import s3fs
-from common import LibraryLog, cell, machine_description, median, percentile, summarize, table
+from common import LibraryLog, cell, machine_description, median, moto_storage, summarize, table
 
 from checkpoint_records.recorder import CheckpointRecorder
 from checkpoint_records.storage import StorageConfig
 from checkpoint_records.storage.config import DEFAULT_PART_SIZE
 from s3_server import MotoServer
-from tiny import save_tiny_pretrained
 
 MB = 10**6
 
@@ -55,9 +52,11 @@ def upload_with_recorder(work: Path, config: StorageConfig, checkpoint: Path, ro
         store=work / f"store-{round_}", job_name=f"bench{round_}", storage=config
     ) as recorder:
         start = time.perf_counter()
-        record = recorder.record(checkpoint, step=1)
+        recorder.record(checkpoint, step=1)  # a hand-off: the record is stored (and queued) in the background
+        assert recorder.drain(3600)
         left = recorder.uploads.flush(3600)
         seconds = time.perf_counter() - start
+        record = recorder.last_record
         assert record is not None and left == 0
         stored = recorder.store.get(record.id)
     assert stored is not None and stored.record.status.upload is not None
@@ -69,10 +68,8 @@ def throughput(work: Path, server: MotoServer, size_mb: int, rounds: int, part_m
     """Alternating put / ours / ours / put ..., so drift on a shared machine hits both alike."""
     checkpoint = work / "run" / "checkpoint-1"
     total = make_checkpoint(checkpoint, size_mb * MB)
-    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="bench")
+    config = moto_storage(server.endpoint, "bench", "ours", part_size=part_mb * 2**20)
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint})
-    options = {"client_kwargs": {"endpoint_url": server.endpoint}}
-    config = StorageConfig("s3://bench/ours", options, part_size=part_mb * 2**20)
     seconds: dict[str, list[float]] = {"put": [], "ours": []}
     for round_ in range(rounds):
         for name in ("put", "ours") if round_ % 2 == 0 else ("ours", "put"):
@@ -96,45 +93,6 @@ def throughput(work: Path, server: MotoServer, size_mb: int, rounds: int, part_m
     ]
 
 
-def save_cost(work: Path, server: MotoServer, saves: int) -> list[list[str]]:
-    checkpoint = save_tiny_pretrained(work / "tiny" / "checkpoint-1")
-    (checkpoint / "optimizer.pt").write_bytes(os.urandom(800_000))
-    client = boto3.client("s3", endpoint_url=server.endpoint)
-    client.create_bucket(Bucket="saves")
-    config = StorageConfig("s3://saves/run", {"client_kwargs": {"endpoint_url": server.endpoint}})
-    timings: dict[str, list[float]] = {"off": [], "on": []}
-    recorders = {
-        "off": CheckpointRecorder(store=work / "store-off", job_name="off"),
-        "on": CheckpointRecorder(store=work / "store-on", job_name="on", storage=config),
-    }
-    try:
-        for step in range(1, saves + 1):
-            for state in ("off", "on") if step % 2 else ("on", "off"):
-                start = time.perf_counter()
-                recorders[state].record(checkpoint, step=step)
-                timings[state].append((time.perf_counter() - start) * 1000)
-        recorders["on"].uploads.flush(120)
-        uploaded = sum(
-            1
-            for item in recorders["on"].store.records()
-            if item.record.status.upload is not None and item.record.status.upload.state == "uploaded"
-        )
-    finally:
-        for recorder in recorders.values():
-            recorder.close()
-    print(f"save cost check: {uploaded}/{saves} tiny checkpoints uploaded")
-    return [
-        [
-            f"storage {state}",
-            str(len(values)),
-            cell(median(values)),
-            cell(percentile(values, 90)),
-            cell(max(values)),
-        ]
-        for state, values in timings.items()
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=300)
@@ -142,11 +100,7 @@ def main() -> None:
     parser.add_argument(
         "--part-mb", type=int, default=DEFAULT_PART_SIZE // 2**20, help="multipart part size, MiB"
     )
-    parser.add_argument("--saves", type=int, default=20)
     args = parser.parse_args()
-    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     print(machine_description(), f"s3fs {s3fs.__version__}", sep="; ")
     log = LibraryLog.install()
     server = MotoServer().start()
@@ -156,8 +110,6 @@ def main() -> None:
             print("\nThroughput to a local moto S3 server (MB/s from the median time)\n")
             rows = throughput(work, server, args.size_mb, args.rounds, args.part_mb)
             print(table(["uploader", "MB", "runs", "seconds", "MB/s", "ratio"], rows))
-            print("\nrecord() on the training thread, tiny real checkpoint, milliseconds\n")
-            print(table(["", "saves", "median", "p90", "max"], save_cost(work, server, args.saves)))
     finally:
         server.stop()
     print("\nlibrary messages:", *(summarize(log.messages) or ["none"]), sep="\n  ")
