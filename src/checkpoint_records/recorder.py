@@ -111,6 +111,9 @@ class Save:
     reports_job: bool = True
     #: The record name's template when not the recorder's own (a loop's folders are not named by step).
     name_template: str | None = None
+    #: Whether the directory was complete at the hand-off (the Trainer calls ``on_save`` after writing
+    #: it): gone by the time the background builds its record means rotated away, not a failed save.
+    written: bool = False
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,8 @@ class CheckpointRecorder:
             node_suffix=save.node_suffix,
             name_template=save.name_template,
         )
+        if save.written and record.status.status == "failed":  # save_total_limit got there first
+            record = as_deleted(record, utc_now_iso())
         self.last_record = self._store_record(with_best(record, best) if best is not None else record)
         if best is not None:
             self._move_best(job, best, save.node_suffix, run)
