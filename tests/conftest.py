@@ -28,9 +28,11 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def strict_failures() -> Iterator[None]:
-    """A failure inside the library raises in tests (in production it is logged once and skipped)."""
-    from checkpoint_records.logs import set_strict
+    """A failure inside the library raises in tests (in production it is logged once and skipped); each
+    test starts with no failure said yet, so a test of "logged once" does not depend on the ones before."""
+    from checkpoint_records import logs
 
-    set_strict(True)
+    logs._seen.clear()
+    logs.set_strict(True)
     yield
-    set_strict(False)
+    logs.set_strict(False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,9 +14,16 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from transformers import TrainerControl, TrainerState
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
-from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore, Sink
+from checkpoint_records import (
+    CheckpointRecordCallback,
+    CheckpointRecorder,
+    ConfigurationError,
+    RecordStore,
+    Sink,
+)
+from checkpoint_records.build import DIRECTORY_GONE
 from checkpoint_records.callback import checkpoint_directory
 from checkpoint_records.logs import set_strict
 from checkpoint_records.record import CheckpointRecord
@@ -120,16 +128,48 @@ def test_nan_loss_gives_a_valid_record_with_the_nan_named(tmp_path: Path, isolat
     assert CheckpointRecord.from_json(record.to_json()) == record
 
 
-def test_checkpoint_rotated_away_before_the_save_returns_is_recorded_as_failed(tmp_path: Path) -> None:
-    """A directory that is gone by the time we look gives a record that says so, not a crash."""
-    callback = CheckpointRecordCallback()
-    args = tiny_trainer(tmp_path / "out", []).args
-    state = TrainerState(global_step=7, epoch=1.0, log_history=[{"loss": 1.5, "step": 7}])
-    callback.on_save(args, state, TrainerControl(), model=tiny_model())
-    assert callback.last_record is not None
-    assert callback.last_record.status.status == "failed"
-    assert callback.last_record.training.inference_ready is False
-    assert callback.last_record.training.train_loss == 1.5
+def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_failed(
+    tmp_path: Path, isolated_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trainer calls ``on_save`` after writing the checkpoint: one that ``save_total_limit`` removed
+    before the background thread got to it was rotated away, not a failed save."""
+    ended = threading.Event()
+    record_save = CheckpointRecorder._record_save
+
+    def held(self: CheckpointRecorder, save: Any) -> None:
+        ended.wait(60)  # until training ends: checkpoint-2 and checkpoint-4 are rotated away meanwhile
+        record_save(self, save)
+
+    monkeypatch.setattr(CheckpointRecorder, "_record_save", held)
+
+    class EndOfTraining(TrainerCallback):
+        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            ended.set()
+
+    output = tmp_path / "out"
+    tiny_trainer(output, [EndOfTraining(), CheckpointRecordCallback()], save_total_limit=1).train()
+    assert not (output / "checkpoint-2").exists()
+    by_step = {stored.record.training.step: stored.record for stored in RecordStore(isolated_store).records()}
+    assert {step: record.status.status for step, record in by_step.items()} == {
+        2: "deleted",
+        4: "deleted",
+        6: "available",
+    }
+    gone = by_step[2]
+    assert gone.training.inference_ready_reasons == [DIRECTORY_GONE] and not gone.status.files
+    assert gone.training.train_loss is not None and gone.training.step == 2
+
+
+def test_a_loop_recording_a_directory_that_does_not_exist_gets_a_failed_record(
+    tmp_path: Path, isolated_store: Path
+) -> None:
+    """A loop's ``record()`` may name a directory that was never written: that save failed."""
+    with CheckpointRecorder() as recorder:
+        recorder.record(tmp_path / "never-written", step=7, epoch=1.0, train_loss=1.5)
+        assert recorder.drain()
+        record = recorder.last_record
+    assert record is not None and record.status.status == "failed"
+    assert record.training.inference_ready is False and record.training.train_loss == 1.5
 
 
 def test_only_the_world_main_process_records(tmp_path: Path, isolated_store: Path) -> None:

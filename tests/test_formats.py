@@ -351,9 +351,13 @@ class FailAt(TrainerCallback):
 
 
 def test_a_failed_run_reports_failed_with_its_progress(tmp_path: Path, isolated_store: Path) -> None:
-    trainer = tiny_trainer(tmp_path / "out", [CheckpointRecordCallback(), FailAt()])
-    with pytest.raises(RuntimeError, match="out of memory"):
+    callback = CheckpointRecordCallback()
+    trainer = tiny_trainer(tmp_path / "out", [callback, FailAt()])
+    # pytest catches the exception before sys.excepthook could: the recorder ends the job as that hook would
+    with pytest.raises(RuntimeError, match="out of memory"), callback.recorder:
         trainer.train()
+    stored = RecordStore(isolated_store).jobs()
+    assert [(job.job.status, job.job.global_step) for job in stored] == [("Failed", 2)]
     snapshot = job_snapshot_from_trainer(
         trainer.args, trainer.state, "Trainer", "Failed", "tiny-gpt2",
         job_id="failed-job", job_name="out", created_at=time.time(),

@@ -94,13 +94,15 @@ def test_a_failure_of_ours_is_loud_under_strict_and_quiet_without(
     args = tiny_trainer(tmp_path / "out", []).args
     state = TrainerState(global_step=2, log_history=[{"loss": 1.0, "step": 2}])
     loud = CheckpointRecordCallback()
-    loud.on_save(args, state, TrainerControl())  # the hand-off itself succeeds
-    with pytest.raises(OSError, match="disk on fire"):
-        loud.recorder.drain()
+    with loud.recorder:  # ends the job the save began, as on_train_end would
+        loud.on_save(args, state, TrainerControl())  # the hand-off itself succeeds
+        with pytest.raises(OSError, match="disk on fire"):
+            loud.recorder.drain()
     set_strict(False)
     quiet = CheckpointRecordCallback()
-    quiet.on_save(args, state, TrainerControl())
-    assert quiet.recorder.drain() is True and quiet.recorder.last_record is None
+    with quiet.recorder:
+        quiet.on_save(args, state, TrainerControl())
+        assert quiet.recorder.drain() is True and quiet.recorder.last_record is None
 
 
 def test_an_outbox_from_before_the_kind_column_is_upgraded(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ or by ``import``; ``import`` records runs that never had the callback with the i
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from checkpoint_records.history import metrics_at_step
 from checkpoint_records.identity import checkpoint_id_for, default_job_key, job_id_for
 from commands import cli, killed_run
 from http_server import Receiver
+from schema_files import validate
 from trainer_runs import tiny_trainer
 
 
@@ -109,6 +111,29 @@ def test_import_of_a_run_without_the_callback_gives_what_the_live_callback_gave(
     assert [entry["step"] for entry in series] == [
         entry["step"] for entry in RecordStore(isolated_store).log_series(again[6].metadata.job_id)
     ]
+    job_id = again[6].metadata.job_id
+    live_job, job = RecordStore(isolated_store).job(job_id), RecordStore(other).job(job_id)
+    assert live_job is not None and job is not None, "an imported run has a job, as a live run does"
+    assert (job.job.status, job.job.global_step, job.job.max_steps) == ("Success", 6, 6)
+    assert [(p.step, p.loss) for p in job.job.training_loss] == [
+        (p.step, p.loss) for p in live_job.job.training_loss
+    ]
+    written = {
+        step: (output / f"checkpoint-{step}" / "trainer_state.json").stat().st_mtime for step in (4, 6)
+    }
+    assert (job.job.created_at, job.job.updated_at) == (written[4], written[6])
+    assert {p.timestamp for p in job.job.training_loss} == {written[4], written[6]}
+    assert "Success" in cli("jobs", "--store", str(other)).stdout
+
+    shutil.rmtree(output / "checkpoint-6")  # stopped short of max_steps: not a success
+    with Receiver() as receiver:
+        third = tmp_path / "third-store"
+        sink = f"training-job+{receiver.url}"
+        stopped = cli("import", str(output), "--store", str(third), "--sink", sink)
+        assert stopped.returncode == 0, stopped.stderr
+        sent = validate(receiver.wait_for(1)[0].payload, "training-job-detail")
+    assert (sent["status"], sent["progress"]) == ("Cancelled", round(100 * 4 / 6, 2))
+    assert len(sent["training_loss"]) == 4  # steps 1 to 4: the log of checkpoint-4
 
 
 def test_import_of_accelerate_save_state_folders_takes_the_step_from_the_folder(tmp_path: Path) -> None:

@@ -149,6 +149,7 @@ class CheckpointRecordCallback(TrainerCallback):
                 best=BestSoFar(best, args.metric_for_best_model, state.best_metric) if best else None,
                 max_steps=int(state.max_steps or 0),
                 reports_job=state.is_world_process_zero,
+                written=True,
             )
         )
 

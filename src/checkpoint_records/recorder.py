@@ -42,7 +42,7 @@ from .job import (
 from .logs import logger, never_raises
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
-from .recovery import checkpoint_folders, read_checkpoint
+from .recovery import FoundCheckpoint, checkpoint_folders, job_from_disk, modified_at, read_checkpoint
 from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, environment, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
 from .storage import StorageConfig, Uploads, storage_config
@@ -111,6 +111,9 @@ class Save:
     reports_job: bool = True
     #: The record name's template when not the recorder's own (a loop's folders are not named by step).
     name_template: str | None = None
+    #: Whether the directory was complete at the hand-off (the Trainer calls ``on_save`` after writing
+    #: it): gone by the time the background builds its record means rotated away, not a failed save.
+    written: bool = False
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,8 @@ class CheckpointRecorder:
             node_suffix=save.node_suffix,
             name_template=save.name_template,
         )
+        if save.written and record.status.status == "failed":  # save_total_limit got there first
+            record = as_deleted(record, utc_now_iso())
         self.last_record = self._store_record(with_best(record, best) if best is not None else record)
         if best is not None:
             self._move_best(job, best, save.node_suffix, run)
@@ -546,7 +551,7 @@ class CheckpointRecorder:
         folders = [
             (directory, step)
             for directory, step in checkpoint_folders(path)
-            if written_before is None or _modified(directory) < written_before
+            if written_before is None or modified_at(directory) < written_before
         ]
         records = self.store.records(job.id)
         recorded = {stored.record.spec.directory for stored in records}
@@ -573,6 +578,8 @@ class CheckpointRecorder:
             self.store.append_log(job.id, [entry for entry in entries if entry is not None])
         if newest is not None and newest.best is not None:
             self._move_best(job, newest.best, None, self._runs.get(job.id))
+        if newest is not None and job.id not in self._runs and self.store.job(job.id) is None:
+            self._job_from_disk(path, job, newest, folders)
         if recovered:
             logger.info(
                 "checkpoint-records: recorded %d checkpoint(s) of %s from disk: %s",
@@ -582,6 +589,17 @@ class CheckpointRecorder:
             )
             self.delivery.wake()
         return recovered
+
+    def _job_from_disk(
+        self, run_dir: Path, job: JobIdentity, newest: FoundCheckpoint, folders: list[tuple[Path, int]]
+    ) -> None:
+        """Store (and queue) the document of a job that left checkpoints but never a job: as a live run
+        would have, so ``jobs``, the page and the job sinks know it."""
+        stored = self.store.records(job.id)
+        last = max(stored, key=lambda each: each.record.training.step, default=None)
+        written = [(step, modified_at(directory)) for directory, step in folders]
+        base_model = last.record.training.model if last is not None else None
+        self._put_job(job_from_disk(job, run_dir, newest, written, base_model or None))
 
     def recover_known(self) -> list[CheckpointRecord]:
         """:meth:`recover` every directory where the store knows a job wrote checkpoints."""
@@ -596,10 +614,3 @@ class CheckpointRecorder:
                 place = place.parent
             places.setdefault(place, JobIdentity(metadata.job_id, metadata.job_name))
         return [record for place, job in places.items() for record in self.recover(place, job)]
-
-
-def _modified(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0

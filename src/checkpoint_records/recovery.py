@@ -4,19 +4,23 @@ Every Trainer checkpoint carries ``trainer_state.json`` (global step, epoch, the
 step, the best checkpoint so far) beside its files, so a record that was never stored (the process died
 between the save and the commit; a run that never had the callback) can be rebuilt after the fact, with
 the id a live save would have given it. accelerate ``save_state`` folders (``checkpoints/checkpoint_<n>``)
-carry no such file: their step is the folder's number.
+carry no such file: their step is the folder's number. A run known only from disk (imported, or
+recovered with no job in the store) gets its job document from the same files (:func:`job_from_disk`).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .build import Best
 from .collect import read_json_object
-from .history import LoggedMetrics, metrics_at_step, step_of
+from .history import LoggedMetrics, log_entry, metrics_at_step, step_of
+from .job import JobIdentity, JobSnapshot, LossSeries, job_snapshot
 from .values import to_number
 
 TRAINER_STATE = "trainer_state.json"
@@ -35,6 +39,8 @@ class FoundCheckpoint:
     #: The whole ``log_history`` of ``trainer_state.json`` (empty for accelerate folders).
     log_history: tuple[dict[str, Any], ...] = ()
     best: Best | None = None
+    #: The run's planned steps as ``trainer_state.json`` says (0: not known).
+    max_steps: int = 0
 
 
 def checkpoint_folders(run_dir: Path) -> list[tuple[Path, int]]:
@@ -69,6 +75,7 @@ def read_checkpoint(directory: Path, step: int) -> FoundCheckpoint:
         logged=metrics_at_step(history, step),
         log_history=history,
         best=best_of(state, history),
+        max_steps=max(int(to_number(state.get("max_steps"))[0] or 0), 0),
     )
 
 
@@ -96,3 +103,56 @@ def best_of(state: dict[str, Any], history: tuple[dict[str, Any], ...]) -> Best 
             None,
         )
     return Best(step=step, metric=metric, value=None if value is None else float(value))
+
+
+def modified_at(directory: Path) -> float:
+    """When a checkpoint was written: its ``trainer_state.json``'s mtime (the Trainer writes it last),
+    else the folder's; 0 when neither can be read."""
+    for path in (directory / TRAINER_STATE, directory):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def job_from_disk(
+    job: JobIdentity,
+    run_dir: Path,
+    newest: FoundCheckpoint,
+    written: Sequence[tuple[int, float]],
+    base_model: str | None,
+) -> JobSnapshot:
+    """The document of a job known only from its checkpoints: ``newest`` (the last one's own account) and
+    ``written`` (each checkpoint's step and :func:`modified_at`, oldest first, not empty).
+
+    ``Success`` when the newest checkpoint reached the run's ``max_steps``; otherwise ``Cancelled``: the
+    files cannot tell a run that failed, was stopped, or saved its last step nowhere. ``log_history``
+    keeps no times, so each loss point gets the time the first checkpoint holding it was written; the job
+    was created when its oldest checkpoint still on disk was written and updated with the newest's.
+    """
+    steps = [step for step, _ in written]
+    series = LossSeries()
+    for checkpoint_step in steps:
+        series.add((), checkpoint_step=checkpoint_step)
+    entries = []
+    for seq, logged in enumerate(newest.log_history):
+        step = step_of(logged)
+        if step is not None:
+            entries.append(log_entry(seq, logged, written[min(bisect_left(steps, step), len(steps) - 1)][1]))
+    series.add(entry for entry in entries if entry is not None)
+    finished = 0 < newest.max_steps <= newest.step
+    return job_snapshot(
+        None,
+        "Trainer",
+        "Success" if finished else "Cancelled",
+        base_model,
+        job_id=job.id,
+        job_name=job.name,
+        created_at=written[0][1],
+        updated_at=written[-1][1],
+        global_step=newest.step,
+        max_steps=newest.max_steps,
+        training_loss=series.bounded(),
+        directory=str(run_dir.absolute()),
+    )
