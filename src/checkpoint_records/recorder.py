@@ -245,8 +245,10 @@ class CheckpointRecorder:
                 self._background.pending,
                 self.flush_timeout,
             )
-        self.uploads.flush(max(self.flush_timeout - (time.monotonic() - started), 0.0))
-        result = self.delivery.flush(max(self.flush_timeout - (time.monotonic() - started), 0.0))
+        spent = time.monotonic() - started
+        # Uploads wait within a bound of their own: a slow upload never eats the records' delivery time.
+        self.uploads.flush(self.flush_timeout)
+        result = self.delivery.flush(max(self.flush_timeout - spent, 0.0))
         if result.pending:
             logger.warning(
                 "checkpoint-records: deliveries still pending after %.1fs: %d; they stay in %s and go out "
