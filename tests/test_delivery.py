@@ -60,7 +60,7 @@ def test_every_record_arrives_as_stored_with_its_headers(tmp_path: Path, isolate
 
 def test_endpoint_down_for_the_whole_run_then_flushed(tmp_path: Path, isolated_store: Path) -> None:
     receiver = Receiver()  # not started: connection refused
-    train(tmp_path, HttpSink(receiver.url), flush_timeout=0.3)
+    train(tmp_path, HttpSink(receiver.url), flush_timeout=1.0)  # enough to store all three, not to deliver
     assert {delivery.state for delivery in deliveries(isolated_store)} == {"pending"}
     assert "pending" in cli("list").stdout
     failed = cli("flush", "--sink", receiver.url, "--timeout", "1")
@@ -117,7 +117,7 @@ def test_a_hanging_endpoint_costs_training_nothing_and_loses_nothing(
     healthy = Receiver().start()
     try:
         started = time.monotonic()
-        train(tmp_path, HttpSink(hanging.url, timeout=(1, 30)), HttpSink(healthy.url), flush_timeout=0.5)
+        train(tmp_path, HttpSink(hanging.url, timeout=(1, 30)), HttpSink(healthy.url), flush_timeout=2)
         assert time.monotonic() - started < 20  # a generous bound: the point is it returns at all
         assert healthy.wait_for(3, timeout=2) and healthy.accepted_names() == NAMES
     finally:
