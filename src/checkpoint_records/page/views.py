@@ -49,8 +49,8 @@ def marker_state(record: CheckpointRecord) -> str:
 
 def upload_state(record: CheckpointRecord) -> dict[str, Any] | None:
     """The storage upload (``status.upload``) when the record has one: state, progress, remote, error."""
-    upload = record.to_dict()["status"].get("upload")
-    return upload if isinstance(upload, dict) else None
+    upload = record.status.upload
+    return None if upload is None else upload.model_dump(mode="json")
 
 
 def _finite(value: Any) -> float | None:
