@@ -147,7 +147,9 @@ def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_fa
             ended.set()
 
     output = tmp_path / "out"
-    tiny_trainer(output, [EndOfTraining(), CheckpointRecordCallback()], save_total_limit=1).train()
+    tiny_trainer(
+        output, [EndOfTraining(), CheckpointRecordCallback()], saves_apart=False, save_total_limit=1
+    ).train()
     assert not (output / "checkpoint-2").exists()
     by_step = {stored.record.training.step: stored.record for stored in RecordStore(isolated_store).records()}
     assert {step: record.status.status for step, record in by_step.items()} == {

@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from checkpoint_records import CheckpointRecordCallback
 from tiny import TinyTextDataset, tiny_arguments, tiny_model, tiny_tokenizer
 
 
@@ -23,14 +24,39 @@ def tiny_args(output_dir: Path, **overrides: Any) -> TrainingArguments:
     return tiny_arguments(str(output_dir), **{**settings, **overrides})
 
 
+class SavesApart(TrainerCallback):
+    """Waits, after each save, until the records' background has recorded it.
+
+    In a real run minutes pass between saves, so a checkpoint is recorded long before the next save
+    rotates it away (``save_total_limit``). A tiny run saves milliseconds apart, and on a loaded machine
+    the background may only get to a checkpoint after it is gone: a test about rotation would then see
+    the (also right) record of a checkpoint that was never seen on disk instead of the one it checks.
+    """
+
+    def __init__(self, callbacks: list[TrainerCallback]) -> None:
+        self.recorders = [
+            callback.recorder for callback in callbacks if isinstance(callback, CheckpointRecordCallback)
+        ]
+
+    def on_save(self, *args: Any, **kwargs: Any) -> None:
+        for recorder in self.recorders:
+            assert recorder.drain(60), "the background did not record the save within 60 s"
+
+
 def tiny_trainer(
     output_dir: Path,
     callbacks: list[TrainerCallback],
     model: Any = None,
     with_tokenizer: bool = True,
+    saves_apart: bool | None = None,
     **overrides: Any,
 ) -> Trainer:
+    """``saves_apart`` (default: when ``save_total_limit`` rotates checkpoints) adds :class:`SavesApart`."""
     args = tiny_args(output_dir, **overrides)
+    if saves_apart is None:
+        saves_apart = "save_total_limit" in overrides
+    if saves_apart:
+        callbacks = [*callbacks, SavesApart(callbacks)]
     return Trainer(
         model=model if model is not None else tiny_model(),
         args=args,
