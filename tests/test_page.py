@@ -25,6 +25,7 @@ from checkpoint_records.formats import get_format, known_formats
 from checkpoint_records.history import LogEntry
 from checkpoint_records.page.views import MAX_CHART_POINTS
 from checkpoint_records.server.app import create_app
+from checkpoint_records.storage import queue, upload_state
 from checkpoint_records.store import RecordStore
 from http_server import free_port
 from records_factory import make_record
@@ -399,3 +400,22 @@ def test_the_server_sends_a_long_run_downsampled_keeping_every_checkpoint(tmp_pa
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert page.text.count("data-checkpoint=") == 100 and f"the newest 100 of {len(checkpoints)}" in page.text
     assert everything.text.count("data-checkpoint=") == len(checkpoints)
+
+
+def test_the_page_shows_an_upload_as_it_stands_now_in_the_words_list_uses(tmp_path: Path) -> None:
+    """While files go up, the record still says nothing about it: the page reads the upload queue, and
+    says it as ``list`` and ``inspect`` do."""
+    store = RecordStore(tmp_path / "store")
+    record = make_record(4, job="uploading-run")
+    store.put(record, durable=False)
+    queue.enqueue(store, record, "s3://bucket/run/uploading-run-checkpoint-4", str(tmp_path / "staging"))
+    [row] = queue.rows(store, record.id)
+    queue.update(store, row, "nobody", state="committing", sent=-(-row.size * 43 // 100))  # 43%, rounded up
+    assert record.status.upload is None and upload_state(store, record) == "uploading 43%"
+    with TestClient(create_app(store)) as client:
+        job_page = client.get(f"/jobs/{record.metadata.job_id}").text
+        checkpoint_page = client.get(f"/checkpoints/{record.id}").text
+    assert "uploading 43%" in job_page
+    assert (
+        "uploading 43%" in checkpoint_page and "s3://bucket/run/uploading-run-checkpoint-4" in checkpoint_page
+    )

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..server.auth import SESSION_COOKIE, Auth
+from ..storage import live_upload_status
 from . import views
 
 if TYPE_CHECKING:
@@ -127,7 +128,12 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         if stored is None:
             return not_found(request, f"checkpoint {name_or_id}")
         record_id = stored.record.id
-        view = views.checkpoint_view(stored, store.deliveries(record_id), store.record_revisions(record_id))
+        view = views.checkpoint_view(
+            stored,
+            store.deliveries(record_id),
+            store.record_revisions(record_id),
+            live_upload_status(store, stored.record),
+        )
         return page("checkpoint.html", request, view=view)
 
     def job_view(job_id: str, newest: int | None) -> dict[str, Any] | None:
@@ -138,7 +144,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         stored, stats = found
         records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
         deliveries = {entry.record.id: store.deliveries(entry.record.id) for entry in records}
-        return views.job_view(job_id, stored, stats, records, deliveries)
+        uploads = {entry.record.id: live_upload_status(store, entry.record) for entry in records}
+        return views.job_view(job_id, stored, stats, records, deliveries, uploads)
 
     def chart_view(job_id: str) -> dict[str, Any] | None:
         found = job_of(job_id)

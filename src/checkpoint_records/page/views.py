@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 from ..formats import get_format, known_formats
 from ..formats.training_job import progress
-from ..record import CheckpointRecord
+from ..record import CheckpointRecord, UploadStatus
+from ..storage.progress import describe
 from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
 from ..terminal import delivery_summary, human_size
 
@@ -47,10 +48,10 @@ def marker_state(record: CheckpointRecord) -> str:
     return "ready" if record.training.inference_ready else "not-ready"
 
 
-def upload_state(record: CheckpointRecord) -> dict[str, Any] | None:
-    """The storage upload (``status.upload``) when the record has one: state, progress, remote, error."""
-    upload = record.status.upload
-    return None if upload is None else upload.model_dump(mode="json")
+def upload_state(upload: UploadStatus | None) -> dict[str, Any] | None:
+    """A checkpoint's upload, when it has one: state, progress, remote, error, and in words as
+    ``list`` and ``inspect`` say it (``uploading 43%``)."""
+    return None if upload is None else {**upload.model_dump(mode="json"), "text": describe(upload)}
 
 
 def _finite(value: Any) -> float | None:
@@ -76,8 +77,11 @@ def marker(record: CheckpointRecord) -> dict[str, Any]:
     }
 
 
-def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery]) -> dict[str, Any]:
-    """One checkpoint as the job's table shows it: its marker's facts and the rest."""
+def checkpoint_row(
+    record: CheckpointRecord, deliveries: Sequence[Delivery], upload: UploadStatus | None
+) -> dict[str, Any]:
+    """One checkpoint as the job's table shows it: its marker's facts and the rest (``upload``: where its
+    upload stands now, which may be ahead of what the record says)."""
     return {
         **marker(record),
         "epoch": record.training.epoch,
@@ -85,7 +89,7 @@ def checkpoint_row(record: CheckpointRecord, deliveries: Sequence[Delivery]) -> 
         "status": record.status.status,
         "best": record.training.best,
         "size": record.status.size,
-        "upload": upload_state(record),
+        "upload": upload_state(upload),
         "delivery": delivery_summary(deliveries),
         "updated": short_time(record.status.updated_at),
     }
@@ -158,9 +162,10 @@ def job_view(
     stats: CheckpointStats | None,
     records: Sequence[StoredRecord],
     deliveries: Mapping[str, Sequence[Delivery]],
+    uploads: Mapping[str, UploadStatus | None],
 ) -> dict[str, Any]:
     """The job's page: its summary and its checkpoints' table rows, oldest step first."""
-    rows = [checkpoint_row(r, deliveries.get(r.id, ())) for r in _by_step(records)]
+    rows = [checkpoint_row(r, deliveries.get(r.id, ()), uploads.get(r.id)) for r in _by_step(records)]
     return {"job": job_summary(job_id, stored, stats), "checkpoints": rows}
 
 
@@ -224,11 +229,14 @@ def history(revisions: Sequence[RecordRevision]) -> list[dict[str, Any]]:
 
 
 def checkpoint_view(
-    stored: StoredRecord, deliveries: Sequence[Delivery], revisions: Sequence[RecordRevision]
+    stored: StoredRecord,
+    deliveries: Sequence[Delivery],
+    revisions: Sequence[RecordRevision],
+    upload: UploadStatus | None,
 ) -> dict[str, Any]:
     """Everything the checkpoint's page shows, beyond the row of the job's table."""
     record = stored.record
-    row = checkpoint_row(record, deliveries)
+    row = checkpoint_row(record, deliveries, upload)
     metadata = record.training
     return {
         **row,
