@@ -36,6 +36,14 @@ CREDENTIALS = {
 }
 
 
+def checkpoint_of(directory: Path, size: int, *names: str) -> Path:
+    """A checkpoint directory holding ``names`` (``model.safetensors`` by default), ``size`` random bytes each."""
+    directory.mkdir(parents=True)
+    for name in names or ("model.safetensors",):
+        (directory / name).write_bytes(os.urandom(size))
+    return directory
+
+
 def recorded(recorder: CheckpointRecorder, directory: Path, **save: Any) -> CheckpointRecord | None:
     """``recorder.record(...)``, then the record once the recorder's thread has stored it."""
     recorder.record(directory, **save)
@@ -297,9 +305,7 @@ def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_s
             "secret": secret,
             "client_kwargs": {"endpoint_url": strict.endpoint},
         }
-        checkpoint = tmp_path / "checkpoint-3"
-        checkpoint.mkdir()
-        (checkpoint / "model.safetensors").write_bytes(os.urandom(1000))
+        checkpoint = checkpoint_of(tmp_path / "checkpoint-3", 1000)
         caplog.set_level(logging.INFO, logger="checkpoint_records")
         with CheckpointRecorder(
             job_name="creds", storage="s3://denied/x", storage_options=options
@@ -332,10 +338,7 @@ def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_s
 def test_verify_and_pull_name_every_file_that_differs_or_is_missing(
     tmp_path: Path, isolated_store: Path, moto: MotoServer, bucket: Bucket
 ) -> None:
-    checkpoint = tmp_path / "checkpoint-5"
-    checkpoint.mkdir()
-    for name in ("a.bin", "b.bin", "c.bin"):
-        (checkpoint / name).write_bytes(os.urandom(5000))
+    checkpoint = checkpoint_of(tmp_path / "checkpoint-5", 5000, "a.bin", "b.bin", "c.bin")
     with CheckpointRecorder(
         job_name="v", storage=bucket.url("v"), storage_options=bucket.options
     ) as recorder:
@@ -405,9 +408,7 @@ def test_mirror_retention_deletes_the_remote_copy_of_rotated_checkpoints(
 def test_mirror_retention_keeps_the_best_checkpoint(
     tmp_path: Path, isolated_store: Path, bucket: Bucket
 ) -> None:
-    checkpoint = tmp_path / "checkpoint-7"
-    checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(2000))
+    checkpoint = checkpoint_of(tmp_path / "checkpoint-7", 2000)
     with CheckpointRecorder(
         job_name="best", storage=bucket.url("b"), storage_options=bucket.options, storage_retention="mirror"
     ) as recorder:
@@ -440,8 +441,7 @@ def test_without_hard_links_the_lane_copies_and_a_file_rotated_first_is_reported
     monkeypatch.setattr("checkpoint_records.storage.staging.os.link", no_links)
     kept, rotated = tmp_path / "run" / "checkpoint-1", tmp_path / "run" / "checkpoint-2"
     for checkpoint in (kept, rotated):
-        checkpoint.mkdir(parents=True)
-        (checkpoint / "weights.bin").write_bytes(os.urandom(3000))
+        checkpoint_of(checkpoint, 3000, "weights.bin")
     config = StorageConfig(bucket.url("c"), bucket.options)
     with CheckpointRecorder(job_name="c", storage=config) as recorder:
         recorder.uploads.start = lambda: None  # type: ignore[method-assign]  # queued, not sent yet
@@ -494,9 +494,7 @@ def test_storage_from_the_environment_with_credentials_where_s3fs_looks(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
     monkeypatch.setenv("CHECKPOINT_RECORDS_STORAGE", bucket.url("env"))
-    checkpoint = tmp_path / "checkpoint-9"
-    checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(1000))
+    checkpoint = checkpoint_of(tmp_path / "checkpoint-9", 1000)
     with CheckpointRecorder(job_name="env") as recorder:
         recorded(recorder, checkpoint, step=9)
         assert recorder.uploads.flush(30) == 0
@@ -516,9 +514,7 @@ def test_secrets_in_a_storage_url_or_options_are_never_shown() -> None:
 def test_a_file_committed_just_before_a_kill_is_not_sent_again(
     tmp_path: Path, isolated_store: Path, moto: MotoServer, bucket: Bucket
 ) -> None:
-    checkpoint = tmp_path / "checkpoint-4"
-    checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(4000))
+    checkpoint = checkpoint_of(tmp_path / "checkpoint-4", 4000)
     with CheckpointRecorder(
         job_name="k", storage=bucket.url("k"), storage_options=bucket.options
     ) as recorder:
@@ -543,9 +539,7 @@ def test_a_file_committed_just_before_a_kill_is_not_sent_again(
 def test_a_record_that_lost_its_upload_state_gets_it_back(
     tmp_path: Path, isolated_store: Path, bucket: Bucket
 ) -> None:
-    checkpoint = tmp_path / "checkpoint-8"
-    checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(3000))
+    checkpoint = checkpoint_of(tmp_path / "checkpoint-8", 3000)
     with CheckpointRecorder(
         job_name="h", storage=bucket.url("h"), storage_options=bucket.options
     ) as recorder:
@@ -564,9 +558,8 @@ def test_a_record_that_lost_its_upload_state_gets_it_back(
 
 
 def test_a_shared_disk_destination_through_fsspec_file_urls(tmp_path: Path, isolated_store: Path) -> None:
-    checkpoint = tmp_path / "run" / "checkpoint-2"
-    (checkpoint / "sub").mkdir(parents=True)
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(6 * 2**20))
+    checkpoint = checkpoint_of(tmp_path / "run" / "checkpoint-2", 6 * 2**20)
+    (checkpoint / "sub").mkdir()
     (checkpoint / "sub" / "extra.json").write_text("{}")
     shared = tmp_path / "shared"
     shared.mkdir()
