@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from .settings import ENVIRONMENT, PREFIX, Settings, environment, parse_seconds,
 from .sinks import Sink, configured_sinks, job_sinks
 from .storage import upload_state
 from .storage.commands import add_commands as add_storage_commands
-from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
+from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore, StoredRecord
 from .terminal import (
     RecordRow,
     delivery_state,
@@ -113,7 +112,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         return OK
     assert store is not None
     by_record: dict[str, list[Delivery]] = {}
-    for delivery in store.deliveries():
+    for delivery in store.outbox.deliveries():
         by_record.setdefault(delivery.record_id, []).append(delivery)
     rows = [
         RecordRow(
@@ -163,7 +162,7 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
         return OK
     print(to_yaml(document), end="")
     now = time.time()
-    for delivery in store.deliveries(stored.record.id):  # YAML comments: the document stays the record
+    for delivery in store.outbox.deliveries(stored.record.id):  # YAML comments: the document stays the record
         print(f"# delivery to {delivery.sink}: {delivery_state(delivery, now)}")
     return OK
 
@@ -209,10 +208,10 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
         print(
             f"job {name} was still Running under a process that is gone: reported Cancelled", file=sys.stderr
         )
-    store.requeue(["pending"], keys, record_ids)  # due now: the user is asking for it
+    store.outbox.requeue(["pending"], keys, record_ids)  # due now: the user is asking for it
     asked = {
         (delivery.sink, delivery.record_id)
-        for delivery in store.deliveries()
+        for delivery in store.outbox.deliveries()
         if delivery.state == "pending" and (record_ids is None or delivery.record_id in record_ids)
     }
     unconfigured = sorted({sink for sink, _ in asked} - set(keys))
@@ -234,7 +233,7 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
     now = time.time()
     left = [
         delivery
-        for delivery in store.deliveries()
+        for delivery in store.outbox.deliveries()
         if (delivery.sink, delivery.record_id) in asked
         and delivery.sink in keys
         and delivery.state != "delivered"
@@ -252,7 +251,7 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
         )
     if not asked:
         print("nothing to deliver", file=sys.stderr)
-    dead = store.counts(keys)["dead"] if keys else 0
+    dead = store.outbox.counts(keys)["dead"] if keys else 0
     if dead and record_ids is None:
         print(
             f"{plural(dead, 'rejected delivery', 'rejected deliveries')} kept as dead: fix the cause, "
@@ -310,7 +309,7 @@ def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
         except NotFound as error:
             print(error, file=sys.stderr)
             return FAILED
-    revived = store.requeue(["dead"], [sink.key for sink in sinks], record_ids)
+    revived = store.outbox.requeue(["dead"], [sink.key for sink in sinks], record_ids)
     print(f"re-sending {plural(revived, 'rejected delivery', 'rejected deliveries')}", file=sys.stderr)
     return _deliver(store, sinks, args.timeout, record_ids)
 
@@ -463,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(_message(error), file=sys.stderr)
         return USAGE
-    except sqlite3.DatabaseError as error:  # a store whose header reads but whose pages are damaged
+    except DatabaseError as error:  # a store whose header reads but whose pages are damaged
         print(
             f"checkpoint-records: the store cannot be read ({error}); move it aside (it is never changed "
             "here), or point --store / CHECKPOINT_RECORDS_HOME elsewhere",

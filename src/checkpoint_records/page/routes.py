@@ -130,7 +130,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         record_id = stored.record.id
         view = views.checkpoint_view(
             stored,
-            store.deliveries(record_id),
+            store.outbox.deliveries(record_id),
             store.record_revisions(record_id),
             live_upload_status(store, stored.record),
         )
@@ -143,7 +143,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             return None
         stored, stats = found
         records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
-        deliveries = {entry.record.id: store.deliveries(entry.record.id) for entry in records}
+        deliveries = {entry.record.id: store.outbox.deliveries(entry.record.id) for entry in records}
         uploads = {entry.record.id: live_upload_status(store, entry.record) for entry in records}
         return views.job_view(job_id, stored, stats, records, deliveries, uploads)
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from ..record import CheckpointRecord, UploadStatus
 from ..store import RecordStore
-from . import queue
 from .config import StorageConfig, storage_config
-from .progress import describe, upload_status
+from .progress import describe, remote_of, upload_status
 from .uploads import Uploads
 
 __all__ = ["StorageConfig", "Uploads", "live_upload_status", "storage_config", "upload_state"]
@@ -17,10 +16,10 @@ __all__ = ["StorageConfig", "Uploads", "live_upload_status", "storage_config", "
 
 def live_upload_status(store: RecordStore, record: CheckpointRecord) -> UploadStatus | None:
     """Where the record's upload stands now: from the queue while it runs, else what the record says."""
-    files = queue.rows(store, record.id)
+    files = store.uploads.rows(record.id)
     if not files:
         return record.status.upload
-    return upload_status(files, files[0].remote[: -len(files[0].path) - 1])
+    return upload_status(files, remote_of(files))
 
 
 def upload_state(store: RecordStore, record: CheckpointRecord) -> str | None:
