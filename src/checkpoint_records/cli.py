@@ -21,12 +21,12 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
-from .record import CheckpointRecord
 from .recovery import checkpoint_folders
 from .settings import ENVIRONMENT, PREFIX, Settings, environment, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
-from .storage import upload_state
+from .storage import live_upload_statuses, upload_state
 from .storage.commands import add_commands as add_storage_commands
+from .storage.progress import describe
 from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore, StoredRecord
 from .terminal import (
     RecordRow,
@@ -114,23 +114,18 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     by_record: dict[str, list[Delivery]] = {}
     for delivery in store.outbox.deliveries():
         by_record.setdefault(delivery.record_id, []).append(delivery)
-    rows = [
-        RecordRow(
-            item.record, _with_upload(store, item.record, delivery_summary(by_record.get(item.record.id, [])))
+    uploads = live_upload_statuses(store, [item.record for item in stored])
+    rows = []
+    for item in stored:  # the delivery cell, with the upload state when the checkpoint goes to storage
+        summary, upload = delivery_summary(by_record.get(item.record.id, [])), uploads[item.record.id]
+        rows.append(
+            RecordRow(item.record, summary if upload is None else f"{summary}; upload: {describe(upload)}")
         )
-        for item in stored
-    ]
     print(records_table(rows))
     print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
     if any(row.delivery not in ("local", "delivered") for row in rows):
         print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
     return OK
-
-
-def _with_upload(store: RecordStore, record: CheckpointRecord, delivery: str) -> str:
-    """The delivery cell, with the upload state when the checkpoint goes to storage."""
-    upload = upload_state(store, record)
-    return delivery if upload is None else f"{delivery}; upload: {upload}"
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ them; an outcome for a superseded revision changes nothing (the newer one stays 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -92,6 +93,19 @@ class Outbox(LeaseQueue):
         if record_id is not None:
             query, params = query + " WHERE record_id = ?", (record_id,)
         return [Delivery(*row) for row in self.database.read().execute(query + " ORDER BY sink", params)]
+
+    def deliveries_of(self, record_ids: Sequence[str]) -> dict[str, list[Delivery]]:
+        """The deliveries of each of ``record_ids`` (by sink), in one query: a page of checkpoints."""
+        found: dict[str, list[Delivery]] = {record_id: [] for record_id in record_ids}
+        rows = self.database.read().execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE record_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY sink",
+            (json.dumps(list(record_ids)),),
+        )
+        for row in rows:
+            delivery = Delivery(*row)
+            found[delivery.record_id].append(delivery)
+        return found
 
     def claim_due(self, sink: str, owner: str, lease_seconds: float, limit: int) -> list[Claimed]:
         """Claim up to ``limit`` due deliveries to ``sink`` for ``lease_seconds``, with their bodies."""

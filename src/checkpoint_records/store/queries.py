@@ -1,13 +1,16 @@
-"""What the registry server and the web page read: pages of records, and jobs in numbers."""
+"""What the registry server and the web page read: pages of records, and jobs in numbers, each list in a
+constant number of queries whatever its length (never one query per row)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from .database import Database
-from .documents import StoredRecord
+from .documents import StoredJob, StoredRecord
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,16 @@ class JobSummary:
     checkpoints: int
     first_created_at: str | None
     last_updated_at: str | None
+
+
+#: The newest checkpoint of each job, and its newest one that is available and ready for inference.
+_NEWEST_AND_READY = """
+SELECT value,
+    (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
+    (SELECT body FROM records WHERE job_id = value AND json_extract(body, '$.status.status') = 'available'
+        AND json_extract(body, '$.status.metadata.inferenceReady') ORDER BY step DESC, id DESC LIMIT 1)
+FROM json_each(?)
+"""
 
 
 class Queries(Database):
@@ -70,15 +83,34 @@ class Queries(Database):
         rows = self.read().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
         return [job_id for (job_id,) in rows]
 
-    def job_summary(self, job_id: str) -> JobSummary:
-        count, first, last = (
-            self.read()
-            .execute(
-                "SELECT COUNT(*), MIN(created_at), MAX(updated_at) FROM records WHERE job_id = ?", (job_id,)
-            )
-            .fetchone()
+    def job_summaries(self, job_id: str | None = None) -> list[tuple[StoredJob | None, JobSummary]]:
+        """Every job the store knows (or ``job_id`` only, if known): its snapshot when one was stored,
+        and its checkpoints at a glance; one query."""
+        only = "= ?" if job_id is not None else "IS NOT NULL"
+        rows = self.read().execute(
+            "WITH summary AS (SELECT job_id, COUNT(*) AS checkpoints, MIN(created_at) AS first,"
+            f" MAX(updated_at) AS last FROM records WHERE job_id {only} GROUP BY job_id),"
+            f" known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
+            " UNION SELECT job_id FROM summary)"
+            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0), s.first, s.last"
+            " FROM known LEFT JOIN jobs j ON j.id = known.job_id LEFT JOIN summary s ON s.job_id = known.job_id",
+            (job_id, job_id) if job_id is not None else (),
         )
-        return JobSummary(job_id, count, first, last)
+        return [
+            (
+                None if body is None else StoredJob(JobSnapshot.model_validate_json(body), revision, owner),
+                JobSummary(known, checkpoints, first, last),
+            )
+            for known, body, revision, owner, checkpoints, first, last in rows
+        ]
+
+    def newest_and_ready(
+        self, job_ids: list[str]
+    ) -> dict[str, tuple[CheckpointRecord | None, CheckpointRecord | None]]:
+        """For each of ``job_ids``: its highest-step checkpoint, and its highest-step one that is
+        available and ready for inference (None when there is none); one query."""
+        rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
+        return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
     def record_ids(self, job_id: str) -> list[str]:
         rows = self.read().execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
@@ -103,17 +135,6 @@ class Queries(Database):
         )
         return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
 
-    def last_ready(self, job_id: str) -> CheckpointRecord | None:
-        """The job's highest-step checkpoint that is available and ready for inference, if any."""
-        row = (
-            self.read()
-            .execute(
-                "SELECT body FROM records WHERE job_id = ?"
-                " AND json_extract(body, '$.status.status') = 'available'"
-                " AND json_extract(body, '$.status.metadata.inferenceReady')"
-                " ORDER BY step DESC, id DESC LIMIT 1",
-                (job_id,),
-            )
-            .fetchone()
-        )
-        return None if row is None else CheckpointRecord.from_json(row[0])
+
+def _parsed(body: str | None) -> CheckpointRecord | None:
+    return None if body is None else CheckpointRecord.from_json(body)

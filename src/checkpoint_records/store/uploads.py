@@ -12,6 +12,7 @@ a process killed before leaves it open, and the next one settles it, record and 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,17 @@ class UploadQueue(LeaseQueue):
     def rows(self, record_id: str) -> list[UploadRow]:
         query = f"SELECT {_COLUMNS} FROM uploads WHERE record_id = ? ORDER BY path"
         return [UploadRow(*row) for row in self.database.read().execute(query, (record_id,))]
+
+    def rows_of(self, record_ids: Sequence[str]) -> dict[str, list[UploadRow]]:
+        """The rows of each of ``record_ids`` (by path), in one query: a page of checkpoints."""
+        found: dict[str, list[UploadRow]] = {record_id: [] for record_id in record_ids}
+        query = (
+            f"SELECT {_COLUMNS} FROM uploads WHERE record_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY record_id, path"
+        )
+        for row in self.database.read().execute(query, (json.dumps(list(record_ids)),)):
+            found[row[0]].append(UploadRow(*row))
+        return found
 
     def failed(self) -> list[UploadRow]:
         query = f"SELECT {_COLUMNS} FROM uploads WHERE state = 'failed' ORDER BY record_id, path"
