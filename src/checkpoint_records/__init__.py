@@ -6,10 +6,14 @@ Where things are:
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` hand each save to the recorder's own
   thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
   ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
-- stored: ``store.py`` (SQLite: records, jobs, the delivery outbox, logged entries, uploads).
+- stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
+  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py`` and
+  ``store/uploads.py`` are the two lease queues (``store/leases.py``), ``store/database.py`` owns the
+  connections; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored);
   ``terminal.py`` for people (``cli.py``); ``page/`` for a browser.
-- sent: ``delivery.py`` runs the outbox through ``sinks/`` (HTTP, MLflow); ``storage/`` uploads the files.
+- sent: ``delivery.py`` runs the outbox through ``sinks/`` (HTTP, MLflow); ``storage/`` uploads the files;
+  each on lanes (``lane.py``: one background thread per sink or destination).
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
 - configured: ``settings.py``, one table of every setting.
 
