@@ -4,7 +4,7 @@ uploads), so one sink or destination never waits on another, and the training th
 Every lane claims its work under the one lease policy (:class:`~.store.Lease`, renewed while it works),
 sleeps until its next item is due or it is woken (:meth:`Lane.wake`), pauses after failures (:func:`backoff`)
 and, when it stops, releases what it still holds. Claims of a holder of this host that died are released
-by the next lane that finds them (at its start, and when it finds due work claimed).
+by the next lane that finds due work held by them.
 
 One way to stop, whatever stops it: :meth:`Lane.stop` (its owner closing), or, at a normal exit of the
 interpreter, one ``atexit`` hook that stops every lane still running, waits up to :data:`EXIT_JOIN` for
@@ -95,7 +95,6 @@ class Lane(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.queue.release_dead(self.scope)  # what a process that died was working on
             while not self.stopping.is_set():
                 try:
                     pause = self.work()

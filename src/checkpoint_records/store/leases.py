@@ -12,10 +12,10 @@ renewed whenever less than half of it is left. The holder looks before every ste
 second while files upload), so a claim always outlasts the work in hand, however long the batch or the
 file. A holder that stops releases its claims; one that died on this host has them released by the next
 lane that finds them (:meth:`LeaseQueue.release_dead`); only a holder on another host (a store on a shared
-disk) that died holds its claims until they lapse. Why ten minutes, and not less: a lapsed claim is the
-only way another process may do that work, so a holder frozen for longer (a stopped process, a stalled
-network filesystem) would find its work done twice; a few minutes before a dead remote holder's work
-resumes costs nothing comparable.
+disk) that died holds its claims until they lapse. Why ten minutes rather than less: a claim that lapses
+while its holder is only frozen (a stopped process, a stalled network filesystem) lets another process
+do the same work while the holder may be in the middle of it; a few more minutes before the work of a
+dead holder on another host resumes is the cheaper mistake.
 """
 
 from __future__ import annotations
