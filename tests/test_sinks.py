@@ -77,3 +77,6 @@ def test_redaction_masks_userinfo_query_values_and_tokens() -> None:
     assert public_url("https://u:p@h.example:8443/a?k=v&x=") == "https://h.example:8443/a?k=***&x=***"
     redact = Redactor(["tok/en+1", None, "ab"])
     assert redact("Bearer tok/en+1 at /path?t=tok%2Fen%2B1") == "Bearer *** at /path?t=***"
+    # A Basic header's base64 of user:password, padded or not, standard or URL-safe: "ann:p?ss>>"
+    basic = Redactor(["ann:p?ss>>"])
+    assert basic("Basic YW5uOnA/c3M+Pg== or YW5uOnA_c3M-Pg, YW5uOnA%2Fc3M%2BPg") == "Basic *** or ***, ***"
