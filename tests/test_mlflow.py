@@ -21,8 +21,8 @@ import requests
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.delivery import DeliveryWorker
+from checkpoint_records.formats.mlflow import JOB_TAG, RECORD_TAG, model_document
 from checkpoint_records.sinks import MlflowSink, Rejected, RetryLater, sink_from_url
-from checkpoint_records.sinks.mlflow import JOB_TAG, RECORD_TAG, model_document
 from commands import cli, killed_run
 from http_server import Received, Receiver, Reply, always, free_port
 from records_factory import make_record
