@@ -268,6 +268,29 @@ def test_one_deadline_covers_all_the_calls_of_a_send() -> None:
         assert len(receiver.requests) < 5 + 5
 
 
+def test_a_reply_not_shaped_as_mlflows_is_retried_with_what_it_echoed_masked() -> None:
+    """A metric history whose step is the token: reading it fails, and the failure's text, which
+    quotes the value, is masked like every server text."""
+    token = "mlflow-secret-token-456"
+    odd = json.loads(EVERYTHING_FOUND) | {"metrics": [{"step": f"step {token}"}]}
+    job = {
+        "kind": "job",
+        "job_id": "j1",
+        "job_name": "odd",
+        "status": "RUNNING",
+        "start_time": 0,
+        "end_time": None,
+        "params": {},
+        "metrics": [{"key": "train_loss", "value": 1.0, "step": 1, "timestamp": 0}],
+    }
+    with Receiver(always(Reply(body=json.dumps(odd).encode())), path="") as receiver:
+        sink = MlflowSink(receiver.url, token=token)
+        with pytest.raises(RetryLater) as later:
+            sink.send(job, "key")
+    assert "a reply MLflow does not give: ValueError" in later.value.reason
+    assert token not in later.value.reason and "***" in later.value.reason
+
+
 @pytest.mark.parametrize(
     ("url", "env", "complaint"),
     [

@@ -145,11 +145,17 @@ class MlflowSink(Sink):
     def send(self, document: dict[str, Any], idempotency_key: str) -> None:
         """Apply one document, all its calls within the deadline. Every step either finds what an
         earlier attempt did or does it once."""
-        with self._api.within_deadline():
-            if document["kind"] == "job":
-                self._send_run(document)
-            else:
-                self._send_model(document)
+        try:
+            with self._api.within_deadline():
+                if document["kind"] == "job":
+                    self._send_run(document)
+                else:
+                    self._send_model(document)
+        except (LookupError, TypeError, ValueError) as error:  # a reply not shaped as MLflow's: its
+            # values may be in the error's text (int("...")), so it is masked like every server text
+            raise RetryLater(
+                self._api.redact(f"a reply MLflow does not give: {type(error).__name__}: {error}")
+            ) from None
 
     def _experiment_id(self, job_name: str) -> str:
         name = self.experiment or job_name
