@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -44,7 +44,7 @@ def queued(home: Path, sink: HttpSink, steps: range) -> RecordStore:
 #: Credentials with characters that URL-quoting and JSON-escaping change, so each form is a new string.
 TOKEN = 'tok/en+"S3cr3t\\' + "Q7x" * 8
 QUERY_KEY = "k3y/V4lue+" + "W8m" * 6
-USER, PASSWORD = "ann", 'pa55/w+"rd\\' + "Z9k" * 6
+USER, PASSWORD = "ann", 'pa55/w+"rd\\ ' + "Z9k" * 6  # a space: form-encoding makes it "+"
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,14 @@ ECHOES: dict[str, Echo] = {
         {"Location": f"https://{USER}:{quote(s, safe='')}@elsewhere.example/x?t={quote(s, safe='')}"},
     ),
     "Location with it URL-quoted": lambda s, r: Reply(301, b"", {"Location": f"/login/{quote(s, safe='')}"}),
+    "Location with it in a quoted path": lambda s, r: Reply(301, b"", {"Location": f"/to/{quote(s)}/x"}),
     "Location with its base64": lambda s, r: Reply(
         308, b"", {"Location": f"https://elsewhere.example/{b64(s)}"}
     ),
     "status line with it": lambda s, r: Reply(403, b"", reason=f"Forbidden for {s}"),
     "text body with it": lambda s, r: Reply(403, f"denied: {s}".encode(), {"Content-Type": "text/plain"}),
     "text body with it URL-quoted": lambda s, r: Reply(404, f"no page /x?key={quote(s, safe='')}".encode()),
+    "text body with it form-encoded": lambda s, r: Reply(400, f"bad form: key={quote_plus(s)}".encode()),
     "body with it JSON-escaped": lambda s, r: Reply(422, json.dumps({"echo": s}).encode()),
     "body with its base64": lambda s, r: Reply(401, f"bad credentials {b64(s)}".encode()),
     "body with the Authorization header": lambda s, r: Reply(
@@ -131,7 +133,14 @@ ECHOES: dict[str, Echo] = {
 
 def echoed_forms(secret: str) -> list[str]:
     """Every form of ``secret`` a server may echo, and 8-character pieces of each (a secret cut short)."""
-    forms = {secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1], b64(secret)}
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        b64(secret),
+    }
     return sorted({form[i : i + 8] for form in forms for i in range(len(form) - 7)})
 
 

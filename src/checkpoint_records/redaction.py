@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -57,7 +57,10 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None]) -> None:
         unique = {secret for secret in secrets if secret and len(secret) >= 3}
         unique |= {form for secret in unique for form in _base64_forms(secret)}
-        unique |= {quote(secret, safe="") for secret in unique}  # as it appears inside a URL
+        # As it appears inside a URL: a path keeps "/", a query or form has "+" for " ".
+        unique |= {
+            form for secret in unique for form in (quote(secret, safe=""), quote(secret), quote_plus(secret))
+        }
         unique |= {json.dumps(secret)[1:-1] for secret in unique}  # as it appears inside a JSON string
         self._secrets = sorted(unique, key=len, reverse=True)
 
