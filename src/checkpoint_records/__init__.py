@@ -7,9 +7,12 @@ Where things are:
   thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
   ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
 - stored: ``store.py`` (SQLite: records, jobs, the delivery outbox, logged entries, uploads).
-- rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored);
-  ``terminal.py`` for people (``cli.py``); ``page/`` for a browser.
-- sent: ``delivery.py`` runs the outbox through ``sinks/`` (HTTP, MLflow); ``storage/`` uploads the files.
+- rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
+  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
+  ``page/`` for a browser.
+- sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
+  ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
+  deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files.
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
 - configured: ``settings.py``, one table of every setting.
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from ..errors import ConfigurationError
-from ..sinks.http import is_loopback
+from ..sinks.transport import is_loopback
 from ..store import RecordStore
 from .app import create_app
 
