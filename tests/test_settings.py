@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError, RecordStore
-from checkpoint_records.settings import TABLE, Overrides, Settings, resolve_settings
+from checkpoint_records.settings import TABLE, Overrides, Settings, mlflow_environment, resolve_settings
 from checkpoint_records.sinks import HttpSink
 from checkpoint_records.storage import StorageConfig
 from commands import cli
@@ -153,6 +153,10 @@ def test_secrets_never_show_in_the_settings() -> None:
     shown = repr(settings)
     assert "bucket/p" in shown and "token='***'" in shown
     assert not any(secret in shown for secret in ("t0ken", "srv-", "aws-", "AKIA", "url-", "option-"))
+    mlflow = repr(
+        mlflow_environment({"MLFLOW_TRACKING_TOKEN": "ml-secret", "MLFLOW_TRACKING_PASSWORD": "pw-secret"})
+    )
+    assert "ml-secret" not in mlflow and "pw-secret" not in mlflow
 
 
 @pytest.mark.parametrize(

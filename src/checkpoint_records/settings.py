@@ -13,7 +13,9 @@ before, so every run and every command react the same way to the same environmen
 argument or the variable and says what to change; an unknown ``CHECKPOINT_RECORDS_*`` variable, a near
 miss of the prefix, or an unknown argument is an error with a "did you mean", never a silent typo.
 
-Nothing else reads a ``CHECKPOINT_RECORDS_*`` variable.
+Nothing else reads a ``CHECKPOINT_RECORDS_*`` variable. MLflow's ``MLFLOW_*`` variables are MLflow's own
+convention, honoured for the MLflow sink as MLflow's clients honour them: :func:`mlflow_environment` is
+the one place they are read.
 """
 
 from __future__ import annotations
@@ -454,3 +456,30 @@ def resolve_settings(env: Mapping[str, str] | None = None, /, **overrides: Unpac
             value = row.read(row.variable, env[row.variable])
         values[row.name] = row.default_in(env) if value is None else value
     return Settings(**values)
+
+
+@dataclass(frozen=True)
+class MlflowEnvironment:
+    """MLflow's own variables, read as MLflow's clients read them, for the MLflow sink."""
+
+    experiment: str | None
+    token: str | None = field(repr=False)
+    username: str | None
+    password: str | None = field(repr=False)
+    ca_bundle: str | None
+    #: Asks to skip TLS verification, which the sink refuses (it always verifies).
+    insecure_tls: bool
+
+
+def mlflow_environment(env: Mapping[str, str] | None = None) -> MlflowEnvironment:
+    """``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_TRACKING_TOKEN`` / ``_USERNAME`` / ``_PASSWORD``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``MLFLOW_TRACKING_INSECURE_TLS``; empty means unset."""
+    env = os.environ if env is None else env
+    return MlflowEnvironment(
+        experiment=env.get("MLFLOW_EXPERIMENT_NAME") or None,
+        token=env.get("MLFLOW_TRACKING_TOKEN") or None,
+        username=env.get("MLFLOW_TRACKING_USERNAME") or None,
+        password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
+        ca_bundle=env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None,
+        insecure_tls=parse_bool("MLFLOW_TRACKING_INSECURE_TLS", env.get("MLFLOW_TRACKING_INSECURE_TLS")),
+    )

@@ -31,7 +31,7 @@ from ..formats.base import WireFormat
 from ..formats.training_job import JobSnapshot
 from ..record import CheckpointRecord
 from ..redaction import Redactor, public_url, url_secrets
-from ..settings import parse_bool
+from ..settings import mlflow_environment
 from .base import Rejected, RetryLater, Sink
 from .http import DEFAULT_TIMEOUT, RETRY_STATUSES, USER_AGENT, is_loopback, retry_after_seconds
 
@@ -258,7 +258,7 @@ class MlflowSink(Sink):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(MlflowDocuments())
-        env = os.environ if env is None else env
+        mlflow = mlflow_environment(env)
         url = url.strip()
         if url.startswith("mlflow+"):
             url = url[len("mlflow+") :]
@@ -275,16 +275,16 @@ class MlflowSink(Sink):
                 f"MLflow sink {public_url(url)!r}: unknown option(s) {', '.join(unknown)}; "
                 "the only one is ?experiment=NAME"
             )
-        self.experiment = experiment or query.get("experiment") or env.get("MLFLOW_EXPERIMENT_NAME") or None
-        token = token or env.get("MLFLOW_TRACKING_TOKEN") or None
-        username = username or env.get("MLFLOW_TRACKING_USERNAME") or parts.username or None
-        password = password or env.get("MLFLOW_TRACKING_PASSWORD") or parts.password or None
-        if parse_bool("MLFLOW_TRACKING_INSECURE_TLS", env.get("MLFLOW_TRACKING_INSECURE_TLS")):
+        self.experiment = experiment or query.get("experiment") or mlflow.experiment
+        token = token or mlflow.token
+        username = username or mlflow.username or parts.username or None
+        password = password or mlflow.password or parts.password or None
+        if mlflow.insecure_tls:
             raise ConfigurationError(
                 "MLFLOW_TRACKING_INSECURE_TLS is set, but checkpoint-records always verifies TLS: give the "
                 "server's CA with MLFLOW_TRACKING_SERVER_CERT_PATH or CHECKPOINT_RECORDS_CA_BUNDLE instead"
             )
-        ca_bundle = ca_bundle or env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+        ca_bundle = ca_bundle or mlflow.ca_bundle
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
             raise ConfigurationError(f"CA bundle {os.fspath(ca_bundle)!r} is not a readable file")
         credentials = bool(token or password)
