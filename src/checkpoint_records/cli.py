@@ -45,8 +45,10 @@ if TYPE_CHECKING:
     from .recorder import CheckpointRecorder
 
 OK, FAILED, USAGE = 0, 1, 2
-DEFAULT_FLUSH_TIMEOUT = 60.0
-MAX_FLUSH_TIMEOUT = 86400.0
+#: ``flush``/``resend``/``import --timeout``: someone at a terminal asked for the delivery and waits for
+#: it, longer than the end of training does (the ``flush_timeout`` setting).
+DEFAULT_DELIVER_TIMEOUT = 60.0
+MAX_DELIVER_TIMEOUT = 86400.0
 
 
 class NotFound(Exception):
@@ -312,7 +314,7 @@ def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
 
 def _timeout(text: str) -> float:
     try:
-        return parse_seconds("--timeout", text, MAX_FLUSH_TIMEOUT)
+        return parse_seconds("--timeout", text, MAX_DELIVER_TIMEOUT)
     except ConfigurationError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -396,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     delivering.add_argument(
         "--timeout",
         type=_timeout,
-        default=DEFAULT_FLUSH_TIMEOUT,
-        help=f"seconds to keep trying (default {DEFAULT_FLUSH_TIMEOUT:g}, at most {MAX_FLUSH_TIMEOUT:g})",
+        default=DEFAULT_DELIVER_TIMEOUT,
+        help=f"seconds to keep trying (default {DEFAULT_DELIVER_TIMEOUT:g}, at most {MAX_DELIVER_TIMEOUT:g})",
     )
     flush = commands.add_parser(
         "flush", parents=[common, delivering], help="deliver everything pending; 1 if some of it is left"
