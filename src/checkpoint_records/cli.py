@@ -49,6 +49,9 @@ OK, FAILED, USAGE = 0, 1, 2
 #: it, longer than the end of training does (the ``flush_timeout`` setting).
 DEFAULT_DELIVER_TIMEOUT = 60.0
 MAX_DELIVER_TIMEOUT = 86400.0
+#: ``serve``: loopback unless told otherwise (any other address needs a token).
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 8000
 
 
 class NotFound(Exception):
@@ -427,8 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="a registry other jobs send records to, read by OpenAI/Llama Stack clients",
     )
-    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serving.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serving.add_argument(
+        "--host", default=DEFAULT_SERVE_HOST, help=f"address to bind (default {DEFAULT_SERVE_HOST})"
+    )
+    serving.add_argument(
+        "--port", type=int, default=DEFAULT_SERVE_PORT, help=f"port (default {DEFAULT_SERVE_PORT})"
+    )
     serving.add_argument(
         "--token",
         dest="server_tokens",
