@@ -11,7 +11,9 @@ Where things are:
   ``terminal.py`` for people (``cli.py``); ``page/`` for a browser.
 - sent: ``delivery.py`` runs the outbox through ``sinks/`` (HTTP, MLflow); ``storage/`` uploads the files.
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
-- configured: ``settings.py``, one table of every setting.
+- configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
+  (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
+  command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).
 
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
