@@ -25,7 +25,7 @@ import difflib
 import math
 import os
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
@@ -161,7 +161,7 @@ def _listed(name: str, value: Any, what: str) -> tuple[Any, ...]:
     """A list given as such, or as the comma-separated text of a variable (blank items dropped)."""
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
-    if not isinstance(value, Sequence):
+    if not isinstance(value, Iterable) or isinstance(value, Mapping):
         raise ConfigurationError(f"{name} must be a list of {what}, not {type(value).__name__}")
     return tuple(value)
 
@@ -369,6 +369,7 @@ class Settings:
 
 
 def _rows() -> tuple[Setting, ...]:
+    """The rows :func:`setting` made, completed with what the field says: name, argument, variable."""
     rows = []
     for spec in dataclasses.fields(Settings):
         row: Setting = spec.metadata[_ROW]
