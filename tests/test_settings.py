@@ -109,6 +109,9 @@ def test_an_unknown_argument_is_refused_with_a_suggestion(make: Any) -> None:
         make(home="/x")
     with pytest.raises(TypeError, match=r"unknown setting\(s\): colour\. The settings are store, sinks"):
         make(colour="blue")
+    if make is not resolve_settings:  # the one positional argument is a Settings, nothing else
+        with pytest.raises(TypeError, match=r"settings must be a Settings .*not str; give a store directory"):
+            make("/tmp/store")
 
 
 def test_arguments_are_parsed_by_the_table_and_errors_name_them(tmp_path: Path) -> None:

@@ -157,6 +157,11 @@ class CheckpointRecorder:
     def __init__(self, settings: Settings | None = None, **overrides: Unpack[Overrides]) -> None:
         """``settings`` (default: :func:`resolve_settings`) with ``overrides``, the table's arguments
         (``store=`` may also be an open :class:`RecordStore`)."""
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(
+                f"settings must be a Settings (from resolve_settings()), not {type(settings).__name__}; "
+                "give a store directory as store=..."
+            )
         store = overrides.get("store")
         if isinstance(store, RecordStore):
             overrides["store"] = store.home
