@@ -14,7 +14,9 @@ Where things are:
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files.
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
-- configured: ``settings.py``, one table of every setting.
+- configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
+  (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
+  command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).
 
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlunsplit
 from ..errors import ConfigurationError
 from ..formats.mlflow import JOB_TAG, LOSS_METRIC, RECORD_TAG, MlflowDocuments
 from ..redaction import public_url
-from ..settings import parse_bool
+from ..settings import mlflow_environment
 from .base import Rejected, RetryLater, Sink
 from .transport import DEFAULT_TIMEOUT, HttpTransport, split_url
 
@@ -70,7 +70,7 @@ class MlflowSink(Sink):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(MlflowDocuments())
-        env = os.environ if env is None else env
+        mlflow = mlflow_environment(env)
         url = url.strip().removeprefix("mlflow+")
         parts = split_url(url, "MLflow tracking URL")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -80,11 +80,11 @@ class MlflowSink(Sink):
                 f"MLflow sink {public_url(url)!r}: unknown option(s) {', '.join(unknown)}; "
                 "the only one is ?experiment=NAME"
             )
-        self.experiment = experiment or query.get("experiment") or env.get("MLFLOW_EXPERIMENT_NAME") or None
-        token = token or env.get("MLFLOW_TRACKING_TOKEN") or None
-        username = username or env.get("MLFLOW_TRACKING_USERNAME") or parts.username or None
-        password = password or env.get("MLFLOW_TRACKING_PASSWORD") or parts.password or None
-        if parse_bool("MLFLOW_TRACKING_INSECURE_TLS", env.get("MLFLOW_TRACKING_INSECURE_TLS")):
+        self.experiment = experiment or query.get("experiment") or mlflow.experiment
+        token = token or mlflow.token
+        username = username or mlflow.username or parts.username or None
+        password = password or mlflow.password or parts.password or None
+        if mlflow.insecure_tls:
             raise ConfigurationError(
                 "MLFLOW_TRACKING_INSECURE_TLS is set, but checkpoint-records always verifies TLS: give the "
                 "server's CA with MLFLOW_TRACKING_SERVER_CERT_PATH or CHECKPOINT_RECORDS_CA_BUNDLE instead"
@@ -103,7 +103,7 @@ class MlflowSink(Sink):
             authorization=authorization,
             credential="MLflow credentials" if token or password else "",
             secrets=[token, password, f"{username}:{password}" if username and password else None],
-            ca_bundle=ca_bundle or env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None,
+            ca_bundle=ca_bundle or mlflow.ca_bundle or None,
             allow_insecure_http=allow_insecure_http,
             timeout=timeout,
             deadline=deadline,
