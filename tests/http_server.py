@@ -24,6 +24,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     #: Accept the request and never answer (until the server stops).
     hang: bool = False
+    #: The status line's reason phrase; None for the standard one.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Receiver:
                     receiver._release.wait()
                     self.close_connection = True
                     return
-                self.send_response(reply.status)
+                self.send_response(reply.status, reply.reason)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply.body)))

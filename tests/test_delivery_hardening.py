@@ -6,26 +6,32 @@ store and delivery lanes; no Trainer needed for these.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import math
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
-from checkpoint_records import ConfigurationError, HttpSink, RecordStore
+from checkpoint_records import ConfigurationError, HttpSink, MlflowSink, RecordStore
+from checkpoint_records.cli import main
 from checkpoint_records.delivery import DeliveryWorker
 from checkpoint_records.formats import WireFormat
 from checkpoint_records.lane import BACKOFF_CAP, backoff
 from checkpoint_records.record import CheckpointRecord
-from checkpoint_records.sinks import RetryLater, sink_from_url
-from checkpoint_records.sinks.http import retry_after_seconds
+from checkpoint_records.sinks import RetryLater, Sink, sink_from_url
+from checkpoint_records.sinks.transport import retry_after_seconds
 from commands import cli
-from http_server import Receiver, Reply, first_then
+from http_server import Received, Receiver, Reply, first_then
 from records_factory import make_record
 
 
@@ -36,23 +42,160 @@ def queued(home: Path, sink: HttpSink, steps: range) -> RecordStore:
     return store
 
 
-def test_a_secret_echoed_across_the_cut_never_reaches_the_store_or_the_screen(isolated_store: Path) -> None:
-    token = "tok-" + "S3cr3t" * 6  # 40 characters
-    for at in (280, 295, 299):  # the token straddles the 300-character cut of the error detail
-        body = json.dumps({"error": {"message": "x" * at + token + " and " + "y" * 200}}).encode()
-        with Receiver(first_then(1, Reply(400, body))) as receiver:
-            sink = HttpSink(receiver.url, token=token)
-            store = queued(isolated_store / str(at), sink, range(1, 2))
-            worker = DeliveryWorker(store, [sink])
-            worker.start()
-            worker.flush(10)
-            worker.close()
-        [delivery] = store.outbox.deliveries()
-        assert delivery.state == "dead" and delivery.last_error
-        for piece in (token[i : i + 6] for i in range(len(token) - 6)):
-            assert piece not in delivery.last_error, (at, delivery.last_error)
-        shown = cli("list", "--store", str(isolated_store / str(at)))
-        assert "S3cr3t" not in shown.stdout + shown.stderr
+#: Credentials with characters that URL-quoting and JSON-escaping change, so each form is a new string.
+TOKEN = 'tok/en+"S3cr3t\\' + "Q7x" * 8
+QUERY_KEY = "k3y/V4lue+" + "W8m" * 6
+USER, PASSWORD = "ann", 'pa55/w+"rd\\ ' + "Z9k" * 6  # a space: form-encoding makes it "+"
+
+
+@dataclass(frozen=True)
+class Credentialed:
+    """A sink built with credentials, and the secrets it must keep out of everything we write."""
+
+    name: str
+    build: Callable[[str], Sink]
+    secrets: tuple[str, ...]
+
+
+CREDENTIALED = [
+    Credentialed(
+        "http",
+        lambda url: HttpSink(f"{url}?api_key={quote(QUERY_KEY, safe='')}", token=TOKEN),
+        (TOKEN, QUERY_KEY),
+    ),
+    Credentialed("mlflow-token", lambda url: MlflowSink(url, token=TOKEN), (TOKEN,)),
+    Credentialed(
+        "mlflow-password",
+        lambda url: MlflowSink(url, username=USER, password=PASSWORD),
+        (PASSWORD, f"{USER}:{PASSWORD}"),
+    ),
+]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+#: What a misbehaving server sends back, given one of the sink's secrets and the request it received.
+Echo = Callable[[str, Received], Reply]
+
+
+def _straddling(at: int, style: str) -> Echo:
+    """An error body whose secret starts ``at`` characters into the error detail (``E: message`` in
+    MLflow's style), so that it straddles the 300-character cut."""
+
+    def reply(secret: str, request: Received) -> Reply:
+        if style == "error":
+            body: dict[str, Any] = {"error": {"message": "x" * at + secret + " and " + "y" * 200}}
+        else:
+            body = {"error_code": "E", "message": "x" * (at - len("E: ")) + secret + " and " + "y" * 200}
+        return Reply(400, json.dumps(body).encode())
+
+    return reply
+
+
+ECHOES: dict[str, Echo] = {
+    "Location with it": lambda s, r: Reply(302, b"", {"Location": f"https://elsewhere.example/to/{s}"}),
+    "Location with it as userinfo and query": lambda s, r: Reply(
+        307,
+        b"",
+        {"Location": f"https://{USER}:{quote(s, safe='')}@elsewhere.example/x?t={quote(s, safe='')}"},
+    ),
+    "Location with it URL-quoted": lambda s, r: Reply(301, b"", {"Location": f"/login/{quote(s, safe='')}"}),
+    "Location with it in a quoted path": lambda s, r: Reply(301, b"", {"Location": f"/to/{quote(s)}/x"}),
+    "Location with its base64": lambda s, r: Reply(
+        308, b"", {"Location": f"https://elsewhere.example/{b64(s)}"}
+    ),
+    "status line with it": lambda s, r: Reply(403, b"", reason=f"Forbidden for {s}"),
+    "text body with it": lambda s, r: Reply(403, f"denied: {s}".encode(), {"Content-Type": "text/plain"}),
+    "text body with it URL-quoted": lambda s, r: Reply(404, f"no page /x?key={quote(s, safe='')}".encode()),
+    "text body with it form-encoded": lambda s, r: Reply(400, f"bad form: key={quote_plus(s)}".encode()),
+    "body with it JSON-escaped": lambda s, r: Reply(422, json.dumps({"echo": s}).encode()),
+    "body with its base64": lambda s, r: Reply(401, f"bad credentials {b64(s)}".encode()),
+    "body with the Authorization header": lambda s, r: Reply(
+        401, f"got {r.headers['Authorization']}".encode()
+    ),
+    "RFC 7807 body with it": lambda s, r: Reply(
+        403, json.dumps({"title": "Forbidden", "detail": f"token {s} revoked"}).encode()
+    ),
+    "MLflow error with it": lambda s, r: Reply(
+        403, json.dumps({"error_code": "PERMISSION_DENIED", "message": f"bad {s}"}).encode()
+    ),
+    "error object with it as its code": lambda s, r: Reply(
+        401, json.dumps({"error": {"code": s, "message": "invalid"}}).encode()
+    ),
+    **{
+        f"{style} body with it across the cut at {at}": _straddling(at, style)
+        for at in (280, 295, 299)
+        for style in ("error", "mlflow")
+    },
+}
+
+
+def echoed_forms(secret: str) -> list[str]:
+    """Every form of ``secret`` a server may echo, and 8-character pieces of each (a secret cut short)."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        b64(secret),
+    }
+    return sorted({form[i : i + 8] for form in forms for i in range(len(form) - 7)})
+
+
+@pytest.mark.parametrize("credentialed", CREDENTIALED, ids=lambda c: c.name)
+def test_no_secret_a_server_echoes_reaches_the_store_the_log_or_inspect(
+    isolated_store: Path,
+    credentialed: Credentialed,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every echo case, for every secret of each sink: one record per (case, secret), told apart by its
+    job name (in the record HttpSink posts, in the experiment MlflowSink looks up first)."""
+    cases = [(name, secret) for name in ECHOES for secret in credentialed.secrets]
+
+    def script(index: int, request: Received) -> Reply:
+        found = re.search(r"echo-(\d+)", request.path + json.dumps(request.payload))
+        assert found is not None, request
+        name, secret = cases[int(found.group(1))]
+        return ECHOES[name](secret, request)
+
+    caplog.set_level(logging.DEBUG, logger="checkpoint_records")
+    with Receiver(script) as receiver:
+        sink = credentialed.build(receiver.url)
+        store = RecordStore(isolated_store)
+        for number in range(len(cases)):
+            store.put(make_record(1, job=f"echo-{number}"), [sink.key])
+        worker = DeliveryWorker(store, [sink])
+        worker.start()
+        assert worker.flush(60).pending == 0
+        worker.close()
+    deliveries = {delivery.record_id: delivery for delivery in store.outbox.deliveries()}
+    leaks: list[tuple[str, str, str]] = []  # (case, where, what of a secret), all listed when any leak
+    for number, (case, secret) in enumerate(cases):
+        stored = store.get(f"echo-{number}-checkpoint-1")
+        assert stored is not None
+        error = deliveries[stored.record.id].last_error or ""
+        assert deliveries[stored.record.id].state == "dead" and "HTTP " in error, (case, error)
+        assert main(["inspect", stored.record.name, "--store", str(isolated_store)]) == 0
+        shown = capsys.readouterr()
+        leaks += [(case, "error", piece) for piece in echoed_forms(secret) if piece in error]
+        leaks += [
+            (case, "inspect", piece) for piece in echoed_forms(secret) if piece in shown.out + shown.err
+        ]
+        if "***" not in error and not error.endswith("*..."):  # the mask itself may be cut
+            leaks.append((case, "error", f"nothing masked in {error!r}"))
+    store.close()
+    stored_bytes = b"".join(path.read_bytes() for path in isolated_store.rglob("*") if path.is_file())
+    for secret in credentialed.secrets:
+        leaks += [
+            ("any", "store file", piece) for piece in echoed_forms(secret) if piece.encode() in stored_bytes
+        ]
+        leaks += [("any", "log", piece) for piece in echoed_forms(secret) if piece in caplog.text]
+    assert "HTTP 4" in caplog.text and "HTTP 3" in caplog.text  # the log did say the errors
+    assert not leaks, "\n".join(sorted({f"{case}: {where}" for case, where, _ in leaks}))
 
 
 def test_credentials_in_a_sink_url_are_refused_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,13 +298,22 @@ class Trickler:
         self.requests[index] = (started, time.time())
 
 
-def test_a_trickling_server_cannot_hold_a_request_past_its_deadline() -> None:
-    with Trickler() as server:
-        sink = HttpSink(server.url, timeout=(1, 1), deadline=1.5)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda url: HttpSink(url, timeout=(1, 1), deadline=1.5),
+        lambda url: MlflowSink(url, timeout=(1, 1), deadline=1.5),
+    ],
+    ids=["http", "mlflow"],
+)
+def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(build: Callable[[str], Sink]) -> None:
+    with Trickler(lasting=30.0) as server:
+        sink = build(server.url)
         started = time.monotonic()
         with pytest.raises(RetryLater, match="deadline"):
-            sink.send({"n": 1}, "key-1")
-        assert time.monotonic() - started < 3.0  # a byte every 0.2 s satisfies every read timeout
+            sink.send(sink.format.render(make_record(1)), "key-1")
+        # A byte every 0.2 s satisfies every read timeout: without the deadline this takes 30 s.
+        assert time.monotonic() - started < 15.0
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +21,10 @@ import requests
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.delivery import DeliveryWorker
-from checkpoint_records.sinks import MlflowSink, RetryLater, sink_from_url
-from checkpoint_records.sinks.mlflow import JOB_TAG, RECORD_TAG, MlflowRejected, model_document
+from checkpoint_records.formats.mlflow import JOB_TAG, RECORD_TAG, model_document
+from checkpoint_records.sinks import MlflowSink, Rejected, RetryLater, sink_from_url
 from commands import cli, killed_run
-from http_server import Receiver, Reply, always, free_port
+from http_server import Received, Receiver, Reply, always, free_port
 from records_factory import make_record
 from trainer_runs import tiny_trainer
 
@@ -205,22 +206,22 @@ def test_credentials_travel_only_in_the_authorization_header(monkeypatch: pytest
         monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", secret)
         monkeypatch.setenv("CHECKPOINT_RECORDS_TOKEN", "not-for-mlflow")
         sink = sink_from_url(f"mlflow+{receiver.url}", token="not-for-mlflow")
-        with pytest.raises(MlflowRejected) as refused:
+        with pytest.raises(Rejected) as refused:
             sink.send(sink.format.render(make_record(2)), "key")
-        assert refused.value.error_code == "PERMISSION_DENIED" and refused.value.status == 403
+        assert refused.value.code == "PERMISSION_DENIED" and refused.value.status == 403
         assert secret not in refused.value.reason and "***" in refused.value.reason
         assert secret not in sink.key and secret not in repr(sink)
         assert receiver.requests[0].headers["Authorization"] == f"Bearer {secret}"
 
         monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
         basic = MlflowSink(receiver.url, username="ann", password="pa55word-x")
-        with pytest.raises(MlflowRejected) as refused_basic:
+        with pytest.raises(Rejected) as refused_basic:
             basic.send(basic.format.render(make_record(2)), "key")
         assert receiver.requests[-1].headers["Authorization"] == "Basic YW5uOnBhNTV3b3JkLXg="
         assert "pa55word-x" not in refused_basic.value.reason
 
         in_url = MlflowSink(receiver.url.replace("http://", "http://ann:pa55word-x@"))
-        with pytest.raises(MlflowRejected):
+        with pytest.raises(Rejected):
             in_url.send(in_url.format.render(make_record(2)), "key")
         assert receiver.requests[-1].headers["Authorization"] == "Basic YW5uOnBhNTV3b3JkLXg="
         assert "pa55word" not in in_url.key and "ann" not in in_url.key
@@ -234,6 +235,60 @@ def test_an_unavailable_server_is_retried_later() -> None:
         with pytest.raises(RetryLater) as later:
             sink.send(sink.format.render(make_record(2)), "key")
     assert later.value.retry_after == 7 and "TEMPORARILY_UNAVAILABLE" in later.value.reason
+
+
+#: One reply that answers every call a checkpoint's send makes as if all of it existed already.
+EVERYTHING_FOUND = json.dumps(
+    {
+        "experiment": {"experiment_id": "1"},
+        "runs": [{"info": {"run_id": "r1"}, "data": {}}],
+        "models": [{"info": {"model_id": "m1", "status": "LOGGED_MODEL_READY"}, "data": {"metrics": [{}]}}],
+        "run": {"outputs": {"model_outputs": [{"model_id": "m1"}]}},
+    }
+).encode()
+
+
+def test_one_deadline_covers_all_the_calls_of_a_send() -> None:
+    """Each call is answered in 0.5 s, well within the read timeout: five of them fit in 30 s, not in a
+    1.5 s deadline, which must bound the send (the delivery's claim is sized by it), not each call."""
+    answered = threading.Event()
+
+    def slow(index: int, request: Received) -> Reply:
+        answered.wait(0.5)  # never set: the server's own slowness
+        return Reply(body=EVERYTHING_FOUND)
+
+    with Receiver(slow, path="") as receiver:
+        patient = MlflowSink(receiver.url, timeout=(5, 5), deadline=30)
+        patient.send(patient.format.render(make_record(2)), "key")
+        assert len(receiver.requests) == 5  # get-by-name, runs/search, models/search, runs/get, tags
+        hurried = MlflowSink(receiver.url, timeout=(5, 5), deadline=1.5)
+        assert hurried.max_send_seconds == 1.5
+        with pytest.raises(RetryLater, match=re.escape("within the 1.5 s deadline")):
+            hurried.send(hurried.format.render(make_record(2)), "key")
+        assert len(receiver.requests) < 5 + 5
+
+
+def test_a_reply_not_shaped_as_mlflows_is_retried_with_what_it_echoed_masked() -> None:
+    """A metric history whose step is the token: reading it fails, and the failure's text, which
+    quotes the value, is masked like every server text."""
+    token = "mlflow-secret-token-456"
+    odd = json.loads(EVERYTHING_FOUND) | {"metrics": [{"step": f"step {token}"}]}
+    job = {
+        "kind": "job",
+        "job_id": "j1",
+        "job_name": "odd",
+        "status": "RUNNING",
+        "start_time": 0,
+        "end_time": None,
+        "params": {},
+        "metrics": [{"key": "train_loss", "value": 1.0, "step": 1, "timestamp": 0}],
+    }
+    with Receiver(always(Reply(body=json.dumps(odd).encode())), path="") as receiver:
+        sink = MlflowSink(receiver.url, token=token)
+        with pytest.raises(RetryLater) as later:
+            sink.send(job, "key")
+    assert "a reply MLflow does not give: ValueError" in later.value.reason
+    assert token not in later.value.reason and "***" in later.value.reason
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError
-from checkpoint_records.settings import TABLE, Settings, environment, resolve_settings
+from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError, RecordStore
+from checkpoint_records.settings import TABLE, Overrides, Settings, mlflow_environment, resolve_settings
+from checkpoint_records.sinks import HttpSink
+from checkpoint_records.storage import StorageConfig
 from commands import cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_argument_wins_over_its_variable_which_wins_over_the_default(tmp_path: Path) -> None:
@@ -16,7 +22,7 @@ def test_an_argument_wins_over_its_variable_which_wins_over_the_default(tmp_path
     assert resolve_settings(env).flush_timeout == 7.0
     assert resolve_settings(env, flush_timeout=2).flush_timeout == 2.0
     assert resolve_settings(env).home == tmp_path / "env"
-    assert resolve_settings(env, home=tmp_path / "arg").home == tmp_path / "arg"
+    assert resolve_settings(env, store=tmp_path / "arg").home == tmp_path / "arg"
     defaults = resolve_settings({"HOME": str(tmp_path)})
     assert defaults.home == tmp_path / ".cache" / "checkpoint-records"
     assert defaults.name_template is None and defaults.sinks == ()  # each caller's own default
@@ -32,13 +38,160 @@ def test_an_argument_wins_over_its_variable_which_wins_over_the_default(tmp_path
     )
 
 
-def test_the_table_and_the_settings_agree() -> None:
-    assert [setting.name for setting in TABLE] == list(Settings.__dataclass_fields__)
-    assert all(setting.variable.startswith("CHECKPOINT_RECORDS_") and setting.help for setting in TABLE)
-    # What is configured elsewhere (the server's tokens, say) is read through environment(), same checks.
-    assert environment({"CHECKPOINT_RECORDS_HOME": "/h", "HOME": "/h"}) == {"HOME": "/h"}
-    with pytest.raises(ConfigurationError, match="did you mean CHECKPOINT_RECORDS_TOKEN"):
-        environment({"CHECKPOINT_RECORDS_TOKNE": "x"})
+#: A valid text for every variable in the table, and what it is read as.
+READ_AS: dict[str, tuple[str, object]] = {
+    "CHECKPOINT_RECORDS_HOME": ("/srv/records", Path("/srv/records")),
+    "CHECKPOINT_RECORDS_SINKS": (
+        "https://a.example/x, openai+https://b.example/y",
+        ("https://a.example/x", "openai+https://b.example/y"),
+    ),
+    "CHECKPOINT_RECORDS_TOKEN": ("t0ken", "t0ken"),
+    "CHECKPOINT_RECORDS_CA_BUNDLE": ("/etc/ca.pem", "/etc/ca.pem"),
+    "CHECKPOINT_RECORDS_ALLOW_INSECURE_HTTP": ("yes", True),
+    "CHECKPOINT_RECORDS_JOB_ID": ("job-7", "job-7"),
+    "CHECKPOINT_RECORDS_JOB_NAME": ("sweep", "sweep"),
+    "CHECKPOINT_RECORDS_NAME_TEMPLATE": ("{job_name}@{step}", "{job_name}@{step}"),
+    "CHECKPOINT_RECORDS_FLUSH_TIMEOUT": ("2.5", 2.5),
+    "CHECKPOINT_RECORDS_RECORD_EVERY_NODE": ("1", True),
+    "CHECKPOINT_RECORDS_STORAGE": ("s3://bucket/prefix", "s3://bucket/prefix"),
+    "CHECKPOINT_RECORDS_STORAGE_RETENTION": ("mirror", "mirror"),
+    "CHECKPOINT_RECORDS_STORAGE_PARALLEL": ("8", 8),
+    "CHECKPOINT_RECORDS_SERVER_TOKENS": ("one, two,", ("one", "two")),
+}
+#: A text every variable that checks its value refuses.
+REFUSED = {
+    "CHECKPOINT_RECORDS_ALLOW_INSECURE_HTTP": "maybe",
+    "CHECKPOINT_RECORDS_NAME_TEMPLATE": "{job_name}",
+    "CHECKPOINT_RECORDS_FLUSH_TIMEOUT": "soon",
+    "CHECKPOINT_RECORDS_RECORD_EVERY_NODE": "2",
+    "CHECKPOINT_RECORDS_STORAGE": "bucket/prefix",
+    "CHECKPOINT_RECORDS_STORAGE_RETENTION": "forever",
+    "CHECKPOINT_RECORDS_STORAGE_PARALLEL": "0",
+}
+
+
+def test_every_variable_of_the_table_is_read_and_parsed() -> None:
+    assert sorted(READ_AS) == sorted(row.variable for row in TABLE if row.variable)
+    for row in TABLE:
+        if row.variable is None:
+            continue
+        text, expected = READ_AS[row.variable]
+        assert expected != row.default_in({"HOME": "/h"}), row.variable  # the variable made a difference
+        assert getattr(resolve_settings({"HOME": "/h", row.variable: text}), row.name) == expected
+        if row.variable in REFUSED:
+            with pytest.raises(ConfigurationError, match=row.variable):
+                resolve_settings({"HOME": "/h", row.variable: REFUSED[row.variable]})
+        # the argument wins, and is parsed by the same row: text works as the variable's does
+        assert getattr(resolve_settings({"HOME": "/h"}, **{row.argument: text}), row.name) == expected
+
+
+def test_an_empty_variable_is_the_default() -> None:
+    empty = {row.variable: "" for row in TABLE if row.variable and row.name != "home"}
+    settings = resolve_settings({"HOME": "/h", **empty})
+    for row in TABLE:
+        if row.name != "home":
+            assert getattr(settings, row.name) == row.default_in({}), row.name
+
+
+def test_the_typed_arguments_are_the_tables() -> None:
+    assert list(Overrides.__annotations__) == [row.argument for row in TABLE]
+    assert [row.name for row in TABLE] == list(Settings.__dataclass_fields__)
+    assert all(row.help for row in TABLE)
+
+
+@pytest.mark.parametrize("make", [CheckpointRecordCallback, CheckpointRecorder, resolve_settings])
+def test_an_unknown_argument_is_refused_with_a_suggestion(make: Any) -> None:
+    with pytest.raises(TypeError, match=r"flush_timout \(did you mean flush_timeout\?\)"):
+        make(flush_timout=1)
+    with pytest.raises(
+        TypeError, match=r"home \(did you mean store\?\)"
+    ):  # the field's name, not its argument
+        make(home="/x")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\): colour\. The settings are store, sinks"):
+        make(colour="blue")
+    if make is not resolve_settings:  # the one positional argument is a Settings, nothing else
+        with pytest.raises(TypeError, match=r"settings must be a Settings .*not str; give a store directory"):
+            make("/tmp/store")
+
+
+def test_arguments_are_parsed_by_the_table_and_errors_name_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"flush_timeout='abc' is not a number of seconds"):
+        CheckpointRecordCallback(flush_timeout="abc")
+    with pytest.raises(ConfigurationError, match=r"storage_parallel=0 must be 1 or more"):
+        CheckpointRecorder(storage_parallel=0)
+    with pytest.raises(ConfigurationError, match="sinks must be a list of sinks or sink URLs, not HttpSink"):
+        CheckpointRecorder(sinks=HttpSink("http://127.0.0.1:9/x"))
+    with pytest.raises(ConfigurationError, match="storage must be an fsspec URL or a StorageConfig, not int"):
+        CheckpointRecorder(storage=7)
+    settings = resolve_settings().replace(flush_timeout="7", record_every_node="on")
+    assert (settings.flush_timeout, settings.record_every_node) == (7.0, True)
+
+
+def test_settings_with_overrides_and_the_objects_the_arguments_always_took(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "open")
+    sink = HttpSink("http://127.0.0.1:9/x")
+    storage = StorageConfig("file://" + str(tmp_path / "files"), retention="mirror")
+    settings = resolve_settings({"HOME": "/h", "CHECKPOINT_RECORDS_FLUSH_TIMEOUT": "9"}, job_name="base")
+    with CheckpointRecorder(
+        settings, store=store, sinks=[sink], storage=storage, flush_timeout=1
+    ) as recorder:
+        assert recorder.store is store and recorder.sinks == [sink]
+        assert recorder.uploads.config is storage
+        assert (recorder.flush_timeout, recorder.job_name) == (1.0, "base")
+    callback = CheckpointRecordCallback(settings, store=tmp_path / "s")
+    assert callback.recorder.store.home == tmp_path / "s" and callback.recorder.flush_timeout == 9.0
+    callback.recorder.close()
+
+
+def test_secrets_never_show_in_the_settings() -> None:
+    settings = resolve_settings(
+        {
+            "HOME": "/h",
+            "CHECKPOINT_RECORDS_TOKEN": "t0ken-secret",
+            "CHECKPOINT_RECORDS_SERVER_TOKENS": "srv-secret",
+        },
+        storage="s3://AKIAKEY:aws-secret@bucket/p?sig=url-secret",
+        storage_options={"secret": "option-secret"},
+    )
+    shown = repr(settings)
+    assert "bucket/p" in shown and "token='***'" in shown
+    assert not any(secret in shown for secret in ("t0ken", "srv-", "aws-", "AKIA", "url-", "option-"))
+    mlflow = repr(
+        mlflow_environment({"MLFLOW_TRACKING_TOKEN": "ml-secret", "MLFLOW_TRACKING_PASSWORD": "pw-secret"})
+    )
+    assert "ml-secret" not in mlflow and "pw-secret" not in mlflow
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("CHECKPOINT_RECORDS_STORAGE_RETENTON", "CHECKPOINT_RECORDS_STORAGE_RETENTION"),
+        ("CHECKPOINT_RECORDS_STORAGE_PARALEL", "CHECKPOINT_RECORDS_STORAGE_PARALLEL"),
+        ("CHECKPOINT_RECORD_STORAGE", "CHECKPOINT_RECORDS_STORAGE"),
+        ("CHECKPOINT_RECORDS_SERVER_TOKEN", "CHECKPOINT_RECORDS_SERVER_TOKENS"),
+    ],
+)
+def test_a_mistyped_storage_or_server_variable_is_caught_like_the_others(
+    variable: str, meant: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    suggestion = f"{variable} (did you mean {meant}?)"
+    result = cli("serve", "--store", str(tmp_path / "s"), env={variable: "x"})
+    assert result.returncode == 2 and suggestion in result.stderr, result.stderr
+    monkeypatch.setenv(variable, "x")
+    with pytest.raises(ConfigurationError, match=re.escape(suggestion)):
+        CheckpointRecordCallback()
+
+
+def test_help_and_the_readme_list_every_variable() -> None:
+    helped = cli("--help")
+    assert helped.returncode == 0
+    readme = (ROOT / "README.md").read_text()
+    for row in TABLE:
+        if row.variable:
+            assert f"  {row.variable} " in helped.stdout, row.variable
+            assert f"`{row.variable}`" in readme, row.variable
+        assert f"`{row.argument}`" in readme, row.argument
+    assert "(default 5)" in helped.stdout  # defaults come from the table too
 
 
 @pytest.mark.parametrize("value", ["1e9", "inf", "nan", "-1", "3601"])

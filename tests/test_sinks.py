@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
+import checkpoint_records
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, HttpSink
 from checkpoint_records.lane import BACKOFF_CAP, backoff
 from checkpoint_records.redaction import Redactor, public_url
 from checkpoint_records.sinks import sink_from_url
-from checkpoint_records.sinks.http import describe_reply, retry_after_seconds
+from checkpoint_records.sinks.transport import describe_reply, retry_after_seconds
 
 
 def test_url_shorthand_selects_the_format_and_keeps_secrets_out_of_the_key() -> None:
@@ -51,16 +54,23 @@ def test_bad_sink_configuration_fails_at_construction_saying_what_to_change(
 def test_error_replies_are_described_in_one_line() -> None:
     problem = b'{"type": "about:blank", "title": "Unprocessable", "status": 422, "detail": "step\\nmissing"}'
     assert describe_reply(422, "Unprocessable Entity", problem) == (
-        "HTTP 422 Unprocessable Entity: Unprocessable: step missing"
+        "",
+        "HTTP 422 Unprocessable Entity: Unprocessable: step missing",
     )
     openai_style = b'{"error": {"message": "Invalid key", "type": "invalid_request_error", "code": null}}'
-    assert describe_reply(401, "Unauthorized", openai_style) == (
+    assert describe_reply(401, "Unauthorized", openai_style).text == (
         "HTTP 401 Unauthorized: invalid_request_error: Invalid key"
     )
-    assert describe_reply(400, "Bad Request", b'{"error": "nope"}') == "HTTP 400 Bad Request: nope"
-    assert describe_reply(500, "", b"\xff\xfe<html>").startswith("HTTP 500: ")
-    assert describe_reply(404, "Not Found", b"") == "HTTP 404 Not Found"
-    assert len(describe_reply(400, "Bad Request", b"x" * 100_000)) < 400
+    mlflow_style = b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No experiment"}'
+    assert describe_reply(404, "NOT FOUND", mlflow_style) == (
+        "RESOURCE_DOES_NOT_EXIST",
+        "HTTP 404 NOT FOUND: RESOURCE_DOES_NOT_EXIST: No experiment",
+    )
+    assert describe_reply(400, "Bad Request", b'{"error": "nope"}').text == "HTTP 400 Bad Request: nope"
+    assert describe_reply(400, "", b'{"unknown": 1}').text == 'HTTP 400: {"unknown": 1}'
+    assert describe_reply(500, "", b"\xff\xfe<html>").text.startswith("HTTP 500: ")
+    assert describe_reply(404, "Not Found", b"") == ("", "HTTP 404 Not Found")
+    assert len(describe_reply(400, "Bad Request", b"x" * 100_000).text) < 400
 
 
 def test_retry_after_in_seconds_or_as_an_http_date() -> None:
@@ -77,3 +87,14 @@ def test_redaction_masks_userinfo_query_values_and_tokens() -> None:
     assert public_url("https://u:p@h.example:8443/a?k=v&x=") == "https://h.example:8443/a?k=***&x=***"
     redact = Redactor(["tok/en+1", None, "ab"])
     assert redact("Bearer tok/en+1 at /path?t=tok%2Fen%2B1") == "Bearer *** at /path?t=***"
+    # A Basic header's base64 of user:password, padded or not, standard or URL-safe: "ann:p?ss>>"
+    basic = Redactor(["ann:p?ss>>"])
+    assert basic("Basic YW5uOnA/c3M+Pg== or YW5uOnA_c3M-Pg, YW5uOnA%2Fc3M%2BPg") == "Basic *** or ***, ***"
+
+
+def test_one_module_makes_the_http_sessions_of_every_sink() -> None:
+    """Sinks send through one transport: a session made anywhere else would not follow its rules (TLS,
+    no proxies from the environment, no redirects, the deadline, redaction)."""
+    package = Path(checkpoint_records.__file__).parent
+    makers = [path for path in package.rglob("*.py") if re.search(r"\bSession\(", path.read_text())]
+    assert [path.relative_to(package).as_posix() for path in makers] == ["sinks/transport.py"]

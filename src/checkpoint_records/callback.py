@@ -6,11 +6,9 @@ save, reading the state it needs) and hands the rest to the recorder's backgroun
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -19,9 +17,10 @@ from .job import JobIdentity
 from .logs import never_raises
 from .record import CheckpointRecord
 from .recorder import Begin, BestSoFar, CheckpointRecorder, Save, base_model_name
-from .sinks import Sink
-from .storage import StorageConfig
-from .store import RecordStore
+from .settings import Overrides, Settings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CHECKPOINT_PREFIX = "checkpoint"
 
@@ -46,36 +45,13 @@ def checkpoint_directory(args: TrainingArguments, state: TrainerState) -> Path:
 class CheckpointRecordCallback(TrainerCallback):
     """Writes a checkpoint record on every save. Add it to ``Trainer(callbacks=[...])``.
 
-    Every argument can also come from a ``CHECKPOINT_RECORDS_*`` environment variable (see
-    ``checkpoint_records.settings.ENVIRONMENT``); bad configuration raises here, not at the first save.
+    ``settings`` (default: resolved from the ``CHECKPOINT_RECORDS_*`` variables) with ``overrides``, any
+    of the settings table's arguments (``checkpoint_records.settings.TABLE``: ``store=``, ``sinks=``,
+    ``flush_timeout=``, ``storage=``...); bad configuration raises here, not at the first save.
     """
 
-    def __init__(
-        self,
-        *,
-        store: RecordStore | str | os.PathLike[str] | None = None,
-        sinks: Sequence[Sink | str] | None = None,
-        job_id: str | None = None,
-        job_name: str | None = None,
-        name_template: str | None = None,
-        flush_timeout: float | None = None,
-        record_every_node: bool | None = None,
-        storage: str | StorageConfig | None = None,
-        storage_options: Mapping[str, Any] | None = None,
-        storage_retention: str | None = None,
-    ) -> None:
-        self.recorder = CheckpointRecorder(
-            store=store,
-            sinks=sinks,
-            job_id=job_id,
-            job_name=job_name,
-            name_template=name_template,
-            flush_timeout=flush_timeout,
-            record_every_node=record_every_node,
-            storage=storage,
-            storage_options=storage_options,
-            storage_retention=storage_retention,
-        )
+    def __init__(self, settings: Settings | None = None, **overrides: Unpack[Overrides]) -> None:
+        self.recorder = CheckpointRecorder(settings, **overrides)
         #: How much of ``state.log_history`` was handed over, and when its new entries were logged.
         self._handed = 0
         self._log_times: dict[int, float] = {}

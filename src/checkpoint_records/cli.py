@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .delivery import DeliveryWorker
@@ -22,7 +22,7 @@ from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
 from .recovery import checkpoint_folders
-from .settings import ENVIRONMENT, PREFIX, Settings, environment, parse_seconds, resolve_settings
+from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .storage import live_upload_statuses, upload_state
 from .storage.commands import add_commands as add_storage_commands
@@ -44,8 +44,13 @@ if TYPE_CHECKING:
     from .recorder import CheckpointRecorder
 
 OK, FAILED, USAGE = 0, 1, 2
-DEFAULT_FLUSH_TIMEOUT = 60.0
-MAX_FLUSH_TIMEOUT = 86400.0
+#: ``flush``/``resend``/``import --timeout``: someone at a terminal asked for the delivery and waits for
+#: it, longer than the end of training does (the ``flush_timeout`` setting).
+DEFAULT_DELIVER_TIMEOUT = 60.0
+MAX_DELIVER_TIMEOUT = 86400.0
+#: ``serve``: loopback unless told otherwise (any other address needs a token).
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 8000
 
 
 class NotFound(Exception):
@@ -174,16 +179,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     return OK
 
 
-def _recorder(store: RecordStore, sinks: list[Sink], args: argparse.Namespace) -> CheckpointRecorder:
+def _recorder(settings: Settings, store: RecordStore, sinks: list[Sink]) -> CheckpointRecorder:
     """A recorder for recovery from the command line (imported here: it needs transformers)."""
     from .recorder import CheckpointRecorder
 
-    return CheckpointRecorder(
-        store=store,
-        sinks=sinks,
-        job_id=getattr(args, "job_id", None),
-        job_name=getattr(args, "job_name", None),
-    )
+    return CheckpointRecorder(settings, store=store, sinks=sinks)
 
 
 def _document_name(store: RecordStore, document_id: str) -> str:
@@ -262,7 +262,7 @@ def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
     if store is None:
         print(f"nothing to deliver: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return OK
-    recovered = _recorder(store, sinks, args).recover_known()  # saves a killed run never stored
+    recovered = _recorder(settings, store, sinks).recover_known()  # saves a killed run never stored
     if recovered:
         names = ", ".join(record.name for record in recovered)
         print(
@@ -275,7 +275,7 @@ def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     sinks = configured_sinks(settings)
     store = RecordStore(settings.home)
-    recorder = _recorder(store, sinks, args)
+    recorder = _recorder(settings, store, sinks)
     missing = 0
     for directory in args.output_dirs:
         path = Path(directory)
@@ -311,7 +311,7 @@ def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
 
 def _timeout(text: str) -> float:
     try:
-        return parse_seconds("--timeout", text, DEFAULT_FLUSH_TIMEOUT, MAX_FLUSH_TIMEOUT)
+        return parse_seconds("--timeout", text, MAX_DELIVER_TIMEOUT)
     except ConfigurationError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -335,12 +335,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             f"`serve` needs the server extra ({error.name} is missing): "
             "pip install 'checkpoint-records[server]'"
         ) from None
-    tokens = args.token or [t.strip() for t in environment().get("SERVER_TOKENS", "").split(",") if t.strip()]
     return serve(
         RecordStore(settings.home),
         host=args.host,
         port=args.port,
-        tokens=tokens,
+        tokens=settings.server_tokens,
         allow_public_without_token=args.allow_public_without_token,
     )
 
@@ -348,7 +347,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
-    variables = "\n".join(f"  {PREFIX + name:<40} {what}" for name, what in ENVIRONMENT.items())
+    variables = "\n".join(f"  {row.variable:<40} {row.description}" for row in TABLE if row.variable)
     parser = argparse.ArgumentParser(
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",
@@ -357,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  0  done (flush/resend: everything it was asked to deliver is delivered)\n"
             "  1  something it was asked about is missing, ambiguous, still pending or rejected\n"
             "  2  bad usage or configuration\n\n"
-            f"environment:\n{variables}"
+            f"environment (an option wins over its variable, a variable over the default):\n{variables}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
@@ -388,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     delivering = argparse.ArgumentParser(add_help=False)
     delivering.add_argument(
         "--sink",
+        dest="sinks",
         action="append",
         metavar="URL",
         help="a sink to deliver to, as in CHECKPOINT_RECORDS_SINKS (repeatable; default: that variable)",
@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     delivering.add_argument(
         "--timeout",
         type=_timeout,
-        default=DEFAULT_FLUSH_TIMEOUT,
-        help=f"seconds to keep trying (default {DEFAULT_FLUSH_TIMEOUT:g}, at most {MAX_FLUSH_TIMEOUT:g})",
+        default=DEFAULT_DELIVER_TIMEOUT,
+        help=f"seconds to keep trying (default {DEFAULT_DELIVER_TIMEOUT:g}, at most {MAX_DELIVER_TIMEOUT:g})",
     )
     flush = commands.add_parser(
         "flush", parents=[common, delivering], help="deliver everything pending; 1 if some of it is left"
@@ -424,10 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="a registry other jobs send records to, read by OpenAI/Llama Stack clients",
     )
-    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serving.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serving.add_argument(
+        "--host", default=DEFAULT_SERVE_HOST, help=f"address to bind (default {DEFAULT_SERVE_HOST})"
+    )
+    serving.add_argument(
+        "--port", type=int, default=DEFAULT_SERVE_PORT, help=f"port (default {DEFAULT_SERVE_PORT})"
+    )
     serving.add_argument(
         "--token",
+        dest="server_tokens",
         action="append",
         help="a token clients must send as a bearer (repeatable; default: CHECKPOINT_RECORDS_SERVER_TOKENS, "
         "which keeps it out of the process list)",
@@ -448,11 +453,17 @@ def _message(error: Exception) -> str:
     return text if text.startswith("checkpoint-records") else f"checkpoint-records: {text}"
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as options: an option whose ``dest`` is a setting's argument (``--store``,
+    ``--sink``, ``--storage``, ``import --job-id``, ``serve --token``...) gives that setting."""
+    given = {row.argument: getattr(args, row.argument, None) for row in TABLE}
+    return {argument: value for argument, value in given.items() if value is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store = getattr(args, "store", None)
-        settings = resolve_settings(home=store, sinks=getattr(args, "sink", None) or None)
+        settings = resolve_settings(**_options(args))
         return int(args.run(settings, args))
     except ConfigurationError as error:
         print(_message(error), file=sys.stderr)

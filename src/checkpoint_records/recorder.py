@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import transformers
 
@@ -43,11 +43,20 @@ from .logs import logger, never_raises
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .recovery import FoundCheckpoint, checkpoint_folders, job_from_disk, modified_at, read_checkpoint
-from .settings import DEFAULT_LOOP_NAME_TEMPLATE, DEFAULT_NAME_TEMPLATE, environment, resolve_settings
+from .settings import (
+    DEFAULT_LOOP_NAME_TEMPLATE,
+    DEFAULT_NAME_TEMPLATE,
+    Overrides,
+    Settings,
+    resolve_settings,
+)
 from .sinks import Sink, configured_sinks, job_sinks, record_sinks, sinks_to_notify
-from .storage import StorageConfig, Uploads, storage_config
+from .storage import Uploads, storage_config
 from .store import RecordStore, claim_owner
 from .values import to_number
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
 
@@ -145,29 +154,18 @@ class _Run:
 class CheckpointRecorder:
     """Records checkpoints into the store and queues them for the configured sinks."""
 
-    def __init__(
-        self,
-        *,
-        store: RecordStore | str | os.PathLike[str] | None = None,
-        sinks: Sequence[Sink | str] | None = None,
-        job_id: str | None = None,
-        job_name: str | None = None,
-        name_template: str | None = None,
-        flush_timeout: float | None = None,
-        record_every_node: bool | None = None,
-        storage: str | StorageConfig | None = None,
-        storage_options: Mapping[str, Any] | None = None,
-        storage_retention: str | None = None,
-    ) -> None:
-        settings = resolve_settings(
-            home=None if isinstance(store, RecordStore) else store,
-            sinks=sinks,
-            job_id=job_id,
-            job_name=job_name,
-            name_template=name_template,
-            flush_timeout=flush_timeout,
-            record_every_node=record_every_node,
-        )
+    def __init__(self, settings: Settings | None = None, **overrides: Unpack[Overrides]) -> None:
+        """``settings`` (default: :func:`resolve_settings`) with ``overrides``, the table's arguments
+        (``store=`` may also be an open :class:`RecordStore`)."""
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(
+                f"settings must be a Settings (from resolve_settings()), not {type(settings).__name__}; "
+                "give a store directory as store=..."
+            )
+        store = overrides.get("store")
+        if isinstance(store, RecordStore):
+            overrides["store"] = store.home
+        settings = resolve_settings(**overrides) if settings is None else settings.replace(**overrides)
         self.store = store if isinstance(store, RecordStore) else RecordStore(settings.home)
         self.sinks = configured_sinks(settings)
         self.job_id, self.job_name = settings.job_id, settings.job_name
@@ -185,7 +183,7 @@ class CheckpointRecorder:
         self.last_record: CheckpointRecord | None = None
         self.uploads = Uploads(
             self.store,
-            storage_config(storage, storage_options, storage_retention, environment()),
+            storage_config(settings),
             [sink.key for sink in self.record_sinks],
             self.delivery.wake,
         )

@@ -1,15 +1,17 @@
 """Keeping secrets out of everything we write: sink keys, outbox errors, log lines, exception text.
 
 A sink URL may carry secrets in its userinfo (``https://user:pass@host``) or its query
-(``?api_key=...``); a token travels in the ``Authorization`` header. Anything derived from them that we
-store or print goes through :func:`public_url` or :class:`Redactor` first.
+(``?api_key=...``); a token travels in the ``Authorization`` header (``Basic`` auth sends the base64 of
+``user:password``). Anything derived from them that we store or print goes through :func:`public_url` or
+:class:`Redactor` first.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -36,17 +38,29 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+def _base64_forms(secret: str) -> set[str]:
+    """``secret`` in base64 as a server may echo it (a ``Basic`` header's ``user:password``): standard
+    and URL-safe, with and without padding."""
+    raw = secret.encode()
+    forms = {base64.b64encode(raw).decode("ascii"), base64.urlsafe_b64encode(raw).decode("ascii")}
+    return forms | {form.rstrip("=") for form in forms}
+
+
 class Redactor:
-    """Masks known secrets in text, in every form a server may echo them (as is, URL-quoted, JSON-escaped);
-    the longest first, so a secret containing another goes whole. A text that ends with the start of a
-    secret (cut off by a size limit) has that start masked too."""
+    """Masks known secrets in text, in every form a server may echo them (as is, in base64, URL-quoted,
+    JSON-escaped); the longest first, so a secret containing another goes whole. A text that ends with the
+    start of a secret (cut off by a size limit) has that start masked too."""
 
     #: The shortest start of a secret masked at the end of a text.
     PARTIAL = 4
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         unique = {secret for secret in secrets if secret and len(secret) >= 3}
-        unique |= {quote(secret, safe="") for secret in unique}  # as it appears inside a URL
+        unique |= {form for secret in unique for form in _base64_forms(secret)}
+        # As it appears inside a URL: a path keeps "/", a query or form has "+" for " ".
+        unique |= {
+            form for secret in unique for form in (quote(secret, safe=""), quote(secret), quote_plus(secret))
+        }
         unique |= {json.dumps(secret)[1:-1] for secret in unique}  # as it appears inside a JSON string
         self._secrets = sorted(unique, key=len, reverse=True)
 

@@ -1,4 +1,8 @@
-"""Wire formats, registered in one place: add a module and one line in ``_FORMATS``."""
+"""Wire formats, registered in one place: add a module and one line in ``_FORMATS``.
+
+``mlflow.py`` renders what ``MlflowSink`` turns into REST calls; it is not registered, as no endpoint
+takes its documents as they are.
+"""
 
 from __future__ import annotations
 

@@ -8,12 +8,9 @@ from collections.abc import Sequence
 import uvicorn
 
 from ..errors import ConfigurationError
-from ..sinks.http import is_loopback
+from ..sinks.transport import is_loopback
 from ..store import RecordStore
 from .app import create_app
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 
 
 def check_exposure(host: str, tokens: Sequence[str], allow_public_without_token: bool) -> None:
@@ -30,12 +27,12 @@ def check_exposure(host: str, tokens: Sequence[str], allow_public_without_token:
 def serve(
     store: RecordStore,
     *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str,
+    port: int,
     tokens: Sequence[str] = (),
     allow_public_without_token: bool = False,
 ) -> int:
-    """Serve ``store`` until interrupted; the exit status."""
+    """Serve ``store`` until interrupted; the exit status (host and port: their defaults are ``serve``'s)."""
     check_exposure(host, tokens, allow_public_without_token)
     app = create_app(store, tokens=tokens)
     access = "a token is required" if tokens else "no token required"

@@ -33,6 +33,11 @@ class Rejected(DeliveryError):
 
     retryable = False
 
+    def __init__(self, reason: str, *, status: int | None = None, code: str = "") -> None:
+        super().__init__(reason, status=status)
+        #: The destination's own name for the error (MLflow's ``RESOURCE_DOES_NOT_EXIST``), "" if none.
+        self.code = code
+
 
 class Sink(ABC):
     """A destination for records. Implementations are small: ``key``, ``send``, optionally ``close``.

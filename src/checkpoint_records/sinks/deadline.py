@@ -1,9 +1,9 @@
-"""A total deadline for one HTTP request made through ``requests``.
+"""A total deadline for one send through ``requests``: one HTTP request, or the several of a REST sink.
 
 Connect and read timeouts bound each wait for a byte, not the request: a server trickling one byte a
 second holds a request forever (past its delivery's claim, so another process could send the same record
-meanwhile). :class:`Deadline` shuts the request's socket down when the deadline passes, which wakes a
-blocked read at once. It reaches the socket through urllib3's connection class, the one place that sees
+meanwhile). :class:`Deadline` shuts the socket of the request under way down when the deadline passes,
+which wakes a blocked read at once. It reaches the socket through urllib3's connection class, the one place that sees
 every request's connection, and one watchdog thread per process keeps every deadline (a timer thread per
 request would cost more than a request to a nearby server).
 """
@@ -25,8 +25,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class Deadline:
-    """``with Deadline(seconds):`` around one request made on this thread through :class:`DeadlineAdapter`;
-    ``expired`` then tells whether it was cut."""
+    """``with Deadline(seconds):`` around the requests of one send, made on this thread through
+    :class:`DeadlineAdapter`; ``expired`` then tells whether it was cut."""
 
     _current = threading.local()
 
@@ -48,9 +48,15 @@ class Deadline:
         Deadline._current.deadline = None
 
     @classmethod
-    def covers(cls, connection: HTTPConnection) -> None:
-        """Called by every request of our connections: the deadline of this thread's request covers it."""
+    def active(cls) -> Deadline | None:
+        """The deadline this thread's requests are under, if any."""
         deadline: Deadline | None = getattr(cls._current, "deadline", None)
+        return deadline
+
+    @classmethod
+    def covers(cls, connection: HTTPConnection) -> None:
+        """Called by every request of our connections: the deadline of this thread's send covers it."""
+        deadline = cls.active()
         if deadline is not None:
             with deadline._lock:
                 deadline._connection = connection

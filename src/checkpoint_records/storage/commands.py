@@ -7,18 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings, environment
+from ..settings import Settings
 from ..sinks import configured_sinks, record_sinks
 from ..store import RecordStore
-from .config import StorageConfig, storage_config
+from .config import storage_config
 from .uploads import Uploads
 from .verify import Verification, pull, verify_local, verify_remote
 
 DEFAULT_UPLOAD_TIMEOUT = 3600.0
-
-
-def _configured(args: argparse.Namespace) -> StorageConfig | None:
-    return storage_config(getattr(args, "storage", None), None, None, environment())
 
 
 def _report(name: str, where: str, result: Verification) -> int:
@@ -53,7 +49,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     record = stored.record
     if args.remote:
-        return _report(record.name, record.spec.source_path, verify_remote(record, _configured(args)))
+        return _report(record.name, record.spec.source_path, verify_remote(record, storage_config(settings)))
     return _report(record.name, record.spec.directory, verify_local(record))
 
 
@@ -63,14 +59,14 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
     if stored is None:
         return 1
     directory = Path(args.directory)
-    result = pull(stored.record, directory, _configured(args))
+    result = pull(stored.record, directory, storage_config(settings))
     return _report(stored.record.name, str(directory), result)
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     """Resume the uploads still queued (a run killed mid-upload, or failed ones with ``--retry-failed``)."""
     store = RecordStore(settings.home)
-    config = _configured(args)
+    config = storage_config(settings)
     if config is None:
         print("no storage configured: pass --storage URL or set CHECKPOINT_RECORDS_STORAGE", file=sys.stderr)
         return 2

@@ -8,22 +8,26 @@ text goes through :attr:`StorageConfig.redact`.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ..redaction import Redactor, public_url, url_secrets
+from ..settings import (
+    DEFAULT_STORAGE_PARALLEL,
+    Retention,
+    Settings,
+    check_storage_url,
+    parse_count,
+    parse_retention,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-Retention = Literal["keep", "mirror"]
-RETENTIONS: tuple[Retention, ...] = ("keep", "mirror")
-DEFAULT_PARALLEL = 4
 #: Multipart part size and read size: one read of each file feeds both the hash and the upload.
 DEFAULT_PART_SIZE = 16 * 2**20
 #: ``storage_options`` keys whose values are credentials, masked in any error text.
@@ -48,21 +52,14 @@ class StorageConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     retention: Retention = "keep"
     #: How many files of one checkpoint are uploaded at once.
-    parallel: int = DEFAULT_PARALLEL
+    parallel: int = DEFAULT_STORAGE_PARALLEL
     part_size: int = DEFAULT_PART_SIZE
 
     def __post_init__(self) -> None:
-        if "://" not in self.url and not os.path.isabs(self.url):
-            raise ConfigurationError(
-                f"storage={public_url(self.url)!r} is not a URL: use e.g. s3://bucket/prefix, gs://bucket/prefix "
-                "or file:///shared/checkpoints"
-            )
-        if self.retention not in RETENTIONS:
-            raise ConfigurationError(
-                f"storage_retention={self.retention!r} is not one of: {', '.join(RETENTIONS)}"
-            )
-        if self.parallel < 1:
-            raise ConfigurationError(f"storage parallel={self.parallel} must be 1 or more")
+        """The same checks as the settings' (a ``StorageConfig`` may be built directly)."""
+        check_storage_url("storage", self.url)
+        parse_retention("storage_retention", self.retention)
+        parse_count("storage_parallel", self.parallel)
         if self.part_size < 5 * 2**20:
             raise ConfigurationError(
                 f"storage part_size={self.part_size} must be at least 5 MiB (S3's minimum)"
@@ -107,35 +104,23 @@ class StorageConfig:
         return remote.startswith(self.public + "/")
 
 
-def _int(name: str, value: str | int | None, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(f"{name}={value!r} is not a whole number") from None
-
-
-def storage_config(
-    storage: str | StorageConfig | None,
-    options: Mapping[str, Any] | None,
-    retention: str | None,
-    env: Mapping[str, str],
-) -> StorageConfig | None:
-    """The configured destination (arguments first, then ``CHECKPOINT_RECORDS_STORAGE*``), or None.
+def storage_config(settings: Settings) -> StorageConfig | None:
+    """The configured destination (the settings' ``storage*``), or None.
 
     Fails fast when the storage extra or the URL's backend is missing.
     """
-    if isinstance(storage, StorageConfig):
+    storage = settings.storage
+    if storage is None or isinstance(storage, StorageConfig):
         return storage
-    url = storage or env.get("STORAGE")
-    if not url:
-        return None
+    if not isinstance(storage, str):
+        raise ConfigurationError(
+            f"storage must be an fsspec URL or a StorageConfig, not {type(storage).__name__}"
+        )
     config = StorageConfig(
-        url,
-        dict(options or {}),
-        retention or env.get("STORAGE_RETENTION") or "keep",  # type: ignore[arg-type]
-        parallel=_int("CHECKPOINT_RECORDS_STORAGE_PARALLEL", env.get("STORAGE_PARALLEL"), DEFAULT_PARALLEL),
+        storage,
+        dict(settings.storage_options or {}),
+        settings.storage_retention,
+        parallel=settings.storage_parallel,
     )
     check_backend(config)
     return config
