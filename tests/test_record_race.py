@@ -10,6 +10,7 @@ revisions must have been written one after the other, and its delivery must be q
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,14 @@ def together(*writers: Callable[[], None]) -> None:
     assert not errors and not any(thread.is_alive() for thread in threads), errors
 
 
+def answer(child: subprocess.Popen[str]) -> str:
+    """The child's next line, waiting two minutes at most (one line per request: none stays buffered)."""
+    assert child.stdout is not None
+    readable, _, _ = select.select([child.stdout], [], [], 120)
+    assert readable, "the best-marking process did not answer within two minutes"
+    return child.stdout.readline().strip()
+
+
 @contextmanager
 def best_marker(
     recorder: CheckpointRecorder, run: Path, sink: str, elsewhere: bool
@@ -91,13 +100,13 @@ def best_marker(
     )
     assert child.stdin is not None and child.stdout is not None
     try:
-        assert child.stdout.readline().strip() == "ready"
+        assert answer(child) == "ready"
 
         def mark(step: int) -> None:
-            assert child.stdin is not None and child.stdout is not None
+            assert child.stdin is not None
             child.stdin.write(f"{step}\n")
             child.stdin.flush()
-            assert child.stdout.readline().strip() == "done"
+            assert answer(child) == "done"
 
         yield mark
         child.stdin.close()
