@@ -205,11 +205,11 @@ def test_a_failing_sink_never_reaches_training_is_logged_once_and_keeps_the_reco
     assert trainer.state.global_step == 6
     store = RecordStore(isolated_store)
     deadline = time.monotonic() + 30
-    while sum(d.attempts for d in store.deliveries()) < 2 and time.monotonic() < deadline:
+    while sum(d.attempts for d in store.outbox.deliveries()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)  # the background lane fails at least twice...
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "sink exploded" in r.message]
     assert len(warnings) == 1 and "broken://sink" in warnings[0].message  # ...and says so once
-    assert {delivery.state for delivery in store.deliveries()} == {"pending"}
+    assert {delivery.state for delivery in store.outbox.deliveries()} == {"pending"}
 
 
 def test_a_failure_inside_the_library_never_reaches_training_and_is_logged_once(

@@ -75,10 +75,10 @@ def test_list_has_status_best_and_a_short_delivery_column_and_a_job_filter(isola
     store.put(make_record(2, job="alpha"), ["https://a.example/x"])
     store.put(best)
     store.put(make_record(2, job="beta"), ["https://a.example/x", "openai+https://b.example/y"])
-    claim = store.claim_due("openai+https://b.example/y", "me", 60, 10)[0]
+    claim = store.outbox.claim_due("openai+https://b.example/y", "me", 60, 10)[0]
 
     long_error = "HTTP 400 Bad Request: " + "a very long reason " * 30
-    store.settle([Outcome(claim, "dead", 0.0, long_error)])
+    store.outbox.settle([Outcome(claim, "dead", 0.0, long_error)])
     lines = cli("list").stdout.splitlines()
     assert lines[0].split()[:5] == ["NAME", "STEP", "STATUS", "READY", "BEST"]
     rows = {line.split()[0]: line for line in lines[1:]}
@@ -164,8 +164,8 @@ def test_flush_and_resend_exit_codes_and_names(tmp_path: Path, isolated_store: P
 def test_one_attempt_is_said_in_the_singular(isolated_store: Path) -> None:
     store = RecordStore(isolated_store)
     store.put(make_record(2), ["https://a.example/x"])
-    claim = store.claim_due("https://a.example/x", "me", 60, 10)[0]
-    store.settle([Outcome(claim, "pending", 0.0, "connection refused")])
+    claim = store.outbox.claim_due("https://a.example/x", "me", 60, 10)[0]
+    store.outbox.settle([Outcome(claim, "pending", 0.0, "connection refused")])
     inspected = cli("inspect", "job-checkpoint-2").stdout
     assert "pending (due now, 1 attempt: connection refused)" in inspected
 

@@ -36,9 +36,9 @@ def train(tmp_path: Path, *sinks: HttpSink, flush_timeout: float = 5.0) -> Check
 def deliveries(store: Path, settled: bool = False) -> list[Delivery]:
     """The outbox; with ``settled``, once the background lanes have written down what they did."""
     deadline = time.monotonic() + 30
-    while settled and RecordStore(store).counts()["pending"] and time.monotonic() < deadline:
+    while settled and RecordStore(store).outbox.counts()["pending"] and time.monotonic() < deadline:
         time.sleep(0.02)
-    return RecordStore(store).deliveries()
+    return RecordStore(store).outbox.deliveries()
 
 
 def test_every_record_arrives_as_stored_with_its_headers(tmp_path: Path, isolated_store: Path) -> None:

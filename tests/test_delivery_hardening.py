@@ -24,8 +24,9 @@ import pytest
 
 from checkpoint_records import ConfigurationError, HttpSink, MlflowSink, RecordStore
 from checkpoint_records.cli import main
-from checkpoint_records.delivery import BACKOFF_CAP, DeliveryWorker, backoff
+from checkpoint_records.delivery import DeliveryWorker
 from checkpoint_records.formats import WireFormat
+from checkpoint_records.lane import BACKOFF_CAP, backoff
 from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.sinks import RetryLater, Sink, sink_from_url
 from checkpoint_records.sinks.transport import retry_after_seconds
@@ -171,7 +172,7 @@ def test_no_secret_a_server_echoes_reaches_the_store_the_log_or_inspect(
         worker.start()
         assert worker.flush(60).pending == 0
         worker.close()
-    deliveries = {delivery.record_id: delivery for delivery in store.deliveries()}
+    deliveries = {delivery.record_id: delivery for delivery in store.outbox.deliveries()}
     leaks: list[tuple[str, str, str]] = []  # (case, where, what of a secret), all listed when any leak
     for number, (case, secret) in enumerate(cases):
         stored = store.get(f"echo-{number}-checkpoint-1")
@@ -247,7 +248,7 @@ def test_a_bad_retry_after_neither_hot_loops_nor_strands_the_record(
         assert len(receiver.requests) <= 4  # backoff 0.25-0.5 s, then 0.5-1 s: a hot loop makes hundreds
         result = worker.flush(20)
         worker.close()
-    assert result.pending == 0 and {d.state for d in store.deliveries()} == {"delivered"}
+    assert result.pending == 0 and {d.state for d in store.outbox.deliveries()} == {"delivered"}
     assert len(receiver.accepted()) == 2
 
 
@@ -317,8 +318,8 @@ def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(build: Calla
 
 @pytest.fixture
 def short_lease(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr("checkpoint_records.delivery.LEASE_SECONDS", 0.5)
-    monkeypatch.setattr("checkpoint_records.delivery.LEASE_MARGIN", 0.2)
+    monkeypatch.setattr("checkpoint_records.store.leases.LEASE_SECONDS", 0.5)
+    monkeypatch.setattr("checkpoint_records.store.leases.LEASE_MARGIN", 0.2)
     yield
 
 
@@ -336,7 +337,7 @@ def test_no_other_process_can_claim_a_record_while_it_is_being_sent(
         other, claimed_at = RecordStore(isolated_store), None  # a second process, polling for work
         deadline = time.monotonic() + 6
         while claimed_at is None and time.monotonic() < deadline:
-            if other.claim_due(sink.key, "otherhost/1/x", 10.0, 10):
+            if other.outbox.claim_due(sink.key, "otherhost/1/x", 10.0, 10):
                 claimed_at = time.time()
             time.sleep(0.05)
         worker.close()
@@ -365,8 +366,8 @@ def test_a_record_that_cannot_be_rendered_is_dead_at_once_and_not_blamed_on_the_
         worker.start()
         assert worker.flush(10).pending == 0
         worker.close()
-    assert receiver.requests == [] and len(store.deliveries()) == 2
-    for delivery in store.deliveries():
+    assert receiver.requests == [] and len(store.outbox.deliveries()) == 2
+    for delivery in store.outbox.deliveries():
         assert delivery.state == "dead"
         assert delivery.attempts == 1 and delivery.last_error
         assert delivery.last_error.startswith("cannot render it as broken: KeyError")

@@ -210,7 +210,7 @@ def test_a_two_process_run_killed_mid_way_and_resumed(tmp_path: Path, isolated_s
     # checkpoint-4 was handed over just before the kill: stored, or recorded from disk by the resumed run
     names = {record.name for record in before.values()}
     assert {"out-checkpoint-2"} <= names <= {"out-checkpoint-2", "out-checkpoint-4"}
-    assert {delivery.state for delivery in RecordStore(isolated_store).deliveries()} == {"pending"}
+    assert {delivery.state for delivery in RecordStore(isolated_store).outbox.deliveries()} == {"pending"}
     with receiver:
         resumed = launch(torchrun(), str(LAUNCHED_RUN), str(tmp_path / "out"), "--resume", env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -223,7 +223,7 @@ def test_a_two_process_run_killed_mid_way_and_resumed(tmp_path: Path, isolated_s
     for record_id, record in before.items():
         assert after[record_id].status.created_at == record.status.created_at  # not recorded again
     assert receiver.accepted_names() == NAMES
-    assert {delivery.state for delivery in RecordStore(isolated_store).deliveries()} == {"delivered"}
+    assert {delivery.state for delivery in RecordStore(isolated_store).outbox.deliveries()} == {"delivered"}
     # The resumed run went on from step 4: it rewrote nothing the killed run had saved.
     assert {path: path.stat().st_mtime_ns for path in saved_before} == saved_before
 

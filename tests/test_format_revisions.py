@@ -53,7 +53,7 @@ def test_a_rotated_checkpoint_reaches_only_the_formats_that_can_say_deleted(
     for receiver in receivers.values():
         receiver.assert_idempotent()
     store = RecordStore(isolated_store)
-    assert store.counts()["pending"] == 0
+    assert store.outbox.counts()["pending"] == 0
     assert [item.record.status.status for item in store.records()] == ["deleted", "deleted", "available"]
 
 

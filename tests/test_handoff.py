@@ -128,9 +128,9 @@ def test_an_outbox_from_before_the_kind_column_is_upgraded(tmp_path: Path) -> No
             " VALUES ('training-job+https://sink', 'job-1', 1, 'pending', 0, 0, 0)"
         )
     upgraded = RecordStore(tmp_path)
-    kinds = {delivery.record_id: delivery.kind for delivery in upgraded.deliveries()}
+    kinds = {delivery.record_id: delivery.kind for delivery in upgraded.outbox.deliveries()}
     assert kinds == {make_record(1).id: "record", "job-1": "job"}
-    claimed = upgraded.claim_due("training-job+https://sink", "me", 60, 10)
+    claimed = upgraded.outbox.claim_due("training-job+https://sink", "me", 60, 10)
     assert [claim.body for claim in claimed] == [job_body]
 
 

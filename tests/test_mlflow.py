@@ -104,7 +104,7 @@ def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tm
         callback.recorder.close()
 
     store = RecordStore()
-    assert {delivery.state for delivery in store.deliveries()} == {"delivered"}
+    assert {delivery.state for delivery in store.outbox.deliveries()} == {"delivered"}
     [run] = runs_of(tracking, "completed")
     job_id = store.jobs()[0].job.id
     assert run.info.status == "FINISHED" and run.data.tags[JOB_TAG] == job_id
@@ -137,7 +137,7 @@ def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tm
     )
 
     # Replaying everything from a fresh process state (no cached ids) finds what exists: nothing twice.
-    assert store.requeue(["delivered"]) == 4
+    assert store.outbox.requeue(["delivered"]) == 4
     replay = DeliveryWorker(store, [MlflowSink(tracking, experiment="completed")])
     replay.start()
     try:
@@ -193,7 +193,7 @@ def test_mlflow_refusing_a_request_dead_letters_it_with_mlflows_error_code(track
         assert worker.flush(120).dead == 1
     finally:
         worker.close()
-    [delivery] = store.deliveries()
+    [delivery] = store.outbox.deliveries()
     assert delivery.state == "dead" and delivery.last_error is not None
     assert "HTTP 400" in delivery.last_error and "INVALID_PARAMETER_VALUE" in delivery.last_error
     assert "must be in the 'active' state" in delivery.last_error

@@ -25,7 +25,7 @@ from checkpoint_records.formats import get_format, known_formats
 from checkpoint_records.history import LogEntry
 from checkpoint_records.page.views import MAX_CHART_POINTS
 from checkpoint_records.server.app import create_app
-from checkpoint_records.storage import queue, upload_state
+from checkpoint_records.storage import upload_state
 from checkpoint_records.store import RecordStore
 from http_server import free_port
 from records_factory import make_record
@@ -408,9 +408,9 @@ def test_the_page_shows_an_upload_as_it_stands_now_in_the_words_list_uses(tmp_pa
     store = RecordStore(tmp_path / "store")
     record = make_record(4, job="uploading-run")
     store.put(record, durable=False)
-    queue.enqueue(store, record, "s3://bucket/run/uploading-run-checkpoint-4", str(tmp_path / "staging"))
-    [row] = queue.rows(store, record.id)
-    queue.update(store, row, "nobody", state="committing", sent=-(-row.size * 43 // 100))  # 43%, rounded up
+    store.uploads.enqueue(record, "s3://bucket/run/uploading-run-checkpoint-4", str(tmp_path / "staging"))
+    [row] = store.uploads.rows(record.id)
+    store.uploads.update(row, state="committing", sent=-(-row.size * 43 // 100))  # 43%, rounded up
     assert record.status.upload is None and upload_state(store, record) == "uploading 43%"
     with TestClient(create_app(store)) as client:
         job_page = client.get(f"/jobs/{record.metadata.job_id}").text

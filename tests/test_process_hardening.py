@@ -79,4 +79,4 @@ def test_a_flush_beside_a_training_process_takes_over_when_it_exits_and_sends_no
         assert len(receiver.requests) == again  # nothing left to send a second time
     keys = [request.headers["Idempotency-Key"] for request in receiver.requests]
     assert len(keys) == len(set(keys)) == 3, keys
-    assert {d.state for d in RecordStore(isolated_store).deliveries()} == {"delivered"}
+    assert {d.state for d in RecordStore(isolated_store).outbox.deliveries()} == {"delivered"}

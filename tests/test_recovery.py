@@ -45,7 +45,9 @@ def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
         elif recovery == "flush":
             bare = cli("flush")  # no sink configured here: recorded, queued to the sink the run had
             assert "recorded 1 checkpoint from disk" in bare.stderr and "out-checkpoint-4" in bare.stderr
-            queued = {d.sink for d in RecordStore(isolated_store).deliveries(by_step(isolated_store)[4].id)}
+            queued = {
+                d.sink for d in RecordStore(isolated_store).outbox.deliveries(by_step(isolated_store)[4].id)
+            }
             assert queued == {HttpSink(receiver.url).key}
             flushed = cli("flush", "--sink", receiver.url)
             assert flushed.returncode == 0, flushed.stderr

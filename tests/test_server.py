@@ -49,7 +49,7 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Regis
                 # What on_train_end's 5 s did not deliver on a loaded machine, sent as a user would.
                 assert main(["--store", str(base / node), "flush", "--timeout", "60"]) == 0
             local = RecordStore(base / node)
-            assert local.counts()["pending"] == 0, local.deliveries()
+            assert local.outbox.counts()["pending"] == 0, local.outbox.deliveries()
         yield registry, base / "node-a"
 
 

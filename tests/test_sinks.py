@@ -11,7 +11,7 @@ import pytest
 
 import checkpoint_records
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, HttpSink
-from checkpoint_records.delivery import BACKOFF_CAP, backoff
+from checkpoint_records.lane import BACKOFF_CAP, backoff
 from checkpoint_records.redaction import Redactor, public_url
 from checkpoint_records.sinks import sink_from_url
 from checkpoint_records.sinks.transport import describe_reply, retry_after_seconds

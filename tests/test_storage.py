@@ -19,7 +19,7 @@ import pytest
 from checkpoint_records import CheckpointRecord, CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.formats.llama_stack import LlamaStackFormat
 from checkpoint_records.recorder import CheckpointRecorder
-from checkpoint_records.storage import StorageConfig, queue, upload_state
+from checkpoint_records.storage import StorageConfig, upload_state
 from commands import TESTS, cli
 from http_server import Receiver
 from s3_server import MotoServer
@@ -247,7 +247,7 @@ def test_killed_mid_upload_resumes_file_by_file_without_sending_a_complete_file_
     store = RecordStore(isolated_store)
     [stored] = store.records()
     record = stored.record
-    files = {row.path: row for row in queue.rows(store, record.id)}
+    files = {row.path: row for row in store.uploads.rows(record.id)}
     before = bucket.keys("killed/")
     prefix = f"killed/{record.name}/"
     # Everything but the file in flight was complete; the partial one is not visible as an object.
@@ -318,7 +318,7 @@ def test_wrong_credentials_fail_clearly_nothing_is_marked_uploaded_and_a_retry_s
         assert upload is not None and upload.state == "failed"
         assert "access denied by s3://denied/x: check the credentials" in (upload.error or "")
         assert stored.record.spec.source_path == "" and stored.record.status.files[0].sha256 is None
-        assert [row.state for row in queue.rows(RecordStore(isolated_store), stored.record.id)] == ["failed"]
+        assert [row.state for row in RecordStore(isolated_store).uploads.rows(stored.record.id)] == ["failed"]
         assert secret not in (isolated_store / "records.db").read_bytes().decode("latin-1")
         assert secret not in caplog.text
         assert "upload: failed: model.safetensors: access denied" in cli("list").stdout
@@ -511,7 +511,7 @@ def test_secrets_in_a_storage_url_or_options_are_never_shown() -> None:
     assert config.redact("login pa55word failed with opt-secret, abc123") == "login *** failed with ***, ***"
 
 
-def test_a_file_committed_just_before_a_kill_is_not_sent_again(
+def test_a_file_committed_just_before_a_kill_is_not_sent_again_and_its_record_is_revised(
     tmp_path: Path, isolated_store: Path, moto: MotoServer, bucket: Bucket
 ) -> None:
     checkpoint = checkpoint_of(tmp_path / "checkpoint-4", 4000)
@@ -521,9 +521,12 @@ def test_a_file_committed_just_before_a_kill_is_not_sent_again(
         record = recorded(recorder, checkpoint, step=4)
         assert record is not None and recorder.uploads.flush(30) == 0
     store = RecordStore(isolated_store)
-    [row] = queue.rows(store, record.id)
-    # As a process leaves it when killed between completing the upload and noting it: hash known, state open.
-    queue.update(store, row, "gone", state="committing")
+    [row] = store.uploads.rows(record.id)
+    # As a process leaves it when killed between completing the upload and noting it (the file's last
+    # state and the record's revision are one transaction): hash known, file open, record without it.
+    store.uploads.update(row, state="committing")
+    before = store.put(record)
+    assert before.record.status.upload is None
     moto.record(True)
     try:
         resumed = cli(
@@ -533,28 +536,11 @@ def test_a_file_committed_just_before_a_kill_is_not_sent_again(
         moto.record(False)
     assert resumed.returncode == 0, resumed.stderr
     assert recorded_puts(Path(moto.env["MOTO_RECORDER_FILEPATH"])) == []
-    assert [row.state for row in queue.rows(store, record.id)] == ["uploaded"]
-
-
-def test_a_record_that_lost_its_upload_state_gets_it_back(
-    tmp_path: Path, isolated_store: Path, bucket: Bucket
-) -> None:
-    checkpoint = checkpoint_of(tmp_path / "checkpoint-8", 3000)
-    with CheckpointRecorder(
-        job_name="h", storage=bucket.url("h"), storage_options=bucket.options
-    ) as recorder:
-        saved = recorded(recorder, checkpoint, step=8)
-        assert saved is not None and recorder.uploads.flush(30) == 0
-        # A rotation check that read the record just before the upload's revision writes it back without
-        # it (or a process killed between the last file and the revision): the lane notices.
-        recorder.store.put(saved)
-        stale = recorder.store.get(saved.id)
-        assert stale is not None and stale.record.status.upload is None
-        lane_cycles(recorder)
-        healed = recorder.store.get(saved.id)
-    assert healed is not None and healed.revision == stale.revision + 1
-    assert healed.record.status.upload is not None and healed.record.status.upload.state == "uploaded"
-    assert healed.record.spec.source_path == f"s3://{bucket.name}/h/h-step-8"
+    assert [row.state for row in store.uploads.rows(record.id)] == ["uploaded"]
+    revised = store.get(record.id)
+    assert revised is not None and revised.revision == before.revision + 1
+    assert revised.record.status.upload is not None and revised.record.status.upload.state == "uploaded"
+    assert revised.record.spec.source_path == f"s3://{bucket.name}/k/k-step-4"
 
 
 def test_a_shared_disk_destination_through_fsspec_file_urls(tmp_path: Path, isolated_store: Path) -> None:

@@ -38,7 +38,7 @@ def test_a_record_survives_kill_9_right_after_put_returns(tmp_path: Path) -> Non
     assert result.returncode == -9, result.stderr
     store = RecordStore(tmp_path)
     assert [item.record.training.step for item in store.records()] == [5]
-    assert [(d.sink, d.state) for d in store.deliveries()] == [("https://sink", "pending")]
+    assert [(d.sink, d.state) for d in store.outbox.deliveries()] == [("https://sink", "pending")]
 
 
 def test_several_processes_write_at_once_and_nothing_is_lost(tmp_path: Path) -> None:
@@ -72,5 +72,5 @@ def test_same_content_is_a_no_op_and_changed_content_is_a_new_revision(tmp_path:
     assert changed.record.status.created_at == first.record.status.created_at
     assert store.get(changed.record.name) == changed
     assert store.get(changed.record.id) == changed
-    assert [(d.revision, d.state) for d in store.deliveries(changed.record.id)] == [(2, "pending")]
+    assert [(d.revision, d.state) for d in store.outbox.deliveries(changed.record.id)] == [(2, "pending")]
     assert store.get("no-such-record") is None

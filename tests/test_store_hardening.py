@@ -100,7 +100,7 @@ def test_a_store_deleted_while_in_use_is_said_once_and_recording_goes_on(
         assert sorted(p["status"]["metadata"]["step"] for p in receiver.accepted_payloads()) == [1, 2, 3]
     reopened = RecordStore(tmp_path / "home")
     assert [stored.record.training.step for stored in reopened.records()] == [2, 3]
-    assert {d.state for d in reopened.deliveries()} == {"delivered"}
+    assert {d.state for d in reopened.outbox.deliveries()} == {"delivered"}
     assert len(warnings_about(caplog, "was deleted")) == 1
 
 
@@ -110,7 +110,7 @@ def test_a_full_disk_keeps_records_in_memory_and_writes_them_when_there_is_room(
     caplog.set_level(logging.WARNING, logger="checkpoint_records")
     store = RecordStore(tmp_path)
     store.put(make_record(0), ["https://sink"])
-    connection = store._connection()  # the disk "fills up": no page beyond those in use
+    connection = store.read()  # the disk "fills up": no page beyond those in use
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     connection.execute(f"PRAGMA max_page_count = {pages}")
     for step in range(1, 30):  # a few fit in free pages, then the disk is full: none raises
@@ -121,4 +121,4 @@ def test_a_full_disk_keeps_records_in_memory_and_writes_them_when_there_is_room(
     store.put(make_record(30), ["https://sink"])
     steps = [stored.record.training.step for stored in RecordStore(tmp_path).records()]
     assert sorted(steps) == list(range(31))
-    assert len(RecordStore(tmp_path).deliveries()) == 31
+    assert len(RecordStore(tmp_path).outbox.deliveries()) == 31

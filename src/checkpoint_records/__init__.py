@@ -6,13 +6,17 @@ Where things are:
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` hand each save to the recorder's own
   thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
   ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
-- stored: ``store.py`` (SQLite: records, jobs, the delivery outbox, logged entries, uploads).
+- stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
+  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py`` and
+  ``store/uploads.py`` are the two lease queues (``store/leases.py``), ``store/database.py`` owns the
+  connections; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
   ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
   ``page/`` for a browser.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
-  deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files.
+  deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files. Both run on
+  lanes (``lane.py``: one background thread per sink or destination).
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -22,13 +21,13 @@ from .errors import ConfigurationError
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
-from .record import CheckpointRecord
 from .recovery import checkpoint_folders
 from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
-from .storage import upload_state
+from .storage import live_upload_statuses, upload_state
 from .storage.commands import add_commands as add_storage_commands
-from .store import DATABASE_NAME, Delivery, RecordStore, StoredRecord
+from .storage.progress import describe
+from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore, StoredRecord
 from .terminal import (
     RecordRow,
     delivery_state,
@@ -118,25 +117,20 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         return OK
     assert store is not None
     by_record: dict[str, list[Delivery]] = {}
-    for delivery in store.deliveries():
+    for delivery in store.outbox.deliveries():
         by_record.setdefault(delivery.record_id, []).append(delivery)
-    rows = [
-        RecordRow(
-            item.record, _with_upload(store, item.record, delivery_summary(by_record.get(item.record.id, [])))
+    uploads = live_upload_statuses(store, [item.record for item in stored])
+    rows = []
+    for item in stored:  # the delivery cell, with the upload state when the checkpoint goes to storage
+        summary, upload = delivery_summary(by_record.get(item.record.id, [])), uploads[item.record.id]
+        rows.append(
+            RecordRow(item.record, summary if upload is None else f"{summary}; upload: {describe(upload)}")
         )
-        for item in stored
-    ]
     print(records_table(rows))
     print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
     if any(row.delivery not in ("local", "delivered") for row in rows):
         print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
     return OK
-
-
-def _with_upload(store: RecordStore, record: CheckpointRecord, delivery: str) -> str:
-    """The delivery cell, with the upload state when the checkpoint goes to storage."""
-    upload = upload_state(store, record)
-    return delivery if upload is None else f"{delivery}; upload: {upload}"
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
@@ -168,7 +162,7 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
         return OK
     print(to_yaml(document), end="")
     now = time.time()
-    for delivery in store.deliveries(stored.record.id):  # YAML comments: the document stays the record
+    for delivery in store.outbox.deliveries(stored.record.id):  # YAML comments: the document stays the record
         print(f"# delivery to {delivery.sink}: {delivery_state(delivery, now)}")
     return OK
 
@@ -209,10 +203,10 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
         print(
             f"job {name} was still Running under a process that is gone: reported Cancelled", file=sys.stderr
         )
-    store.requeue(["pending"], keys, record_ids)  # due now: the user is asking for it
+    store.outbox.requeue(["pending"], keys, record_ids)  # due now: the user is asking for it
     asked = {
         (delivery.sink, delivery.record_id)
-        for delivery in store.deliveries()
+        for delivery in store.outbox.deliveries()
         if delivery.state == "pending" and (record_ids is None or delivery.record_id in record_ids)
     }
     unconfigured = sorted({sink for sink, _ in asked} - set(keys))
@@ -234,7 +228,7 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
     now = time.time()
     left = [
         delivery
-        for delivery in store.deliveries()
+        for delivery in store.outbox.deliveries()
         if (delivery.sink, delivery.record_id) in asked
         and delivery.sink in keys
         and delivery.state != "delivered"
@@ -252,7 +246,7 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
         )
     if not asked:
         print("nothing to deliver", file=sys.stderr)
-    dead = store.counts(keys)["dead"] if keys else 0
+    dead = store.outbox.counts(keys)["dead"] if keys else 0
     if dead and record_ids is None:
         print(
             f"{plural(dead, 'rejected delivery', 'rejected deliveries')} kept as dead: fix the cause, "
@@ -310,7 +304,7 @@ def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
         except NotFound as error:
             print(error, file=sys.stderr)
             return FAILED
-    revived = store.requeue(["dead"], [sink.key for sink in sinks], record_ids)
+    revived = store.outbox.requeue(["dead"], [sink.key for sink in sinks], record_ids)
     print(f"re-sending {plural(revived, 'rejected delivery', 'rejected deliveries')}", file=sys.stderr)
     return _deliver(store, sinks, args.timeout, record_ids)
 
@@ -474,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(_message(error), file=sys.stderr)
         return USAGE
-    except sqlite3.DatabaseError as error:  # a store whose header reads but whose pages are damaged
+    except DatabaseError as error:  # a store whose header reads but whose pages are damaged
         print(
             f"checkpoint-records: the store cannot be read ({error}); move it aside (it is never changed "
             "here), or point --store / CHECKPOINT_RECORDS_HOME elsewhere",

@@ -487,13 +487,13 @@ class CheckpointRecorder:
         node = self._node(node_suffix)
         best_id = checkpoint_id_for(job.id, best.step, node if node_suffix is not None else None)
         now = utc_now_iso()
-        for stored in self.store.records(job.id):
-            record = stored.record
+
+        def marked(record: CheckpointRecord) -> CheckpointRecord:  # unchanged content: no new revision
             if record.training.node != node:
-                continue
-            marked = with_best(record, best if record.id == best_id else None, now)
-            if marked.training != record.training:  # not to formats that cannot say "best"
-                self.store.put(marked, sinks_to_notify(self.record_sinks, record, marked), durable=False)
+                return record
+            return with_best(record, best if record.id == best_id else None, now)
+
+        self.store.update_records(self.store.record_ids(job.id), marked, self._notified, durable=False)
         if run is not None:
             run.best = best
 
@@ -515,15 +515,20 @@ class CheckpointRecorder:
 
     def record_rotations(self) -> None:
         """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates."""
+        now = utc_now_iso()
+
+        def deleted(record: CheckpointRecord) -> CheckpointRecord:
+            return as_deleted(record, now) if record.status.status == "available" else record
+
         for record_id, directory in list(self._live.items()):
             if directory.is_dir():
                 continue
             del self._live[record_id]
-            stored = self.store.get(record_id)
-            if stored is not None and stored.record.status.status == "available":
-                deleted = as_deleted(stored.record, utc_now_iso())
-                sinks = sinks_to_notify(self.record_sinks, stored.record, deleted)  # not openai, llama-stack
-                self.store.put(deleted, sinks, durable=False)
+            self.store.update_record(record_id, deleted, self._notified, durable=False)
+
+    def _notified(self, old: CheckpointRecord, new: CheckpointRecord) -> list[str]:
+        """The record sinks a revision is news to (not openai or llama-stack for a deletion, say)."""
+        return sinks_to_notify(self.record_sinks, old, new)
 
     def start_delivery(self) -> None:
         """Start delivering in the background, pending work from earlier runs included (main process only)."""
@@ -566,7 +571,9 @@ class CheckpointRecorder:
         # had its own); one disk flush for them all: the last commit's fsync makes the earlier ones durable.
         ids = {stored.record.id for stored in records}
         sinks = {sink.key for sink in self.record_sinks}
-        sinks.update(d.sink for d in self.store.deliveries() if d.kind == "record" and d.record_id in ids)
+        sinks.update(
+            d.sink for d in self.store.outbox.deliveries() if d.kind == "record" and d.record_id in ids
+        )
         recovered = [
             self._store_record(record, durable=index == len(built) - 1, sinks=sorted(sinks))
             for index, record in enumerate(built)

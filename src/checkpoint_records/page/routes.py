@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..server.auth import SESSION_COOKIE, Auth
-from ..storage import live_upload_status
+from ..storage import live_upload_status, live_upload_statuses
 from . import views
 
 if TYPE_CHECKING:
@@ -130,21 +130,22 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         record_id = stored.record.id
         view = views.checkpoint_view(
             stored,
-            store.deliveries(record_id),
+            store.outbox.deliveries(record_id),
             store.record_revisions(record_id),
             live_upload_status(store, stored.record),
         )
         return page("checkpoint.html", request, view=view)
 
     def job_view(job_id: str, newest: int | None) -> dict[str, Any] | None:
-        """The job's summary and its ``newest`` checkpoints (all of them with None)."""
+        """The job's summary and its ``newest`` checkpoints (all of them with None), in a few queries
+        whatever their number."""
         found = job_of(job_id)
         if found is None:
             return None
         stored, stats = found
         records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
-        deliveries = {entry.record.id: store.deliveries(entry.record.id) for entry in records}
-        uploads = {entry.record.id: live_upload_status(store, entry.record) for entry in records}
+        deliveries = store.outbox.deliveries_of([entry.record.id for entry in records])
+        uploads = live_upload_statuses(store, [entry.record for entry in records])
         return views.job_view(job_id, stored, stats, records, deliveries, uploads)
 
     def chart_view(job_id: str) -> dict[str, Any] | None:

@@ -164,9 +164,10 @@ def openai_router(store: RecordStore) -> APIRouter:
     router = APIRouter(prefix="/fine_tuning", tags=["openai"])
     ids = _Ids(store)
 
-    def job_object(view: JobView) -> dict[str, Any]:
-        newest = store.records_newest_first(view.job_id, 1)
-        return fine_tuning_job(view, newest[0].record if newest else None, store.last_ready(view.job_id))
+    def job_objects(views: list[JobView]) -> list[dict[str, Any]]:
+        """The jobs as ``fine_tuning.job`` objects: one query for their checkpoints, however many."""
+        checkpoints = store.newest_and_ready([view.job_id for view in views])
+        return [fine_tuning_job(view, *checkpoints[view.job_id]) for view in views]
 
     @router.get("/jobs", summary="List fine-tuning jobs, newest first (OpenAI)")
     def list_jobs(
@@ -181,7 +182,7 @@ def openai_router(store: RecordStore) -> APIRouter:
             views = views[position + 1 :]
         return {
             "object": "list",
-            "data": [job_object(view) for view in views[:limit]],
+            "data": job_objects(views[:limit]),
             "has_more": len(views) > limit,
         }
 
@@ -190,7 +191,7 @@ def openai_router(store: RecordStore) -> APIRouter:
         view = job_view(store, ids.job_id(fine_tuning_job_id))
         if view is None:
             raise Problem(404, f"no fine-tuning job {fine_tuning_job_id!r}")
-        return job_object(view)
+        return job_objects([view])[0]
 
     @router.get(
         "/jobs/{fine_tuning_job_id}/checkpoints", summary="A job's checkpoints, newest first (OpenAI)"

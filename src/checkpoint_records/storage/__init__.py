@@ -5,22 +5,40 @@ Optional: fsspec and its backends are the ``storage`` extra, imported only when 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..record import CheckpointRecord, UploadStatus
 from ..store import RecordStore
-from . import queue
 from .config import StorageConfig, storage_config
-from .progress import describe, upload_status
+from .progress import describe, remote_of, upload_status
 from .uploads import Uploads
 
-__all__ = ["StorageConfig", "Uploads", "live_upload_status", "storage_config", "upload_state"]
+__all__ = [
+    "StorageConfig",
+    "Uploads",
+    "live_upload_status",
+    "live_upload_statuses",
+    "storage_config",
+    "upload_state",
+]
+
+
+def live_upload_statuses(
+    store: RecordStore, records: Sequence[CheckpointRecord]
+) -> dict[str, UploadStatus | None]:
+    """Where each record's upload stands now, by record id: from the queue while it runs, else what the
+    record says (None without storage); one query for them all (a page, a list)."""
+    files = store.uploads.rows_of([record.id for record in records])
+    return {
+        record.id: upload_status(rows, remote_of(rows))
+        if (rows := files[record.id])
+        else record.status.upload
+        for record in records
+    }
 
 
 def live_upload_status(store: RecordStore, record: CheckpointRecord) -> UploadStatus | None:
-    """Where the record's upload stands now: from the queue while it runs, else what the record says."""
-    files = queue.rows(store, record.id)
-    if not files:
-        return record.status.upload
-    return upload_status(files, files[0].remote[: -len(files[0].path) - 1])
+    return live_upload_statuses(store, [record])[record.id]
 
 
 def upload_state(store: RecordStore, record: CheckpointRecord) -> str | None:

@@ -10,7 +10,6 @@ from typing import Any
 from ..settings import Settings
 from ..sinks import configured_sinks, record_sinks
 from ..store import RecordStore
-from . import queue
 from .config import storage_config
 from .uploads import Uploads
 from .verify import Verification, pull, verify_local, verify_remote
@@ -71,7 +70,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     if config is None:
         print("no storage configured: pass --storage URL or set CHECKPOINT_RECORDS_STORAGE", file=sys.stderr)
         return 2
-    retried = queue.due_now(store, retry_failed=args.retry_failed)
+    retried = store.uploads.due_now(retry_failed=args.retry_failed)
     if args.retry_failed:
         print(f"retrying {retried} failed files", file=sys.stderr)
     from ..delivery import DeliveryWorker
@@ -86,7 +85,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         uploads.close()
         delivery.close()
-    failed = queue.failed(store)
+    failed = store.uploads.failed()
     for row in failed:
         print(f"  failed: {row.remote}: {row.error}", file=sys.stderr)
     print(f"uploads: {left} files still pending, {len(failed)} failed", file=sys.stderr)

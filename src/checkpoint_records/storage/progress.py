@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..record import CheckpointRecord, UploadStatus
-from .queue import UploadRow
+from ..store import UploadRow
+
+
+def remote_of(files: Sequence[UploadRow]) -> str:
+    """Where a checkpoint's files are uploaded: the remote folder of its rows (at least one)."""
+    return files[0].remote[: -len(files[0].path) - 1]
 
 
 def upload_status(files: Sequence[UploadRow], remote: str) -> UploadStatus:

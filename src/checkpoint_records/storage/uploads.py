@@ -17,27 +17,27 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..delivery import backoff
+from ..lane import IDLE_POLL, Lane, backoff
 from ..logs import logger, warn_once
 from ..record import CheckpointRecord, utc_now_iso
-from ..store import RecordStore, claim_owner
-from . import queue, staging, transfer
+from ..store import Lease, RecordStore, UploadRow
+from . import staging, transfer
 from .config import StorageConfig
-from .progress import upload_status, with_upload
-from .queue import UploadRow
+from .progress import remote_of, upload_status, with_upload
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-IDLE_POLL = 1.0
 WAKE_DELAY = 0.05
 #: Errors retrying cannot fix: refused credentials. Anything else (endpoint down, a bucket not created
 #: yet, a throttled request) is retried with backoff, its cause shown in the upload state meanwhile.
 PERMANENT_ERRORS = (PermissionError,)
+#: A file's last state (columns of its row), written with the record's revision.
+Ended = dict[str, object]
+UPLOADED: Ended = {"state": "uploaded", "error": None}
 
 
 def error_text(error: BaseException, config: StorageConfig) -> str:
@@ -51,102 +51,107 @@ def error_text(error: BaseException, config: StorageConfig) -> str:
     return config.redact(text)
 
 
-class _Lane(threading.Thread):
+class _UploadLane(Lane):
     """Uploads the queued files under one destination, one record at a time."""
 
+    #: Woken by a save: let it return before competing with it for the GIL.
+    wake_delay = WAKE_DELAY
+
     def __init__(self, uploads: Uploads, config: StorageConfig) -> None:
-        super().__init__(name=f"checkpoint-records upload {config.public}", daemon=True)
-        self.uploads, self.config, self.store = uploads, config, uploads.store
-        self.owner = claim_owner()
-        self.wakeup = threading.Event()
-        self.stopping = threading.Event()
+        store = uploads.store
+        super().__init__(f"upload to {config.public}", store, store.uploads, config.public, Lease())
+        self.uploads, self.config = uploads, config
         #: True while a claimed record is being uploaded and settled.
         self.busy = False
 
-    def run(self) -> None:
-        queue.release(self.store)  # claims of processes that died mid-upload
-        try:
-            while not self.stopping.is_set() and _interpreter_running():
-                try:
-                    worked = self._once()
-                except Exception as error:  # a store or file system hiccup must not end uploading
-                    if not _interpreter_running():
-                        break  # exiting: what is left resumes with the next run
-                    warn_once(
-                        f"upload-lane:{type(error).__name__}",
-                        "checkpoint-records: the upload lane hit %s: %s; it goes on",
-                        type(error).__name__,
-                        self.config.redact(str(error)),
-                    )
-                    worked = False
-                finally:
-                    self.busy = False
-                    self.uploads.settled.set()
-                if not worked:
-                    due = queue.next_due(self.store, self.config.public)
-                    if self.wakeup.wait(
-                        IDLE_POLL if due is None else min(IDLE_POLL, max(due - time.time(), 0.01))
-                    ):
-                        # Woken by a save: let it return before competing with it for the GIL.
-                        self.stopping.wait(WAKE_DELAY)
-                    self.wakeup.clear()
-        finally:
-            queue.release(self.store, self.owner)
-            self.store.close()
+    def described(self, error: Exception) -> str:
+        return self.config.redact(f"{type(error).__name__}: {error}")
 
-    def _once(self) -> bool:
-        """Apply mirror retention, then upload the next due record (or revise the records left without
-        their upload state); whether there was a record to upload."""
+    def work(self) -> float | None:
+        """Apply mirror retention, then upload the next due record; None when no record was due."""
         self.busy = True
-        if self.config.retention == "mirror":
-            self._mirror_rotations()
-        claimed = queue.claim_next(self.store, self.owner, self.config.public)
-        if claimed:
-            self._upload(claimed)
-        else:
-            for record_id in queue.unrevised(self.store, self.config.public):
-                self._settle(record_id)
-        return bool(claimed)
+        try:
+            if self.config.retention == "mirror":
+                self._mirror_rotations()
+            self.lease.taken()
+            claimed = self.store.uploads.claim_next(self.owner, self.config.public, self.lease.seconds)
+            if not claimed:
+                return None
+            try:
+                self._upload(claimed)
+            finally:
+                self.release()  # files left open (retried after a backoff) are anyone's once due
+            return 0.0
+        finally:
+            self.busy = False
+            self.uploads.settled.set()
 
     # -- one record ----------------------------------------------------------------------------------
 
     def _upload(self, claimed: list[UploadRow]) -> None:
         fs, root = self.config.filesystem()
-        record_id = claimed[0].record_id
         source, stage = Path(claimed[0].source), Path(claimed[0].staging)
+        ended: dict[str, Ended] = {}
         ready = []
         for row in claimed:  # stage every file before sending any: copies shrink rotation's window
             if row.state == "committing" or staging.copy_missing(source, stage, row.path) is not None:
                 ready.append(row)
             else:
-                queue.update(
-                    self.store,
-                    row,
-                    self.owner,
-                    state="failed",
-                    attempts=row.attempts + 1,
-                    error="deleted locally (rotated away?) before it could be staged for upload",
-                )
-        with ThreadPoolExecutor(self.config.parallel, thread_name_prefix="checkpoint-records-part") as pool:
-            list(pool.map(lambda row: self._upload_file(fs, root, stage, row), ready))
-        self._settle(record_id)
+                ended[row.path] = {
+                    "state": "failed",
+                    "attempts": row.attempts + 1,
+                    "error": "deleted locally (rotated away?) before it could be staged for upload",
+                }
+        ended.update(self._send(fs, root, stage, ready))
+        self._settle(claimed[0].record_id, ended)
 
-    def _upload_file(self, fs: AbstractFileSystem, root: str, stage: Path, row: UploadRow) -> None:
-        target = root + row.remote[len(self.config.public) :]
+    def _send(
+        self, fs: AbstractFileSystem, root: str, stage: Path, rows: list[UploadRow]
+    ) -> dict[str, Ended]:
+        """Send the files of ``rows``, up to ``parallel`` at once, renewing the claim meanwhile; the last
+        state of each file that got one. The senders are daemon threads: an exit never waits for a file
+        in flight (it is sent again by the next run)."""
+        ended: dict[str, Ended] = {}
+        queued, lock = iter(rows), threading.Lock()
+
+        def sender() -> None:
+            while True:
+                with lock:
+                    row = next(queued, None)
+                if row is None:
+                    return
+                last = self._upload_file(fs, root, stage, row)
+                if last is not None:
+                    ended[row.path] = last
+
+        senders = [
+            threading.Thread(target=sender, name="checkpoint-records-part", daemon=True)
+            for _ in range(min(self.config.parallel, len(rows)))
+        ]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            while thread.is_alive():
+                thread.join(IDLE_POLL)
+                self.renew()
+        return ended
+
+    def _upload_file(self, fs: AbstractFileSystem, root: str, stage: Path, row: UploadRow) -> Ended | None:
+        """Send one file; its last state (uploaded, failed), or None while it stays open (to retry after
+        a backoff, or cut short by a stop)."""
+        target = self._remote_path(root, row)
         try:
             if row.state == "committing" and row.sha256 and _remote_size(fs, target) == row.size:
-                # Sent and committed by a process that died before noting it: not sent again.
-                queue.update(self.store, row, self.owner, state="uploaded", error=None)
-                return
+                return UPLOADED  # sent and committed by a process that died before noting it: not sent again
             sha256, handle = transfer.send(
                 fs,
                 stage / row.path,
                 target,
                 self.config.part_size,
-                lambda sent: queue.update(self.store, row, self.owner, sent=sent),
+                lambda sent: self.store.uploads.update(row, sent=sent),
                 self.config.parallel,
             )
-            queue.update(self.store, row, self.owner, state="committing", sha256=sha256)
+            self.store.uploads.update(row, state="committing", sha256=sha256)
             try:
                 handle.commit()
             except BaseException:
@@ -155,80 +160,67 @@ class _Lane(threading.Thread):
             size = _remote_size(fs, target)
             if size != row.size:
                 raise OSError(f"the uploaded copy has {size} bytes, the checkpoint's file {row.size}")
-            queue.update(self.store, row, self.owner, state="uploaded", error=None)
+            return UPLOADED
         except Exception as error:
-            if not _interpreter_running():
-                return  # cut short by the exit: the row stays open and resumes with the next run
+            if self.stopping.is_set():
+                return None  # cut short by the stop: the row stays open and resumes with the next run
             text = error_text(error, self.config)
             attempts = row.attempts + 1
             if isinstance(error, PERMANENT_ERRORS):
-                queue.update(
-                    self.store, row, self.owner, state="failed", attempts=attempts, error=text, sent=0
-                )
                 logger.warning("checkpoint-records: could not upload %s: %s", row.remote, text)
-            else:
-                warn_once(
-                    f"upload-retry:{type(error).__name__}",
-                    "checkpoint-records: upload to %s failed, retrying with backoff: %s",
-                    self.config.public,
-                    text,
-                )
-                queue.update(
-                    self.store,
-                    row,
-                    self.owner,
-                    state="pending",
-                    attempts=attempts,
-                    error=text,
-                    sent=0,
-                    next_attempt_at=time.time() + backoff(attempts),
-                )
+                return {"state": "failed", "attempts": attempts, "error": text, "sent": 0}
+            warn_once(
+                f"upload-retry:{type(error).__name__}",
+                "checkpoint-records: upload to %s failed, retrying with backoff: %s",
+                self.config.public,
+                text,
+            )
+            self.store.uploads.update(
+                row,
+                state="pending",
+                attempts=attempts,
+                error=text,
+                sent=0,
+                next_attempt_at=time.time() + backoff(attempts),
+            )
+            return None
         finally:
             self.uploads.settled.set()
 
-    def _settle(self, record_id: str) -> None:
-        """Once no file of the record is left to send: store its next revision and let the sinks know."""
-        files = queue.rows(self.store, record_id)
-        if any(row.state in queue.OPEN for row in files):
-            return
-        if all(row.state in ("uploaded", "removed") for row in files):
+    def _settle(self, record_id: str, ended: dict[str, Ended]) -> None:
+        """Write the files' last states and, once none is left to send, the record's next revision, in one
+        transaction (a process killed before leaves the files open, to be settled by the next run)."""
+        files, revised = self.store.uploads.settle(record_id, ended, self._revised, self.uploads.sinks)
+        if files and all(row.state in ("uploaded", "removed") for row in files):
             staging.remove(Path(files[0].staging))  # a failed upload keeps it, to be retried
-        self._revise(record_id, files)
+        if revised is not None:
+            self.uploads.wake_delivery()
 
-    def _revise(self, record_id: str, files: Sequence[UploadRow]) -> None:
-        stored = self.store.get(record_id)
-        if stored is None or not files:
-            return
-        remote = files[0].remote[: -len(files[0].path) - 1]
-        status = upload_status(files, remote)
-        record = with_upload(
-            stored.record, status, files, self.config.provider, self.config.provider_id, utc_now_iso()
+    def _revised(self, record: CheckpointRecord, files: Sequence[UploadRow]) -> CheckpointRecord:
+        status = upload_status(files, remote_of(files))
+        return with_upload(
+            record, status, files, self.config.provider, self.config.provider_id, utc_now_iso()
         )
-        self.store.put(record, self.uploads.sinks)
-        self.uploads.wake_delivery()
+
+    def _remote_path(self, root: str, row: UploadRow) -> str:
+        """Where the row's file goes, as the file system names it."""
+        return root + row.remote[len(self.config.public) :]
 
     # -- mirror retention ----------------------------------------------------------------------------
 
     def _mirror_rotations(self) -> None:
         """Delete the remote copy of every checkpoint rotation deleted locally (except the best one)."""
-        record_ids = queue.rotated_away(self.store, self.config.public)
+        record_ids = self.store.uploads.rotated_away(self.config.public)
         if not record_ids:
             return
         fs, root = self.config.filesystem()
         for record_id in record_ids:
-            files = queue.rows(self.store, record_id)
+            files = self.store.uploads.rows(record_id)
             for row in files:
                 if row.state in ("uploaded", "committing"):
                     with contextlib.suppress(FileNotFoundError):
-                        fs.rm(root + row.remote[len(self.config.public) :])
-                queue.update(self.store, row, self.owner, state="removed")
-            staging.remove(Path(files[0].staging))
-            self._revise(record_id, queue.rows(self.store, record_id))
-
-
-def _interpreter_running() -> bool:
-    """False once the interpreter is exiting (the main thread is done): no new upload starts then."""
-    return threading.main_thread().is_alive()
+                        fs.rm(self._remote_path(root, row))
+            self._settle(record_id, {row.path: {"state": "removed"} for row in files})
 
 
 def _remote_size(fs: AbstractFileSystem, target: str) -> int | None:
@@ -256,7 +248,7 @@ class Uploads:
         #: Set whenever a file's upload ends, so a flush notices at once.
         self.settled = threading.Event()
         self._pid = os.getpid()
-        self._lane: _Lane | None = None
+        self._lane: _UploadLane | None = None
 
     def enqueue(self, record: CheckpointRecord) -> None:
         """Stage and queue ``record``'s files for upload, then wake the lane. Never raises."""
@@ -266,7 +258,7 @@ class Uploads:
             directory = Path(record.spec.directory)
             stage = staging.staging_dir(directory, record.id)
             staging.link_files(directory, stage, [entry.path for entry in record.status.files])
-            queue.enqueue(self.store, record, self.config.remote_dir(record.name), str(stage))
+            self.store.uploads.enqueue(record, self.config.remote_dir(record.name), str(stage))
             self.start()
             self.wake()
         except Exception as error:
@@ -282,16 +274,16 @@ class Uploads:
         """Start the lane (in the process that created this, never in a fork): pending uploads resume."""
         if self.config is None or self._lane is not None or os.getpid() != self._pid:
             return
-        self._lane = _Lane(self, self.config)
+        self._lane = _UploadLane(self, self.config)
         self._lane.start()
 
     def wake(self) -> None:
         if self._lane is not None:
-            self._lane.wakeup.set()
+            self._lane.wake()
 
     def pending(self) -> int:
         """Files still to upload to this destination (from any run that used this store)."""
-        return 0 if self.config is None else queue.open_count(self.store, self.config.public)
+        return 0 if self.config is None else self.store.uploads.open_count(self.config.public)
 
     def flush(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for every queued file to be sent; how many are left."""
@@ -321,7 +313,6 @@ class Uploads:
         """Stop the lane; an upload in flight is resumed later (it was never committed)."""
         if self._lane is None or os.getpid() != self._pid:
             return
-        self._lane.stopping.set()
-        self._lane.wakeup.set()
+        self._lane.stop()
         self._lane.join(timeout)
         self._lane = None

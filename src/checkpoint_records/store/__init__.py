@@ -1,0 +1,62 @@
+"""The embedded store: records, jobs, their delivery outbox, the job log and the upload queue, in one
+SQLite file (``<home>/records.db``), safe across threads, processes and forks.
+
+Where things are: :mod:`.database` owns the connections and the write transactions (and keeps writes in
+memory while the disk is full); :mod:`.schema` the tables and their migrations. The parts supply the SQL:
+:mod:`.documents` (records and job snapshots, with their revisions: :meth:`RecordStore.put` and the
+atomic :meth:`RecordStore.update_record`), :mod:`.log` (a job's logged entries), :mod:`.received`
+(documents the registry server received, and their idempotency keys), :mod:`.queries` (lists and pages for
+the server and the page). Two lease queues (:mod:`.leases`) hold the work of background lanes:
+``store.outbox`` (:mod:`.outbox`, deliveries to sinks) and ``store.uploads`` (:mod:`.uploads`, files to
+upload). No module outside this package touches a connection or writes SQL.
+"""
+
+from __future__ import annotations
+
+import os
+from sqlite3 import DatabaseError  # what reading a damaged store raises: the CLI says what to do
+
+from .database import DATABASE_NAME
+from .documents import Documents, RecordRevision, StoredJob, StoredRecord
+from .leases import Lease, LeaseQueue, claim_owner, owner_is_alive
+from .log import JobLog
+from .outbox import Claimed, Delivery, Outbox, Outcome
+from .queries import CheckpointStats, JobSummary, Queries
+from .received import FINISHED_JOB_STATUSES, Receipt, Received, Submission
+from .schema import SCHEMA_VERSION
+from .uploads import UploadQueue, UploadRow
+
+
+class RecordStore(Documents, JobLog, Received, Queries):
+    """Records, jobs, their log and both queues in ``<home>/records.db``."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(home)
+        #: Deliveries of records and jobs to sinks.
+        self.outbox = Outbox(self)
+        #: Checkpoints' files to upload to storage.
+        self.uploads = UploadQueue(self)
+
+
+__all__ = [
+    "DATABASE_NAME",
+    "FINISHED_JOB_STATUSES",
+    "SCHEMA_VERSION",
+    "CheckpointStats",
+    "Claimed",
+    "DatabaseError",
+    "Delivery",
+    "JobSummary",
+    "Lease",
+    "LeaseQueue",
+    "Outcome",
+    "Receipt",
+    "RecordRevision",
+    "RecordStore",
+    "StoredJob",
+    "StoredRecord",
+    "Submission",
+    "UploadRow",
+    "claim_owner",
+    "owner_is_alive",
+]

@@ -1,0 +1,140 @@
+"""What the registry server and the web page read: pages of records, and jobs in numbers, each list in a
+constant number of queries whatever its length (never one query per row)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..job import JobSnapshot
+from ..record import CheckpointRecord
+from .database import Database
+from .documents import StoredJob, StoredRecord
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """A job's checkpoints in numbers, counted by SQLite without parsing a record (the page's jobs table
+    must stay fast with 100,000 records in the store)."""
+
+    job_id: str
+    job_name: str
+    checkpoints: int
+    ready: int
+    best_eval_loss: float | None
+    last_eval_loss: float | None
+    last_step: int
+    first_created_at: str
+    last_updated_at: str
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job's checkpoints at a glance: how many, the first creation and last update (ISO 8601)."""
+
+    job_id: str
+    checkpoints: int
+    first_created_at: str | None
+    last_updated_at: str | None
+
+
+#: The newest checkpoint of each job, and its newest one that is available and ready for inference.
+_NEWEST_AND_READY = """
+SELECT value,
+    (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
+    (SELECT body FROM records WHERE job_id = value AND json_extract(body, '$.status.status') = 'available'
+        AND json_extract(body, '$.status.metadata.inferenceReady') ORDER BY step DESC, id DESC LIMIT 1)
+FROM json_each(?)
+"""
+
+
+class Queries(Database):
+    """Read-only queries for lists and pages."""
+
+    def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
+        """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
+        eval_loss = "json_extract(body, '$.status.metadata.evalLoss')"
+        only = "job_id = ?" if job_id is not None else "1"
+        params = (job_id,) if job_id is not None else ()
+        connection = self.read()
+        # SQLite gives the other columns of the row that holds MAX(step): the last eval loss.
+        last_eval = {
+            job: loss
+            for job, loss, _ in connection.execute(
+                f"SELECT job_id, {eval_loss}, MAX(step) FROM records"
+                f" WHERE {only} AND {eval_loss} IS NOT NULL GROUP BY job_id",
+                params,
+            )
+        }
+        rows = connection.execute(
+            f"SELECT job_id, json_extract(body, '$.metadata.jobName'), COUNT(*),"
+            f" TOTAL(json_extract(body, '$.status.metadata.inferenceReady')), MIN({eval_loss}), MAX(step),"
+            f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
+            params,
+        )
+        return [
+            CheckpointStats(job, name, count, int(ready), best, last_eval.get(job), step, first, last)
+            for job, name, count, ready, best, step, first, last in rows
+        ]
+
+    def job_ids(self) -> list[str]:
+        """Every job the store knows, from its job snapshots or its records."""
+        rows = self.read().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
+        return [job_id for (job_id,) in rows]
+
+    def job_summaries(self, job_id: str | None = None) -> list[tuple[StoredJob | None, JobSummary]]:
+        """Every job the store knows (or ``job_id`` only, if known): its snapshot when one was stored,
+        and its checkpoints at a glance; one query."""
+        only = "= ?" if job_id is not None else "IS NOT NULL"
+        rows = self.read().execute(
+            "WITH summary AS (SELECT job_id, COUNT(*) AS checkpoints, MIN(created_at) AS first,"
+            f" MAX(updated_at) AS last FROM records WHERE job_id {only} GROUP BY job_id),"
+            f" known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
+            " UNION SELECT job_id FROM summary)"
+            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0), s.first, s.last"
+            " FROM known LEFT JOIN jobs j ON j.id = known.job_id LEFT JOIN summary s ON s.job_id = known.job_id",
+            (job_id, job_id) if job_id is not None else (),
+        )
+        return [
+            (
+                None if body is None else StoredJob(JobSnapshot.model_validate_json(body), revision, owner),
+                JobSummary(known, checkpoints, first, last),
+            )
+            for known, body, revision, owner, checkpoints, first, last in rows
+        ]
+
+    def newest_and_ready(
+        self, job_ids: list[str]
+    ) -> dict[str, tuple[CheckpointRecord | None, CheckpointRecord | None]]:
+        """For each of ``job_ids``: its highest-step checkpoint, and its highest-step one that is
+        available and ready for inference (None when there is none); one query."""
+        rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
+        return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
+
+    def record_ids(self, job_id: str) -> list[str]:
+        rows = self.read().execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
+        return [record_id for (record_id,) in rows]
+
+    def records_newest_first(
+        self, job_id: str | None, limit: int, before: CheckpointRecord | None = None
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` records of ``job_id`` (of every job when None), highest step first, after
+        ``before`` in that order."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if job_id is not None:
+            conditions.append("job_id = ?")
+            params.append(job_id)
+        if before is not None:
+            conditions.append("(step, id) < (?, ?)")
+            params += [before.training.step, before.id]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self.read().execute(
+            f"SELECT body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?", [*params, limit]
+        )
+        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+
+
+def _parsed(body: str | None) -> CheckpointRecord | None:
+    return None if body is None else CheckpointRecord.from_json(body)

@@ -1,0 +1,121 @@
+"""Documents the registry server received from other jobs, stored with their own revisions, and the
+idempotency keys of the requests that carried them, so a replayed request changes nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..job import JobSnapshot
+from ..record import CheckpointRecord
+from .database import Database
+from .documents import write_job, write_record
+
+#: How long a received idempotency key is remembered (a sender retries for far less).
+RECEIVED_KEY_SECONDS = 7 * 24 * 3600.0
+#: Expired keys are deleted at most this often: once per write round was a statement per request.
+RECEIVED_KEY_PURGE_SECONDS = 60.0
+#: Job statuses that end a job.
+FINISHED_JOB_STATUSES: frozenset[str] = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of one received document: ``stored`` is False when the store already held this
+    revision or a newer one (then ``revision`` is the one it holds)."""
+
+    id: str
+    kind: Literal["record", "job"]
+    revision: int
+    stored: bool
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Documents received in one request, stored all or none; ``key`` is its ``Idempotency-Key`` and
+    ``digest`` a hash of its body, so a key reused for other content is told apart from a replay."""
+
+    documents: Sequence[CheckpointRecord | JobSnapshot]
+    key: str | None = None
+    digest: str = ""
+
+
+class Received(Database):
+    """The ``received_keys`` table, and the received documents' writes."""
+
+    #: When received idempotency keys past their time were last deleted.
+    _keys_purged_at = 0.0
+
+    def receive(self, submissions: Sequence[Submission]) -> list[list[Receipt] | None]:
+        """Store documents sent by other jobs, keeping their own revisions, in one durable transaction.
+
+        Per submission, in order: a known idempotency key with the same digest changes nothing and
+        gives the receipts answered the first time; with another digest it gives None (refused, nothing
+        stored). A record is stored when its ``metadata.revision`` is newer than the one held; a job
+        snapshot when it is newer by update time (in whole seconds, as ``TrainingJobDetail`` has it),
+        then by a finished status over a running one, then by step. Older or equal ones change nothing.
+        Received documents are not queued for any sink.
+        """
+        now = time.time()
+        answers: list[list[Receipt] | None] = []
+        with self.transaction() as connection:
+            if now - self._keys_purged_at > RECEIVED_KEY_PURGE_SECONDS:
+                connection.execute(
+                    "DELETE FROM received_keys WHERE received_at < ?", (now - RECEIVED_KEY_SECONDS,)
+                )
+                self._keys_purged_at = now
+            for submission in submissions:
+                if submission.key is not None:
+                    row = connection.execute(
+                        "SELECT digest, receipts FROM received_keys WHERE key = ?", (submission.key,)
+                    ).fetchone()
+                    if row is not None:
+                        answers.append(_receipts(row[1]) if row[0] == submission.digest else None)
+                        continue
+                receipts = [
+                    _receive_record(connection, document)
+                    if isinstance(document, CheckpointRecord)
+                    else _receive_job(connection, document)
+                    for document in submission.documents
+                ]
+                if submission.key is not None:
+                    connection.execute(
+                        "INSERT INTO received_keys (key, digest, receipts, received_at) VALUES (?, ?, ?, ?)",
+                        (submission.key, submission.digest, _receipts_json(receipts), now),
+                    )
+                answers.append(receipts)
+        return answers
+
+
+def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
+    revision = record.metadata.revision
+    row = connection.execute("SELECT revision FROM records WHERE id = ?", (record.id,)).fetchone()
+    if row is not None and int(row[0]) >= revision:
+        return Receipt(record.id, "record", int(row[0]), stored=False)
+    write_record(connection, record, revision)
+    return Receipt(record.id, "record", revision, stored=True)
+
+
+def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
+    return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step)
+
+
+def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:
+    row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    if row is not None and _job_order(JobSnapshot.model_validate_json(row[0])) >= _job_order(job):
+        return Receipt(job.id, "job", int(row[1]), stored=False)
+    revision = 1 if row is None else int(row[1]) + 1
+    write_job(connection, job, job.model_dump_json(), revision, None)
+    return Receipt(job.id, "job", revision, stored=True)
+
+
+def _receipts_json(receipts: Sequence[Receipt]) -> str:
+    return json.dumps([[r.id, r.kind, r.revision, r.stored] for r in receipts], separators=(",", ":"))
+
+
+def _receipts(text: str) -> list[Receipt]:
+    return [Receipt(*item) for item in json.loads(text)]

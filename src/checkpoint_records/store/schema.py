@@ -1,0 +1,194 @@
+"""The store's tables, and the steps that bring a store written by an earlier release up to them.
+
+The store's version is SQLite's ``PRAGMA user_version`` (0 for a store written before versions existed).
+:data:`SCHEMA` always describes the latest tables and is applied on every open (``CREATE ... IF NOT
+EXISTS``: a new table needs nothing else). A change that cannot be said that way (a new column on an
+existing table, rewritten rows) is a *step* appended to ``_MIGRATIONS``: step ``n`` takes a store from
+version ``n - 1`` to ``n``, runs (before :data:`SCHEMA`) inside the one transaction that also sets the new
+version, and must be harmless on a new, empty store too (use :func:`add_column`, which does nothing when
+the table does not exist yet or has the column). Never edit or reorder a released step. A store of a
+newer version than this release knows is refused, never written.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigurationError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_name ON records(name);
+CREATE INDEX IF NOT EXISTS records_by_job ON records(job_id, step);
+CREATE TABLE IF NOT EXISTS outbox (
+    sink TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    kind TEXT NOT NULL DEFAULT 'record',
+    PRIMARY KEY (sink, record_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_entries (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    loss REAL,
+    eval_loss REAL,
+    logged_at REAL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+
+-- The registry server (``checkpoint-records serve``): newest-first pages of a job's checkpoints, and
+-- the idempotency keys of what it received, with the receipts it answered.
+CREATE INDEX IF NOT EXISTS records_by_job_step_id ON records(job_id, step, id);
+CREATE TABLE IF NOT EXISTS received_keys (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    receipts TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
+
+-- The web page: every revision of a record in brief, kept by a trigger on each write of a record (by any
+-- writer, old or new), so a checkpoint's page can tell when it was deleted or the best moved.
+CREATE TABLE IF NOT EXISTS record_revisions (
+    id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    status TEXT,
+    ready INTEGER,
+    best INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (id, revision)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS record_revisions_kept AFTER INSERT ON records BEGIN
+    INSERT OR REPLACE INTO record_revisions (id, revision, status, ready, best, updated_at) VALUES (
+        NEW.id, NEW.revision, json_extract(NEW.body, '$.status.status'),
+        json_extract(NEW.body, '$.status.metadata.inferenceReady'),
+        json_extract(NEW.body, '$.status.metadata.best'), NEW.updated_at
+    );
+END;
+
+CREATE TABLE IF NOT EXISTS uploads (
+    record_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    remote TEXT NOT NULL,
+    source TEXT NOT NULL,
+    staging TEXT NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (record_id, path)
+);
+CREATE INDEX IF NOT EXISTS uploads_due ON uploads(state, next_attempt_at);
+"""
+
+
+def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> bool:
+    """Add ``column`` to ``table`` unless it has it already, or the table does not exist yet (a new
+    store, which :data:`SCHEMA` then creates whole): what a migration step adding a column calls. Whether
+    it added it (a step may then fill it for the existing rows)."""
+    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+    if not columns or column in columns:
+        return False
+    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return True
+
+
+def _first_versioned_release(connection: sqlite3.Connection) -> None:
+    """0 -> 1: the tables of the releases before versions are unchanged; the store now says its version."""
+
+
+def _outbox_says_what_it_delivers(connection: sqlite3.Connection) -> None:
+    """1 -> 2: the outbox says what it delivers (``kind``); the job ids already in it are jobs."""
+    if add_column(connection, "outbox", "kind", "TEXT NOT NULL DEFAULT 'record'"):
+        connection.execute("UPDATE outbox SET kind = 'job' WHERE record_id IN (SELECT id FROM jobs)")
+
+
+#: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _first_versioned_release,
+    _outbox_says_what_it_delivers,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Bring the store to :data:`SCHEMA_VERSION`, in one transaction; refuse a newer store."""
+    version = schema_version(connection)
+    refuse_newer(version, path)
+    if version == SCHEMA_VERSION:
+        connection.executescript(SCHEMA)  # tables added since: no write when they all exist
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(connection)  # another process may have upgraded it meanwhile
+        refuse_newer(version, path)
+        for step in _MIGRATIONS[version:]:
+            step(connection)
+        for statement in _statements(SCHEMA):
+            connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def refuse_newer(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the checkpoint-records store {path} was written by a newer release (schema version "
+            f"{version}; this release reads up to {SCHEMA_VERSION}). Upgrade checkpoint-records "
+            "(pip install -U checkpoint-records), or point store=/CHECKPOINT_RECORDS_HOME elsewhere; "
+            "the store was left untouched."
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, one by one (``executescript`` would commit the transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
