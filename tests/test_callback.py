@@ -23,6 +23,7 @@ from checkpoint_records import (
     RecordStore,
     Sink,
 )
+from checkpoint_records.bookkeeper import Bookkeeper
 from checkpoint_records.build import DIRECTORY_GONE
 from checkpoint_records.callback import checkpoint_directory
 from checkpoint_records.logs import set_strict
@@ -134,13 +135,13 @@ def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_fa
     """The Trainer calls ``on_save`` after writing the checkpoint: one that ``save_total_limit`` removed
     before the background thread got to it was rotated away, not a failed save."""
     ended = threading.Event()
-    record_save = CheckpointRecorder._record_save
+    record_save = Bookkeeper.record_save
 
-    def held(self: CheckpointRecorder, save: Any) -> None:
+    def held(self: Bookkeeper, save: Any) -> CheckpointRecord:
         ended.wait(60)  # until training ends: checkpoint-2 and checkpoint-4 are rotated away meanwhile
-        record_save(self, save)
+        return record_save(self, save)
 
-    monkeypatch.setattr(CheckpointRecorder, "_record_save", held)
+    monkeypatch.setattr(Bookkeeper, "record_save", held)
 
     class EndOfTraining(TrainerCallback):
         def on_train_end(self, *args: Any, **kwargs: Any) -> None:

@@ -299,7 +299,7 @@ def test_a_forked_child_never_sends(tmp_path: Path, isolated_store: Path) -> Non
         if child == 0:  # pragma: no cover - the child's coverage is not collected
             code = 1
             try:
-                recorder.start_delivery()
+                recorder.books.start_delivery()
                 recorder.delivery.wake()
                 recorder.close()
                 code = 0

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .distributed import trainer_role, wait_for_everyone
+from .handoff import Begin, BestSoFar, Save, base_model_name
 from .job import JobIdentity
 from .logs import never_raises
 from .record import CheckpointRecord
-from .recorder import Begin, BestSoFar, CheckpointRecorder, Save, base_model_name
+from .recorder import CheckpointRecorder
 from .settings import Overrides, Settings
 
 if TYPE_CHECKING:
