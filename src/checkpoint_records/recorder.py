@@ -2,23 +2,24 @@
 
 A save costs the training thread a hand-off: :meth:`CheckpointRecorder.hand_off` puts a
 :class:`~.handoff.Save` (what the run knows: step, epoch, the log entries new since the last save, the best
-checkpoint) on the queue of the recorder's own thread (:mod:`.background`) and returns. That thread does
-the work (:mod:`.bookkeeper`): builds the record, stores it durably with its outbox entries, notes rotated
-checkpoints and the job's progress, and wakes delivery. If the process dies in between, nothing is lost:
-the checkpoint on disk is the source of truth, and :meth:`CheckpointRecorder.recover` (at the job's next
-run, at ``checkpoint-records flush``, or ``checkpoint-records import``) records it from its own files
-(:mod:`.rebuild`).
+checkpoint) on the queue of the recorder's own thread (:mod:`.background`) and returns a future of its
+record. That thread does the work (:mod:`.bookkeeper`): builds the record, stores it durably with its
+outbox entries, notes rotated checkpoints and the job's progress, and wakes delivery. If the process dies
+in between, nothing is lost: the checkpoint on disk is the source of truth, and
+:meth:`CheckpointRecorder.recover` (at the job's next run, at ``checkpoint-records flush``, or
+``checkpoint-records import``) records it from its own files (:mod:`.rebuild`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import lifecycle, rebuild
-from .background import Background
+from .background import Background, resolved
 from .bookkeeper import Bookkeeper
 from .delivery import DeliveryWorker, FlushResult
 from .distributed import accelerator_role, launcher_role, wait_for_everyone
@@ -83,9 +84,17 @@ class CheckpointRecorder:
             owner=claim_owner(),
         )
         self._background = Background("checkpoint-records recorder", on_exit=self.store.close)
-        #: The record of the latest save, once the background stored it.
-        self.last_record: CheckpointRecord | None = None
+        #: The future of the latest save's record (:meth:`hand_off`'s).
+        self.latest: Future[CheckpointRecord | None] | None = None
         self._jobs: dict[tuple[str, str | None], JobIdentity] = {}
+
+    @property
+    def last_record(self) -> CheckpointRecord | None:
+        """The record of the latest save once the background stored it; None until then (or if it failed)."""
+        latest = self.latest
+        if latest is None or not latest.done() or latest.exception() is not None:
+            return None
+        return latest.result()
 
     def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
         """The job's identity: explicit settings first, else derived from where and what it runs."""
@@ -103,11 +112,16 @@ class CheckpointRecorder:
         self._background.submit("on_train_begin", self._begin, begin)
         lifecycle.track(self)
 
-    def hand_off(self, save: Save) -> None:
-        """A checkpoint was saved: its record is built and stored in the background."""
+    def hand_off(self, save: Save) -> Future[CheckpointRecord | None]:
+        """A checkpoint was saved: its record is built and stored in the background.
+
+        The future resolves with the stored record, or with the exception that stopped it (logged once;
+        it never reaches training unless asked for with ``result()``).
+        """
         if save.reports_job and not lifecycle.tracked(self):  # a loop's job starts with its first save
             lifecycle.track(self)
-        self._background.submit("on_save", self._record_save, save)
+        self.latest = self._background.submit("on_save", self.books.record_save, save)
+        return self.latest
 
     def end(self, status: JobStatus, step: int | None = None) -> None:
         """The jobs this recorder runs ended with ``status`` (at ``step`` when known)."""
@@ -178,26 +192,28 @@ class CheckpointRecorder:
         metrics: Mapping[str, Any] | None = None,
         model: Any = None,
         accelerator: Any = None,
-    ) -> None:
+    ) -> Future[CheckpointRecord | None]:
         """Record the checkpoint a training loop of your own has just written to ``directory``.
 
         Call it on every process, right after the save (``accelerator.save_state`` or ``save_pretrained``):
         it waits for every process to finish writing, then hands the save over on the main process only
         (on each node's main with ``record_every_node`` when every node saves its own copy); the record is
-        built and stored in the background (``last_record`` once there). Losses and metrics may be floats or
-        scalar tensors. With ``accelerator`` the job is its ``project_dir`` (where
+        built and stored in the background. It returns a future of that record: ``result(timeout)`` waits
+        for it (the result is None on a process that does not record). Like every entry point from
+        training it never raises: a failure is logged once and it returns None. Losses and metrics may be
+        floats or scalar tensors. With ``accelerator`` the job is its ``project_dir`` (where
         ``automatic_checkpoint_naming`` writes ``checkpoints/checkpoint_<n>``), else the directory's parent.
         """
         role = launcher_role() if accelerator is None else accelerator_role(accelerator)
         wait_for_everyone(accelerator)
         if not role.records(self.record_every_node):
-            return
+            return resolved(None)
         path = Path(directory)
         if accelerator is not None and model is not None:
             model = accelerator.unwrap_model(model)
         logged = {"step": step, "loss": train_loss, "eval_loss": eval_loss, **(metrics or {})}
         run_dir = Path(getattr(accelerator, "project_dir", None) or path.parent)
-        self.hand_off(
+        return self.hand_off(
             Save(
                 directory=path,
                 run_dir=run_dir,
@@ -215,9 +231,6 @@ class CheckpointRecorder:
         )
 
     # -- in the background ---------------------------------------------------------------------------
-
-    def _record_save(self, save: Save) -> None:
-        self.last_record = self.books.record_save(save)
 
     def _begin(self, begin: Begin) -> None:
         self.books.begin(begin)
