@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from checkpoint_records.logs import set_strict
 from checkpoint_records.record import CheckpointRecord
 from tiny import tiny_model
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 
 def files_on_disk(directory: Path) -> dict[str, int]:
@@ -168,9 +168,7 @@ def test_a_loop_recording_a_directory_that_does_not_exist_gets_a_failed_record(
 ) -> None:
     """A loop's ``record()`` may name a directory that was never written: that save failed."""
     with CheckpointRecorder() as recorder:
-        recorder.record(tmp_path / "never-written", step=7, epoch=1.0, train_loss=1.5)
-        assert recorder.drain()
-        record = recorder.last_record
+        record = recorder.record(tmp_path / "never-written", step=7, epoch=1.0, train_loss=1.5).result(60)
     assert record is not None and record.status.status == "failed"
     assert record.training.inference_ready is False and record.training.train_loss == 1.5
 
@@ -205,9 +203,9 @@ def test_a_failing_sink_never_reaches_training_is_logged_once_and_keeps_the_reco
     trainer.train()  # must not raise
     assert trainer.state.global_step == 6
     store = RecordStore(isolated_store)
-    deadline = time.monotonic() + 30
-    while sum(d.attempts for d in store.outbox.deliveries()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the background lane fails at least twice...
+    wait_until(  # the background lane fails at least twice...
+        lambda: sum(d.attempts for d in store.outbox.deliveries()) >= 2, 30, "the sink was not tried twice"
+    )
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "sink exploded" in r.message]
     assert len(warnings) == 1 and "broken://sink" in warnings[0].message  # ...and says so once
     assert {delivery.state for delivery in store.outbox.deliveries()} == {"pending"}

@@ -135,9 +135,7 @@ def test_rotation_best_and_upload_revising_one_record_at_once_lose_nothing(
         lost: list[str] = []
         for step in range(EARLIER + 1, EARLIER + ITERATIONS + 1):
             directory = checkpoint(run, step)
-            recorder.record(directory, step=step)
-            assert recorder.drain(60)
-            record = recorder.last_record
+            record = recorder.record(directory, step=step).result(60)
             assert record is not None and record.training.step == step
 
             def rotate(directory: Path = directory) -> None:

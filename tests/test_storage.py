@@ -46,9 +46,7 @@ def checkpoint_of(directory: Path, size: int, *names: str) -> Path:
 
 def recorded(recorder: CheckpointRecorder, directory: Path, **save: Any) -> CheckpointRecord | None:
     """``recorder.record(...)``, then the record once the recorder's thread has stored it."""
-    recorder.record(directory, **save)
-    recorder.drain()
-    return recorder.last_record
+    return recorder.record(directory, **save).result(60)
 
 
 @pytest.fixture(scope="module")
