@@ -1,13 +1,14 @@
-"""The recorder's front, on the training thread: a save is a hand-off.
+"""The recorder's front, on the training thread: a save is a hand-off, the end of training one bounded wait.
 
 A save costs the training thread a hand-off: :meth:`CheckpointRecorder.hand_off` puts a
 :class:`~.handoff.Save` (what the run knows: step, epoch, the log entries new since the last save, the best
 checkpoint) on the queue of the recorder's own thread (:mod:`.background`) and returns a future of its
 record. That thread does the work (:mod:`.bookkeeper`): builds the record, stores it durably with its
-outbox entries, notes rotated checkpoints and the job's progress, and wakes delivery. If the process dies
-in between, nothing is lost: the checkpoint on disk is the source of truth, and
-:meth:`CheckpointRecorder.recover` (at the job's next run, at ``checkpoint-records flush``, or
-``checkpoint-records import``) records it from its own files (:mod:`.rebuild`).
+outbox entries, notes rotated checkpoints and the job's progress, and wakes delivery. The end of training
+(:meth:`CheckpointRecorder.close`) waits for all of it, uploads and deliveries included, within one
+``flush_timeout``. If the process dies in between, nothing is lost: the checkpoint on disk is the source
+of truth, and :meth:`CheckpointRecorder.recover` (at the job's next run, at ``checkpoint-records flush``,
+or ``checkpoint-records import``) records it from its own files (:mod:`.rebuild`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import lifecycle, rebuild
 from .background import Background, resolved
 from .bookkeeper import Bookkeeper
+from .countdown import Countdown
 from .delivery import DeliveryWorker, FlushResult
 from .distributed import accelerator_role, launcher_role, wait_for_everyone
 from .handoff import Begin, Save, base_model_name
@@ -133,43 +135,44 @@ class CheckpointRecorder:
         return self._background.drain(self.flush_timeout if timeout is None else timeout)
 
     def flush(self) -> FlushResult:
-        """Wait up to ``flush_timeout`` for the hand-offs to be stored and delivered; what is left stays
-        pending (or on disk, to be recovered) for the next run or ``checkpoint-records flush``."""
-        started = time.monotonic()
-        if not self.drain():
+        """Wait up to ``flush_timeout`` for the hand-offs to be stored, uploaded and delivered; what is
+        left stays pending (or on disk, to be recovered) for the next run or ``checkpoint-records flush``."""
+        return self._flush(Countdown(self.flush_timeout))
+
+    def _flush(self, countdown: Countdown) -> FlushResult:
+        """:meth:`flush` within what ``countdown`` has left, every step of it together."""
+        before = self.delivery.totals()
+        if not self._background.drain(countdown.left()):
             logger.warning(
                 "checkpoint-records: %d saves not recorded yet after %.1fs; their checkpoints stay on disk and "
                 "are recorded by the next run of the job or by `checkpoint-records flush`.",
                 self._background.pending,
-                self.flush_timeout,
+                countdown.seconds,
             )
-        spent = time.monotonic() - started
-        # Uploads wait within a bound of their own: a slow upload never eats the records' delivery time.
-        self.uploads.flush(self.flush_timeout)
-        result = self.delivery.flush(max(self.flush_timeout - spent, 0.0))
+        # The upload and delivery lanes run at once: waiting for one takes no time from the other.
+        self.uploads.flush(countdown.left())
+        result = self.delivery.flush(countdown.left(), since=before)
         if result.pending:
             logger.warning(
                 "checkpoint-records: deliveries still pending after %.1fs: %d; they stay in %s and go out "
                 "with the next run that uses this store, or with `checkpoint-records flush`.",
-                self.flush_timeout,
+                countdown.seconds,
                 result.pending,
                 self.store.path,
             )
         return result
 
-    def stop_background(self) -> None:
-        """End the recorder's thread once it is idle (bounded); the next hand-off starts it again."""
-        self._background.stop(self.flush_timeout)
-
     def close(self) -> None:
-        """End what this recorder ran, flush (bounded) when this process delivers, stop its threads."""
+        """End what this recorder ran, flush when this process delivers, stop its threads: all of it
+        within one ``flush_timeout``."""
+        countdown = Countdown(self.flush_timeout)
         if lifecycle.tracked(self):
             self.end("Success")
         if self.delivery.running or self._background.pending:
-            self.flush()
-        self.stop_background()
-        self.uploads.close()
-        self.delivery.close()
+            self._flush(countdown)
+        self._background.stop(countdown.left())  # the next hand-off starts it again
+        self.uploads.close(countdown.left())
+        self.delivery.close(countdown.left())
         self.store.close()
 
     def __enter__(self) -> CheckpointRecorder:
