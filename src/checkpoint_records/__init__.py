@@ -3,9 +3,12 @@
 Where things are:
 
 - the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
-- built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` hand each save to the recorder's own
-  thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
-  ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
+- built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
+  hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
+  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
+  ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
+  the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
+  reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py`` and
   ``store/uploads.py`` are the two lease queues (``store/leases.py``), ``store/database.py`` owns the
@@ -17,7 +20,8 @@ Where things are:
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files. Both run on
   lanes (``lane.py``: one background thread per sink or destination).
-- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients.
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients, and
+  ``page/``, its web page (given the server's ``Auth``: the page never imports the server).
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
   command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).
