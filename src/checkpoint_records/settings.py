@@ -171,7 +171,17 @@ def _sinks(name: str, value: Any) -> tuple[Sink | str, ...]:
 
 
 def _tokens(name: str, value: Any) -> tuple[str, ...]:
-    return tuple(str(token).strip() for token in _listed(name, value, "tokens") if str(token).strip())
+    """The server's tokens: an empty one (``--token "$UNSET"``, ``a,,b``, ``VAR=``) is refused, as it
+    would otherwise be dropped and leave the server open while its user believes it is closed."""
+    items = value.split(",") if isinstance(value, str) else _listed(name, value, "tokens")
+    tokens = tuple(str(token).strip() for token in items)
+    if not tokens or not all(tokens):
+        raise ConfigurationError(
+            f"{name} has an empty token (an unset variable expanded to nothing?): `checkpoint-records "
+            "serve` would run without authentication. Give each token (--token T, or "
+            f"{PREFIX}SERVER_TOKENS=T1,T2), or none at all to serve on loopback without one"
+        )
+    return tokens
 
 
 def _end_of_training_seconds(name: str, value: Any) -> float:
@@ -354,9 +364,10 @@ class Settings:
     )
     server_tokens: tuple[str, ...] = setting(
         _tokens,
-        "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens",
+        "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens (none empty)",
         default=(),
         shown=_hidden,
+        empty_is_unset=False,
     )
 
     def replace(self, **overrides: Unpack[Overrides]) -> Settings:

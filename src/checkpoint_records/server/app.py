@@ -1,7 +1,7 @@
 """The registry's ASGI app: ingest and read APIs under ``/v1``, the web page at ``/``, one store.
 
-Every API route (and ``/openapi.json``) needs a token when tokens are configured; the page's routes
-check the same :class:`Auth` themselves, so its login form stays reachable.
+Every API route (and ``/openapi.json``) needs a bearer token when tokens are configured (never the page's
+cookie); the page's routes check the same :class:`Auth` themselves, so its login form stays reachable.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def create_app(
     writer = Writer(store, queue_capacity)
 
     async def authorized(request: Request) -> None:
-        if not auth.check(request):
+        if not auth.bearer(request):
             raise problems.Problem(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -35,7 +35,7 @@ def serve(
     """Serve ``store`` until interrupted; the exit status (host and port: their defaults are ``serve``'s)."""
     check_exposure(host, tokens, allow_public_without_token)
     app = create_app(store, tokens=tokens)
-    access = "a token is required" if tokens else "no token required"
+    access = "a token is required" if app.state.auth.required else "no token required"
     print(f"checkpoint-records: serving {store.path} on http://{host}:{port} ({access})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, server_header=False, proxy_headers=False, log_level="info")
     return 0
