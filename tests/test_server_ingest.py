@@ -145,7 +145,7 @@ def test_eight_senders_at_once_lose_nothing_and_duplicate_nothing(registry: Regi
         try:
             for _ in range(2):
                 for record in records:
-                    sink.send(record.to_dict(), idempotency_key(record.id, 1, "record"))
+                    sink.send(record.to_dict(), idempotency_key(record.id, 1, "record", record.to_dict()))
         except BaseException as error:
             failures.append(error)
         finally:
