@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from .errors import ConfigurationError
 from .redaction import MASK, public_url
+from .signing import SigningSecret, parse_signing_secret
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -362,6 +363,13 @@ class Settings:
     storage_parallel: int = setting(
         parse_count, "how many files of a checkpoint are uploaded at once", default=DEFAULT_STORAGE_PARALLEL
     )
+    signing_secret: SigningSecret | None = setting(
+        parse_signing_secret,
+        "Standard Webhooks secret (whsec_ + base64) HTTP sinks sign every delivery with, and `serve` "
+        "verifies them with",
+        shown=_hidden,
+        empty_is_unset=False,
+    )
     server_tokens: tuple[str, ...] = setting(
         _tokens,
         "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens (none empty)",
@@ -415,6 +423,7 @@ class Overrides(TypedDict, total=False):
     storage_options: Mapping[str, Any] | None
     storage_retention: Retention | str | None
     storage_parallel: int | str | None
+    signing_secret: SigningSecret | str | None
     server_tokens: Sequence[str] | str | None
 
 

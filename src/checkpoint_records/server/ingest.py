@@ -3,7 +3,7 @@
 The body is one document or a JSON array of them (a batch, for backlogs; at most :data:`MAX_BATCH`):
 a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``TrainingJobDetail``
 (the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
-not JSON, ``401``,
+not JSON, ``401`` (no valid token; with a signing secret, also a missing, wrong or stale signature),
 ``409`` for a record id already stored under another job, ``413`` past the size limit (read no further),
 ``422`` naming the invalid field, a reused ``Idempotency-Key`` or a record id that its job and step do
 not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the store cannot
@@ -38,6 +38,7 @@ from ..job import (
 )
 from ..logs import logger
 from ..record import CheckpointRecord
+from ..signing import SignatureError, SigningSecret
 from ..store import Receipt, RecordStore, Refused, Submission
 from .problems import Problem, describe_errors
 
@@ -293,7 +294,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
+def ingest_router(
+    writer: Writer, max_body_bytes: int = MAX_BODY_BYTES, signing_secret: SigningSecret | None = None
+) -> APIRouter:
+    """``POST /records``; with ``signing_secret``, only requests it signed (Standard Webhooks)."""
     router = APIRouter(tags=["ingest"])
 
     @router.post(
@@ -311,6 +315,11 @@ def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRo
     )
     async def receive(request: Request) -> Response:
         body = await read_limited(request, max_body_bytes)
+        if signing_secret is not None:
+            try:
+                signing_secret.verify(request.headers, body)
+            except SignatureError as error:
+                raise Problem(401, f"the delivery's signature does not verify: {error}") from None
         documents, batch = parse_documents(body)
         key = request.headers.get("idempotency-key") or None
         submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
