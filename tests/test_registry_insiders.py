@@ -5,24 +5,20 @@ record with their ids."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import requests
 
-from checkpoint_records import CheckpointRecordCallback
-from checkpoint_records.cli import main
 from checkpoint_records.identity import checkpoint_id_for, idempotency_key, job_id_for
 from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.store import RecordStore
 from records_factory import make_record
 from registry_server import Registry, serving
 from schema_files import validate
-from trainer_runs import tiny_trainer
+from trainer_runs import run_delivering_to
 
 VICTIM = "victim-token-81c2"
 INSIDER = "insider-token-4d07"
@@ -62,19 +58,13 @@ def test_posting_first_under_a_jobs_predictable_keys_cannot_black_hole_its_deliv
             key = str(uuid.uuid5(uuid.UUID(name), f"revision:{revision}:format:{wire_format}"))
             assert post(registry, INSIDER, decoy, key).status_code == 200
 
-    url = f"{registry.url}/v1/records"
-    env = {
-        "CHECKPOINT_RECORDS_HOME": str(tmp_path / "victim"),
-        "CHECKPOINT_RECORDS_SINKS": f"{url},training-job+{url}",
-        "CHECKPOINT_RECORDS_TOKEN": VICTIM,
-        "CHECKPOINT_RECORDS_JOB_ID": "nightly-finetune",
-    }
-    with mock.patch.dict(os.environ, env):
-        tiny_trainer(tmp_path / "run", [CheckpointRecordCallback()]).train()
-        assert main(["flush", "--timeout", "60"]) == 0
-    local = RecordStore(tmp_path / "victim")
-    counts = local.outbox.counts()
-    assert counts["pending"] == counts["dead"] == 0 and counts["delivered"] >= 4, local.outbox.deliveries()
+    local = run_delivering_to(
+        f"{registry.url}/v1/records",
+        tmp_path / "victim",
+        tmp_path / "run",
+        CHECKPOINT_RECORDS_TOKEN=VICTIM,
+        CHECKPOINT_RECORDS_JOB_ID="nightly-finetune",
+    )
     assert [stored.record.training.step for stored in local.records()] == [2, 4, 6]
     for stored in local.records():
         assert held(registry, stored.record.id) == stored.record  # each as the victim sent it

@@ -67,12 +67,20 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         yield served
 
 
+def sign_in(
+    browser: requests.Session, registry: Registry, headers: dict[str, str] | None = None, next: str = "/"
+) -> requests.Response:
+    """``browser`` posts the page's sign-in form with the token, with ``headers`` as a browser sets them."""
+    form = {"token": TOKEN, "next": next}
+    return browser.post(
+        registry.url + "/login", data=form, headers=headers, allow_redirects=False, timeout=30
+    )
+
+
 def signed_in(registry: Registry) -> requests.Session:
     """A browser-like session that signed in on the page with the token: it holds the page's cookie."""
     browser = requests.Session()
-    answer = browser.post(
-        registry.url + "/login", data={"token": TOKEN, "next": "/"}, allow_redirects=False, timeout=30
-    )
+    answer = sign_in(browser, registry)
     assert answer.status_code == 303 and SESSION_COOKIE in browser.cookies
     return browser
 
@@ -112,13 +120,7 @@ def test_the_api_takes_the_bearer_token_never_the_pages_cookie(registry: Registr
     ],
 )
 def test_sign_in_and_out_refuse_another_origins_form(registry: Registry, headers: dict[str, str]) -> None:
-    login = requests.post(
-        registry.url + "/login",
-        data={"token": TOKEN, "next": "/"},
-        headers=headers,
-        allow_redirects=False,
-        timeout=30,
-    )
+    login = sign_in(requests.Session(), registry, headers)
     assert login.status_code == 403 and SESSION_COOKIE not in login.cookies
     browser = signed_in(registry)
     for method in ("GET", "POST"):
@@ -132,21 +134,10 @@ def test_sign_in_and_out_refuse_another_origins_form(registry: Registry, headers
 def test_sign_in_and_out_from_the_pages_own_forms(registry: Registry) -> None:
     own = {"Sec-Fetch-Site": "same-origin", "Origin": registry.url}
     browser = requests.Session()
-    login = browser.post(
-        registry.url + "/login",
-        data={"token": TOKEN, "next": "/compare"},
-        headers=own,
-        allow_redirects=False,
-        timeout=30,
-    )
+    login = sign_in(browser, registry, own, next="/compare")
     assert (login.status_code, login.headers["location"]) == (303, "/compare")
-    older = requests.post(  # a browser without Sec-Fetch-Site sends Origin: this server's is accepted
-        registry.url + "/login",
-        data={"token": TOKEN},
-        headers={"Origin": registry.url},
-        allow_redirects=False,
-        timeout=30,
-    )
+    # A browser without Sec-Fetch-Site sends Origin: this server's own is accepted.
+    older = sign_in(requests.Session(), registry, {"Origin": registry.url})
     assert older.status_code == 303 and SESSION_COOKIE in older.cookies
     assert browser.get(registry.url + "/", allow_redirects=False, timeout=30).status_code == 200
     logout = browser.post(registry.url + "/logout", headers=own, allow_redirects=False, timeout=30)

@@ -27,7 +27,7 @@ from http_server import Received, Receiver, Reply, always, first_then
 from records_factory import make_record
 from registry_server import Registry, serving
 from schema_files import validate
-from trainer_runs import tiny_trainer
+from trainer_runs import run_delivering_to, tiny_trainer
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -171,32 +171,21 @@ def test_a_real_run_delivers_signed_records_to_a_registry_that_verifies_them(
     registry: Registry, tmp_path: Path
 ) -> None:
     url = f"{registry.url}/v1/records"
-    env = {
-        "CHECKPOINT_RECORDS_HOME": str(tmp_path / "node"),
-        "CHECKPOINT_RECORDS_SINKS": f"{url},training-job+{url}",
-        "CHECKPOINT_RECORDS_TOKEN": TOKEN,
-        "CHECKPOINT_RECORDS_SIGNING_SECRET": SECRET,
-    }
-    with mock.patch.dict(os.environ, env):
-        tiny_trainer(tmp_path / "run", [CheckpointRecordCallback()]).train()
-        assert main(["flush", "--timeout", "60"]) == 0
-    local = RecordStore(tmp_path / "node")
-    counts = local.outbox.counts()
-    assert counts["pending"] == counts["dead"] == 0 and counts["delivered"] >= 4, local.outbox.deliveries()
+    env = {"CHECKPOINT_RECORDS_TOKEN": TOKEN, "CHECKPOINT_RECORDS_SIGNING_SECRET": SECRET}
+    local = run_delivering_to(url, tmp_path / "node", tmp_path / "run", **env)
     received = RecordStore(registry.store)
     assert [stored.record for stored in received.records()] == [stored.record for stored in local.records()]
     job_id = local.records()[0].record.metadata.job_id
     assert registry.get(f"/v1/training-jobs/{job_id}").json()["status"] == "Success"
 
     # A sender with the wrong secret is refused, and told why: the delivery is dead, not retried.
-    with mock.patch.dict(
-        os.environ,
-        {
-            **env,
-            "CHECKPOINT_RECORDS_HOME": str(tmp_path / "wrong"),
-            "CHECKPOINT_RECORDS_SIGNING_SECRET": OTHER_SECRET,
-        },
-    ):
+    wrong_sender = {
+        **env,
+        "CHECKPOINT_RECORDS_HOME": str(tmp_path / "wrong"),
+        "CHECKPOINT_RECORDS_SINKS": f"{url},training-job+{url}",
+        "CHECKPOINT_RECORDS_SIGNING_SECRET": OTHER_SECRET,
+    }
+    with mock.patch.dict(os.environ, wrong_sender):
         tiny_trainer(tmp_path / "wrong-run", [CheckpointRecordCallback()], max_steps=2).train()
         main(["flush", "--timeout", "60"])  # what the end of training left pending, if anything
     wrong = RecordStore(tmp_path / "wrong")
