@@ -65,11 +65,11 @@ class Received(Database):
 
         Per submission, in order: a known idempotency key with the same digest changes nothing and
         gives the receipts answered the first time; with another digest, or with a record whose id is
-        stored under another job, it is :class:`Refused` and stores nothing. A record is stored when its
-        ``metadata.revision`` is newer than the one held; a job
-        snapshot when it is newer by update time (in whole seconds, as ``TrainingJobDetail`` has it),
-        then by a finished status over a running one, then by step. Older or equal ones change nothing.
-        Received documents are not queued for any sink.
+        stored under another job, it is :class:`Refused` and stores nothing. A record is stored when
+        its ``metadata.revision`` is newer than the one held; a job snapshot when it is newer by update
+        time (in whole seconds, as ``TrainingJobDetail`` has it), then by a finished status over a
+        running one, then by step. Older or equal ones change nothing. Received documents are not
+        queued for any sink.
         """
         now = time.time()
         answers: list[list[Receipt] | Refused] = []
