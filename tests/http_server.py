@@ -40,6 +40,8 @@ class Received:
     payload: Any
     status: int
     at: float
+    #: The body as it arrived (a signature signs these bytes).
+    raw: bytes = b""
 
 
 #: Decides the reply to the n-th request (0-based) given the request.
@@ -152,6 +154,7 @@ class Receiver:
                             payload,
                             0 if reply.hang else reply.status,
                             probe.at,
+                            raw,
                         )
                     )
                 receiver._arrived.set()

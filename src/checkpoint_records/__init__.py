@@ -18,10 +18,13 @@ Where things are:
   ``page/`` for a browser.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
-  deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files. Both run on
-  lanes (``lane.py``: one background thread per sink or destination).
-- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients, and
-  ``page/``, its web page (given the server's ``Auth``: the page never imports the server).
+  deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
+  ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
+  files. Both run on lanes (``lane.py``: one background thread per sink or destination).
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
+  ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
+  signed deliveries; ``page/``, its web page, is given the server's ``Auth`` (it never imports the
+  server).
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
   command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).
