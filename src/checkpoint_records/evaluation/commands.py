@@ -19,7 +19,7 @@ from ..sinks import configured_sinks, record_sinks
 from ..sinks.transport import HttpTransport
 from ..storage.config import storage_config
 from ..store import RecordStore
-from .results import NAME_PATTERN
+from .results import NAME_PATTERN, BestBy
 from .runner import Command
 from .sources import EvaluationSource, RegistryQueue, StoreQueue
 from .worker import Worker, WorkerOptions
@@ -60,10 +60,11 @@ def secrets_of(settings: Settings, env: dict[str, str]) -> Redactor:
 
 
 def _source(settings: Settings, args: argparse.Namespace) -> tuple[EvaluationSource, RecordStore | None]:
+    best = None if args.best is None else BestBy.of(args.name, args.best, args.greater_is_better)
     if args.registry is None:
         store = RecordStore(settings.home)
         sinks = [sink.key for sink in record_sinks(configured_sinks(settings))]
-        return StoreQueue(store, args.name, args.job, sinks), store
+        return StoreQueue(store, args.name, args.job, sinks, best), store
     transport = HttpTransport(
         args.registry.rstrip("/"),
         what="--registry URL",
@@ -73,7 +74,7 @@ def _source(settings: Settings, args: argparse.Namespace) -> tuple[EvaluationSou
         ca_bundle=settings.ca_bundle,
         allow_insecure_http=settings.allow_insecure_http,
     )
-    return RegistryQueue(transport, args.name, args.job), None
+    return RegistryQueue(transport, args.name, args.job, best), None
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -126,6 +127,9 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             delivery.flush(DELIVERY_WAIT)
             delivery.close()
     print(f"evaluator {args.name}: {worker.done} checkpoint(s) evaluated", file=sys.stderr)
+    if worker.refused is not None:
+        print(f"evaluator {args.name}: stopped: {source.where}: {worker.refused}", file=sys.stderr)
+        return 2 if worker.refused.status in (401, 403) else 1
     return 1 if failed.is_set() else 0
 
 
@@ -194,5 +198,22 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the storage the checkpoints were uploaded to, with CHECKPOINT_RECORDS_STORAGE's options "
         "(default: the record's own location, with the backend's credentials)",
+    )
+    evaluate.add_argument(
+        "--best",
+        metavar="METRIC",
+        help="mark the job's best checkpoint by this metric of the evaluator's (e.g. tiny_words/acc), "
+        "instead of the Trainer's metric_for_best_model (leave that unset)",
+    )
+    better = evaluate.add_mutually_exclusive_group()
+    better.add_argument(
+        "--greater-is-better",
+        dest="greater_is_better",
+        action="store_true",
+        default=None,
+        help="a higher --best is better (default: unless the metric's name ends with 'loss')",
+    )
+    better.add_argument(
+        "--lower-is-better", dest="greater_is_better", action="store_false", help="a lower --best is better"
     )
     evaluate.set_defaults(run=cmd_evaluate)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..record import CheckpointRecord, Evaluation
+from ..build import Best, with_best
+from ..record import CheckpointRecord, Evaluation, utc_now_iso
 from ..redaction import Redactor
+from ..store.documents import Change
 from ..values import to_number
 
 #: An evaluator's name: it is a key of the record, a column of ``list`` and part of a metric's name.
@@ -109,11 +112,54 @@ def with_evaluation(record: CheckpointRecord, name: str, result: Evaluation, now
     return record.model_copy(update={"status": status})
 
 
-def headline(evaluation: Evaluation, metric: str | None = None) -> str:
+@dataclass(frozen=True)
+class BestBy:
+    """The best checkpoint chosen by an evaluator's metric (``evaluate --best``), not the Trainer's."""
+
+    evaluator: str
+    metric: str
+    #: As the Trainer's ``greater_is_better``: by default, lower is better for a loss, higher otherwise.
+    greater_is_better: bool
+
+    @classmethod
+    def of(cls, evaluator: str, metric: str, greater_is_better: bool | None = None) -> BestBy:
+        greater = not metric.endswith("loss") if greater_is_better is None else greater_is_better
+        return cls(evaluator, metric, greater)
+
+    def choose(self, records: Sequence[CheckpointRecord]) -> Change:
+        """The change that marks the best of ``records`` (those not deleted, whose evaluation by this
+        evaluator reported the metric) and unmarks the others; no change while none reported it."""
+        scored = [
+            (evaluation.metrics[self.metric], record)
+            for record in records
+            if record.status.status != "deleted"
+            and (evaluation := record.status.evaluations.get(self.evaluator)) is not None
+            and evaluation.state == "succeeded"
+            and self.metric in evaluation.metrics
+        ]
+        if not scored:
+            return lambda record: record
+        pick = max if self.greater_is_better else min
+        value, best = pick(scored, key=lambda pair: pair[0])
+        mark = Best(best.training.step, f"{self.evaluator}/{self.metric}", value)
+        now = utc_now_iso()
+
+        def marked(record: CheckpointRecord) -> CheckpointRecord:
+            return with_best(record, mark if record.id == best.id else None, now)
+
+        return marked
+
+
+def prominent(metrics: Mapping[str, float]) -> list[str]:
+    """The metric names, the headline first: top-level before nested, a standard error last."""
+    return sorted(metrics, key=lambda name: (name.count("/"), name.endswith("stderr"), name))
+
+
+def headline(evaluation: Evaluation) -> str:
     """An evaluation in a few characters, for ``list``: ``acc=0.512``, ``failed``, ``skipped``."""
     if evaluation.state != "succeeded":
         return evaluation.state
     if not evaluation.metrics:
         return "done"
-    name = metric if metric in evaluation.metrics else next(iter(sorted(evaluation.metrics)))
+    name = prominent(evaluation.metrics)[0]
     return f"{name.rsplit('/', 1)[-1]}={evaluation.metrics[name]:.4g}"

@@ -17,8 +17,9 @@ from ..formats import DEFAULT_FORMAT, get_format, known_formats
 from ..record import CheckpointRecord, Evaluation, utc_now_iso
 from ..sinks import Rejected
 from ..sinks.transport import HttpTransport
-from ..store import ClaimedEvaluation, Lease, LostClaim, RecordStore, StoredRecord, claim_owner
-from .results import with_evaluation
+from ..store import ClaimedEvaluation, Lease, LostClaim, RecordStore, claim_owner
+from ..store.documents import Sinks
+from .results import BestBy, with_evaluation
 
 
 class EvaluationSource(Protocol):
@@ -55,6 +56,28 @@ def claim_from(
     return claimed
 
 
+def finish_on(
+    store: RecordStore,
+    evaluator: str,
+    record_id: str,
+    owner: str,
+    result: Evaluation,
+    best: BestBy | None,
+    sinks: Sinks = (),
+) -> CheckpointRecord | None:
+    """Write ``result`` on the record (once: only while ``owner`` holds it) and, when the best checkpoint
+    is chosen by this evaluator, mark it again among the job's; the record's new revision."""
+    now = utc_now_iso()
+    change = lambda record: with_evaluation(record, evaluator, result, now)  # noqa: E731
+    stored = store.evaluations.finish(evaluator, record_id, owner, change, sinks)
+    if stored is None:
+        return None
+    if best is not None and result.state == "succeeded":
+        store.update_job_records(stored.record.metadata.job_id, best.choose, sinks)
+        stored = store.get(record_id) or stored
+    return stored.record
+
+
 def queued_for(keys: Sequence[str]) -> Callable[[CheckpointRecord, CheckpointRecord], list[str]]:
     """The sinks among ``keys`` a revision is queued for: not those whose format renders it the same
     (an OpenAI endpoint gets no second, identical checkpoint object for a result it cannot show)."""
@@ -74,8 +97,15 @@ class StoreQueue:
     """The evaluations of ``evaluator`` in ``store`` (of the jobs ``job`` names); results queued for
     ``sinks`` and for every sink the record was already queued for, so they reach wherever it went."""
 
-    def __init__(self, store: RecordStore, evaluator: str, job: str | None, sinks: Sequence[str]) -> None:
-        self.store, self.evaluator, self.job, self.sinks = store, evaluator, job, list(sinks)
+    def __init__(
+        self,
+        store: RecordStore,
+        evaluator: str,
+        job: str | None,
+        sinks: Sequence[str],
+        best: BestBy | None = None,
+    ) -> None:
+        self.store, self.evaluator, self.job, self.sinks, self.best = store, evaluator, job, list(sinks), best
         self.queue = store.evaluations
         self.owner = claim_owner()
         self.lease = Lease()
@@ -99,16 +129,8 @@ class StoreQueue:
         self.queue.retry(self.evaluator, record_id, self.owner, error, time.time() + delay)
 
     def finish(self, record_id: str, result: Evaluation) -> CheckpointRecord | None:
-        sinks = sorted({*self.sinks, *(d.sink for d in self.store.outbox.deliveries(record_id))})
-        now = utc_now_iso()
-        stored: StoredRecord | None = self.queue.finish(
-            self.evaluator,
-            record_id,
-            self.owner,
-            lambda record: with_evaluation(record, self.evaluator, result, now),
-            queued_for(sinks),
-        )
-        return None if stored is None else stored.record
+        sinks = queued_for(sorted({*self.sinks, *(d.sink for d in self.store.outbox.deliveries(record_id))}))
+        return finish_on(self.store, self.evaluator, record_id, self.owner, result, self.best, sinks)
 
     def release(self) -> None:
         self.queue.release(self.evaluator, self.owner)
@@ -122,8 +144,10 @@ class StoreQueue:
 class RegistryQueue:
     """The evaluations of ``evaluator`` on a registry server (``/v1/evaluations/{evaluator}``)."""
 
-    def __init__(self, transport: HttpTransport, evaluator: str, job: str | None) -> None:
-        self.transport, self.evaluator, self.job = transport, evaluator, job
+    def __init__(
+        self, transport: HttpTransport, evaluator: str, job: str | None, best: BestBy | None = None
+    ) -> None:
+        self.transport, self.evaluator, self.job, self.best = transport, evaluator, job, best
         self.owner = claim_owner()
         self.lease = Lease()
         self.where = transport.redact(transport.url)
@@ -166,7 +190,10 @@ class RegistryQueue:
         self._call("POST", "/retries", self._held(record_id, error=error, delay=delay))
 
     def finish(self, record_id: str, result: Evaluation) -> CheckpointRecord | None:
-        document = self._held(record_id, result=result.model_dump(mode="json", by_alias=True))
+        best = None
+        if self.best is not None:
+            best = {"metric": self.best.metric, "greater_is_better": self.best.greater_is_better}
+        document = self._held(record_id, result=result.model_dump(mode="json", by_alias=True), best=best)
         reply = self._call("POST", "/results", document)
         return CheckpointRecord.model_validate(reply["record"]) if reply.get("record") else None
 

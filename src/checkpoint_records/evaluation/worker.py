@@ -11,6 +11,7 @@ one), then recorded as ``failed`` with the reason, the exit status and the end o
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -22,10 +23,11 @@ from pathlib import Path
 from ..lane import IDLE_POLL, backoff
 from ..record import CheckpointRecord, Evaluation, utc_now_iso
 from ..redaction import Redactor
+from ..sinks import DeliveryError, Rejected, RetryLater
 from ..storage.config import StorageConfig
 from ..store import ClaimedEvaluation, LostClaim
 from .checkout import NotYet, PullFailed, Skip, check_out, pull_copy
-from .results import MetricsError, error_tail, headline, metrics_of, report_from
+from .results import MetricsError, error_tail, metrics_of, prominent, report_from
 from .runner import Command, Finished, run
 from .sources import EvaluationSource
 
@@ -82,6 +84,8 @@ class Worker:
         self.stopping = threading.Event()
         #: The checkpoint being evaluated now, for a progress display.
         self.current: str | None = None
+        #: Why the registry stopped this worker (a 4xx, or with ``once`` one it could not reach), if it did.
+        self.refused: DeliveryError | None = None
         self.done = 0
 
     def stop(self) -> None:
@@ -90,20 +94,38 @@ class Worker:
 
     def run(self) -> None:
         """Evaluate until stopped (or, with ``once``, until none is left pending: retries and uploads
-        under way are waited for)."""
+        under way are waited for). A registry that refuses the worker (a 4xx: its token, say) stops it
+        (:attr:`refused`); one that cannot be reached is tried again after a pause, unless ``once``."""
+        failures = 0
         try:
             while not self.stopping.is_set():
-                claimed = self.source.claim()
-                if claimed is None:
-                    if self.options.once and not self.source.pending():
+                try:
+                    self._round()
+                    failures = 0
+                except RetryLater as error:
+                    failures += 1
+                    if self.options.once:
+                        self.refused = error
                         return
-                    self.stopping.wait(IDLE_POLL)
-                    continue
-                outcome = self.evaluate(claimed)
-                if outcome is not None:
-                    self.say(outcome.line)
+                    self.say(f"{self.source.where} cannot be reached: {error}; trying again")
+                    self.stopping.wait(backoff(failures, error.retry_after))
+        except Rejected as error:
+            self.refused = error
         finally:
-            self.source.release()
+            with contextlib.suppress(DeliveryError):  # unreachable: its claims lapse
+                self.source.release()
+
+    def _round(self) -> None:
+        claimed = self.source.claim()
+        if claimed is None:
+            if self.options.once and not self.source.pending():
+                self.stopping.set()
+                return
+            self.stopping.wait(IDLE_POLL)
+            return
+        outcome = self.evaluate(claimed)
+        if outcome is not None:
+            self.say(outcome.line)
 
     def evaluate(self, claimed: ClaimedEvaluation) -> Outcome | None:
         """One attempt at ``claimed``: its result written (or retried later); None if the claim was lost."""
@@ -152,11 +174,9 @@ class Worker:
             exit_code=0,
             source=source,
         )
-        shown = ", ".join(
-            headline(Evaluation(state="succeeded", metrics={name: value}), name)
-            for name, value in sorted(metrics.items())[:4]
-        )
-        more = f" (+{len(metrics) - 4} more)" if len(metrics) > 4 else ""
+        names = prominent(metrics)
+        shown = ", ".join(f"{name.rsplit('/', 1)[-1]}={metrics[name]:.4g}" for name in names[:4])
+        more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
         return self._write(record, result, f"evaluated in {seconds:.1f}s: {shown}{more} [{source}]")
 
     def _run(

@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..evaluation.results import NAME_PATTERN, with_evaluation
-from ..evaluation.sources import claim_from
-from ..record import Evaluation, utc_now_iso
+from ..evaluation.results import NAME_PATTERN, BestBy
+from ..evaluation.sources import claim_from, finish_on
+from ..record import Evaluation
 from ..store import LostClaim, RecordStore
 from .problems import Problem
 
@@ -57,8 +57,17 @@ class Retry(Held):
     delay: float = Field(ge=0.0, le=MAX_LEASE)
 
 
+class BestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(min_length=1, max_length=200)
+    greater_is_better: bool
+
+
 class Result(Held):
     result: Evaluation
+    #: Mark the job's best checkpoint by this evaluator's metric (``evaluate --best``).
+    best: BestRequest | None = None
 
 
 def evaluations_router(store: RecordStore) -> APIRouter:
@@ -98,17 +107,9 @@ def evaluations_router(store: RecordStore) -> APIRouter:
 
     @router.post("/results", summary="Write the result on the record (a new revision), once")
     def result(body: Result, evaluator: str = Evaluator) -> dict[str, Any]:
-        now = utc_now_iso()
-        stored = held(
-            lambda: queue.finish(
-                evaluator,
-                body.record_id,
-                body.owner,
-                lambda r: with_evaluation(r, evaluator, body.result, now),
-                (),
-            )
-        )
-        return {"record": None if stored is None else stored.record.to_dict()}
+        best = None if body.best is None else BestBy(evaluator, body.best.metric, body.best.greater_is_better)
+        record = held(lambda: finish_on(store, evaluator, body.record_id, body.owner, body.result, best))
+        return {"record": None if record is None else record.to_dict()}
 
     @router.post("/releases", summary="Release every claim the caller holds")
     def release(body: _Body, evaluator: str = Evaluator) -> dict[str, Any]:
