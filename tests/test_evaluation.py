@@ -84,16 +84,8 @@ def test_a_plain_script_evaluates_every_checkpoint_once_and_the_result_is_a_new_
     store_dir = run.copy(tmp_path / "store")
     revisions = {stored.record.id: stored.revision for stored in RecordStore(store_dir).records()}
     log = tmp_path / "runs.log"
-    done = evaluate(
-        "--store",
-        str(store_dir),
-        "--name",
-        "plain",
-        "--command",
-        plain(run),
-        "--once",
-        env={"EVAL_LOG": str(log)},
-    )
+    args = ("--store", str(store_dir), "--name", "plain", "--command", plain(run), "--once")
+    done = evaluate(*args, env={"EVAL_LOG": str(log)})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and all(": evaluated in " in line and "loss=" in line for line in lines), lines
@@ -114,16 +106,7 @@ def test_a_plain_script_evaluates_every_checkpoint_once_and_the_result_is_a_new_
         assert rendered["metrics"].get("valid_loss") == stored.record.training.eval_loss  # the Trainer's
         validate(stored.record.to_dict(), "flexai-checkpoint")
 
-    again = evaluate(
-        "--store",
-        str(store_dir),
-        "--name",
-        "plain",
-        "--command",
-        plain(run),
-        "--once",
-        env={"EVAL_LOG": str(log)},
-    )
+    again = evaluate(*args, env={"EVAL_LOG": str(log)})
     assert again.returncode == 0 and again.stdout == ""
     assert len(runs_logged(log)) == 3  # nothing evaluated twice
 
@@ -355,7 +338,7 @@ def test_lm_evaluation_harness_runs_on_every_checkpoint_with_a_local_task(run: R
         f"{lm_eval} --model hf --model_args pretrained={{directory}},dtype=float32 --tasks tiny_words"
         f" --include_path {tasks} --device cpu --batch_size 4 --output_path {{output}}"
     )
-    store_dir = run.copy(tmp_path / "store")
+    store_dir = run.copy(tmp_path / "store", first_step=4)  # two checkpoints: the harness takes a while
     done = evaluate(
         "--store", str(store_dir), "--name", "lm-eval", "--command", command, "--once", env=offline
     )
