@@ -144,6 +144,15 @@ def test_a_failing_evaluator_is_retried_then_failed_with_its_masked_error_tail(
         assert "***" in result.error_tail and SECRET not in stored.record.to_json()
     assert SECRET not in done.stdout + done.stderr
 
+    fixed = f"{sys.executable} {run.scripts / 'plain.py'} {{directory}}"  # the cause fixed: tried again
+    again = evaluate(
+        "--store", str(store_dir), "--name", "broken", "--command", fixed, "--once", "--retry-failed"
+    )
+    assert again.returncode == 0 and "retrying 3 failed evaluation(s)" in again.stderr
+    for stored in RecordStore(store_dir).records():
+        result = stored.record.status.evaluations["broken"]
+        assert result.state == "succeeded" and result.attempts == 1 and result.error_tail is None
+
 
 def test_checkpoints_not_ready_or_gone_without_a_copy_are_skipped_with_why(run: Run, tmp_path: Path) -> None:
     store_dir = run.copy(tmp_path / "store")

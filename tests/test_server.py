@@ -186,6 +186,7 @@ def test_openapi_document_is_valid_and_describes_every_route(served_run: tuple[R
         "/v1/evaluations/{evaluator}/retries",
         "/v1/evaluations/{evaluator}/results",
         "/v1/evaluations/{evaluator}/releases",
+        "/v1/evaluations/{evaluator}/reopenings",
     }
     schemas = document["components"]["schemas"]
     assert {"CheckpointRecord", "TrainingJobDetail", "ProblemDetails"} <= set(schemas)

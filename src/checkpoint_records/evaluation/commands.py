@@ -110,6 +110,10 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     worker = Worker(source, options, say, on_evaluated=lambda record: delivery.wake() if delivery else None)
     print(f"evaluator {args.name}: checkpoints from {source.where}", file=sys.stderr)
+    if args.retry_failed:
+        print(
+            f"evaluator {args.name}: retrying {source.reopen_failed()} failed evaluation(s)", file=sys.stderr
+        )
     if delivery is not None:
         delivery.start()
     thread = threading.Thread(target=worker.run, name="checkpoint-records evaluate", daemon=True)
@@ -177,6 +181,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "(token: CHECKPOINT_RECORDS_TOKEN) instead of a store",
     )
     evaluate.add_argument("--once", action="store_true", help="evaluate what is there, then stop")
+    evaluate.add_argument(
+        "--retry-failed", action="store_true", help="evaluate again the checkpoints whose evaluation failed"
+    )
     evaluate.add_argument(
         "--attempts",
         type=_checked(parse_count, "--attempts"),

@@ -41,6 +41,8 @@ class EvaluationSource(Protocol):
 
     def pending(self) -> int: ...
 
+    def reopen_failed(self) -> int: ...
+
 
 def claim_from(
     store: RecordStore, evaluator: str, owner: str, lease_seconds: float, job: str | None
@@ -136,9 +138,13 @@ class StoreQueue:
         self.queue.release(self.evaluator, self.owner)
 
     def pending(self) -> int:
-        return self.queue.pending(
-            self.evaluator, None if self.job is None else self.store.jobs_named(self.job)
-        )
+        return self.queue.pending(self.evaluator, self._job_ids())
+
+    def reopen_failed(self) -> int:
+        return self.queue.reopen_failed(self.evaluator, self._job_ids())
+
+    def _job_ids(self) -> list[str] | None:
+        return None if self.job is None else self.store.jobs_named(self.job)
 
 
 class RegistryQueue:
@@ -202,3 +208,8 @@ class RegistryQueue:
 
     def pending(self) -> int:
         return int(self._call("GET", params={"job": self.job} if self.job else None).get("pending", 0))
+
+    def reopen_failed(self) -> int:
+        return int(
+            self._call("POST", "/reopenings", {"owner": self.owner, "job": self.job}).get("reopened", 0)
+        )

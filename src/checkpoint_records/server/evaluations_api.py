@@ -4,7 +4,8 @@
 behind the same bearer token as every API route. Each call is one step of the queue the local worker
 uses (:mod:`checkpoint_records.store.evaluations`): claim the next checkpoint (its canonical record),
 say an attempt started, renew the claim, put it back for a retry, write the result (a new revision of
-the record, once: ``409`` when the caller no longer holds it), release what the caller holds.
+the record, once: ``409`` when the caller no longer holds it), release what the caller holds, and make
+the failed evaluations pending again (``--retry-failed``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def evaluations_router(store: RecordStore) -> APIRouter:
         best = None if body.best is None else BestBy(evaluator, body.best.metric, body.best.greater_is_better)
         record = held(lambda: finish_on(store, evaluator, body.record_id, body.owner, body.result, best))
         return {"record": None if record is None else record.to_dict()}
+
+    @router.post("/reopenings", summary="Make the failed evaluations pending again (after a fix)")
+    def reopen(body: ClaimRequest, evaluator: str = Evaluator) -> dict[str, Any]:
+        job_ids = None if body.job is None else store.jobs_named(body.job)
+        return {"reopened": queue.reopen_failed(evaluator, job_ids)}
 
     @router.post("/releases", summary="Release every claim the caller holds")
     def release(body: _Body, evaluator: str = Evaluator) -> dict[str, Any]:

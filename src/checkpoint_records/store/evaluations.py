@@ -145,6 +145,22 @@ class EvaluationQueue(LeaseQueue):
             )
             return revise(connection, record_id, change, sinks)
 
+    def reopen_failed(self, evaluator: str, job_ids: Sequence[str] | None = None) -> int:
+        """Make the evaluations whose result is ``failed`` pending again, with their attempts afresh
+        (``evaluate --retry-failed``, once the cause is fixed); how many. Their next result replaces it."""
+        jobs, params = _job_filter(job_ids)
+        now = time.time()
+        with self.database.transaction(durable=False) as connection:
+            return int(
+                connection.execute(
+                    "UPDATE evaluations SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = ?,"
+                    " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE evaluator = ? AND state = 'done'"
+                    " AND record_id IN (SELECT id FROM records WHERE json_extract(body, ?) = 'failed')"
+                    f"{jobs}",
+                    (now, now, evaluator, f'$.status.evaluations."{evaluator}".state', *params),
+                ).rowcount
+            )
+
     def pending(self, evaluator: str, job_ids: Sequence[str] | None = None) -> int:
         """How many evaluations of ``evaluator`` (of ``job_ids``) are still to do, claimed or not."""
         jobs, params = _job_filter(job_ids)
