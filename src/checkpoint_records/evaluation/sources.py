@@ -70,8 +70,11 @@ def finish_on(
     """Write ``result`` on the record (once: only while ``owner`` holds it) and, when the best checkpoint
     is chosen by this evaluator, mark it again among the job's; the record's new revision."""
     now = utc_now_iso()
-    change = lambda record: with_evaluation(record, evaluator, result, now)  # noqa: E731
-    stored = store.evaluations.finish(evaluator, record_id, owner, change, sinks)
+
+    def evaluated(record: CheckpointRecord) -> CheckpointRecord:
+        return with_evaluation(record, evaluator, result, now)
+
+    stored = store.evaluations.finish(evaluator, record_id, owner, evaluated, sinks)
     if stored is None:
         return None
     if best is not None and result.state == "succeeded":

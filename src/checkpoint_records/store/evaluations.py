@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import CheckpointRecord
+from .database import Database
 from .documents import Change, Sinks, StoredRecord, revise
 from .leases import LeaseQueue
 
@@ -54,7 +55,7 @@ class EvaluationQueue(LeaseQueue):
     def scope(self, key: str) -> tuple[str, tuple[Any, ...]]:
         return "evaluator = ?", (key,)
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Database) -> None:
         super().__init__(database)
         #: The last record row looked at, per evaluator and job filter: only records written since (new
         #: ones, new revisions) are looked at again.
