@@ -3,12 +3,14 @@ evaluate until its evaluator starts.
 
 A worker (``checkpoint-records evaluate``, a process of its own, waiting for checkpoints) watches a store.
 *Ready*: a checkpoint's record, ready for inference with its folder on this machine, is committed to the
-store at t0. *Uploaded*: a checkpoint uploaded to a local moto S3 server by the real recorder; at t0 its
+store at t0. *Uploaded*: a checkpoint (the tiny model saved with ``save_pretrained``, its tokenizer, and an
+``optimizer.pt`` of the size measured) uploaded to a local moto S3 server by the real recorder; at t0 its
 uploaded revision reaches the worker's store (as a registry would receive it) while its folder is not on
 this machine, so the worker pulls it and checks every SHA-256 first. t1 is the evaluator's first
 statement (a Python script writing ``time.time()``); t1 - t0 is the overhead: the worker noticing the
-record (it looks every second), claiming it, checking the folder or pulling and verifying the copy, and
-starting the command. The interpreter's own start is measured apart and included in t1 - t0.
+record (it looks every second: each t0 falls at a random moment of its idle wait), claiming it, checking
+the folder or pulling and verifying the copy, and starting the command. The interpreter's own start is
+measured apart and included in t1 - t0.
 
 Usage: python benchmarks/evaluation.py [--rounds 8] [--sizes-mb 1,100]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -32,6 +35,7 @@ from checkpoint_records.recorder import CheckpointRecorder
 from checkpoint_records.store import RecordStore
 from records_factory import make_record
 from s3_server import MotoServer
+from tiny import save_tiny_pretrained
 
 MB = 10**6
 EVALUATOR = """
@@ -101,6 +105,10 @@ def ready_overheads(base: Path, script: Path, rounds: int) -> list[float]:
             sent = time.time()
             RecordStore(store_dir).put(record.model_copy(update={"spec": spec, "status": status}))
             overheads.append(wait_for(log, step)[directory.name] - sent)
+            evaluated(RecordStore(store_dir), record.id)
+            time.sleep(
+                random.uniform(0.0, 1.0)
+            )  # the next checkpoint at any moment of the worker's idle look
     finally:
         stop(worker)
     return overheads
@@ -124,9 +132,8 @@ def uploaded_overheads(base: Path, script: Path, rounds: int, size: int, endpoin
             store=training, storage=storage, job_name=f"bench-{size}", flush_timeout=600
         ) as rec:
             for step in range(1, rounds + 1):
-                directory = base / f"run-{size}" / f"checkpoint-{step}"
-                directory.mkdir(parents=True)
-                (directory / "model.safetensors").write_bytes(os.urandom(size))
+                directory = save_tiny_pretrained(base / f"run-{size}" / f"checkpoint-{step}")  # ready
+                (directory / "optimizer.pt").write_bytes(os.urandom(size))  # the bulk to pull and hash
                 rec.record(directory, step=step)
                 rec.drain()
                 record = _uploaded(RecordStore(training), rec.last_record.id if rec.last_record else "")
@@ -134,10 +141,22 @@ def uploaded_overheads(base: Path, script: Path, rounds: int, size: int, endpoin
                 sent = time.time()
                 RecordStore(worker_store).put(record)
                 overheads.append(wait_for(log, 1)["checkpoint"] - sent)  # pulled into <work>/.../checkpoint
+                evaluated(RecordStore(worker_store), record.id)
                 log.unlink()
     finally:
         stop(worker)
     return overheads
+
+
+def evaluated(store: RecordStore, record_id: str, timeout: float = 300.0) -> None:
+    """Wait until the worker has written its result (so it is idle again, looking every second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = store.get(record_id)
+        if stored is not None and stored.record.status.evaluations:
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"no result for {record_id} within {timeout:g} s")
 
 
 def _uploaded(store: RecordStore, record_id: str, timeout: float = 600.0) -> CheckpointRecord:

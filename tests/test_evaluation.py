@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from checkpoint_records import CheckpointRecordCallback
+from checkpoint_records import CheckpointRecordCallback, HttpSink
 from checkpoint_records.formats.openai import OpenAIFormat
 from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.store import RecordStore
@@ -30,6 +30,7 @@ from evaluators import (
     wait_until,
     write_script,
 )
+from http_server import Receiver
 from registry_server import serving
 from schema_files import validate
 from trainer_runs import tiny_trainer
@@ -114,6 +115,34 @@ def test_a_plain_script_evaluates_every_checkpoint_once_and_the_result_is_a_new_
     assert "PLAIN" in listing.stdout.splitlines()[0] and listing.stdout.count("loss=") == 3
     inspected = cli("--store", str(store_dir), "inspect", "eval-run-checkpoint-4")
     assert "evaluations:" in inspected.stdout and "mean_token_accuracy" in inspected.stdout
+
+
+def test_results_go_to_every_sink_the_record_went_to(run: Run, tmp_path: Path) -> None:
+    with Receiver() as canonical, Receiver(path="/v1/openai") as openai:
+        sinks = [HttpSink(canonical.url).key, HttpSink(openai.url, format="openai").key]
+        store_dir = tmp_path / "store"
+        store = RecordStore(store_dir)
+        for record in run.records():
+            store.put(record, sinks)  # queued for both, not sent yet: the result supersedes them
+        env = {"CHECKPOINT_RECORDS_SINKS": f"{canonical.url},openai+{openai.url}"}
+        done = evaluate(
+            "--store", str(store_dir), "--name", "plain", "--command", plain(run), "--once", env=env
+        )
+        assert done.returncode == 0, done.stderr
+        # The first revisions may have gone out before the results superseded them: what counts is
+        # that every result went out, to both, once the worker is done.
+        assert store.outbox.counts(sinks) == {"pending": 0, "delivered": 6, "dead": 0}
+    results = {stored.record.id: stored.record.status.evaluations["plain"] for stored in store.records()}
+    evaluated = [p for p in canonical.accepted_payloads() if p["status"].get("evaluations")]
+    assert sorted(p["metadata"]["id"] for p in evaluated) == sorted(results)
+    for payload in evaluated:
+        assert (
+            payload["status"]["evaluations"]["plain"]["metrics"] == results[payload["metadata"]["id"]].metrics
+        )
+    sent = {p["metrics"].get("full_valid_loss") for p in openai.accepted_payloads()}
+    assert {result.metrics["loss"] for result in results.values()} <= sent
+    canonical.assert_idempotent()
+    openai.assert_idempotent()
 
 
 def test_a_failing_evaluator_is_retried_then_failed_with_its_masked_error_tail(

@@ -52,6 +52,9 @@ def claim_from(
     job_ids = None if job is None else store.jobs_named(job)
     queue = store.evaluations
     queue.enqueue(evaluator, job_ids)
+    due = queue.next_due(evaluator)
+    if due is None or due > time.time():
+        return None  # nothing to do now: found with one read
     claimed = queue.claim_next(evaluator, owner, lease_seconds, job_ids)
     if claimed is None and queue.release_dead(evaluator):  # a killed worker's evaluation, run again
         claimed = queue.claim_next(evaluator, owner, lease_seconds, job_ids)

@@ -67,9 +67,11 @@ class EvaluationQueue(LeaseQueue):
         ``_``, ``-``), so it can stand in a JSON path."""
         jobs, params = _job_filter(job_ids, "id")
         seen = (evaluator, params[0] if params else "")
+        last = int(self.database.read().execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
+        if last <= self._seen.get(seen, 0):
+            return 0  # nothing written since: an idle worker's look costs one read, not a write lock
         now = time.time()
         with self.database.transaction(durable=False) as connection:
-            last = int(connection.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
             added = connection.execute(
                 "INSERT OR IGNORE INTO evaluations (evaluator, record_id, state, next_attempt_at, updated_at)"
                 " SELECT ?, id, 'pending', ?, ? FROM records"
