@@ -68,7 +68,7 @@ def send_with_sink(url: str, documents: list[dict[str, Any]], batch: int) -> Non
     try:
         for start in range(0, len(documents), batch):
             chunk = documents[start : start + batch]
-            key = idempotency_key(chunk[0]["metadata"]["id"], len(chunk), "record")
+            key = idempotency_key(chunk[0]["metadata"]["id"], len(chunk), "record", chunk)
             sink.send(chunk[0] if batch == 1 else chunk, key)  # type: ignore[arg-type]
     finally:
         sink.close()
@@ -81,7 +81,7 @@ def send_plainly(url: str, documents: list[dict[str, Any]], batch: int) -> None:
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
     try:
         for document in documents:
-            key = idempotency_key(document["metadata"]["id"], 1, "record")
+            key = idempotency_key(document["metadata"]["id"], 1, "record", document)
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
             connection.request("POST", parts.path, json.dumps(document), {**headers, "Idempotency-Key": key})
             reply = connection.getresponse()

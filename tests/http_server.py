@@ -35,6 +35,8 @@ class Received:
     payload: Any
     status: int
     at: float
+    #: The body as it arrived (a signature signs these bytes).
+    raw: bytes = b""
 
 
 #: Decides the reply to the n-th request (0-based) given the request.
@@ -130,6 +132,7 @@ class Receiver:
                             payload,
                             0 if reply.hang else reply.status,
                             probe.at,
+                            raw,
                         )
                     )
                 if reply.hang:

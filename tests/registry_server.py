@@ -35,13 +35,17 @@ class Registry:
 
 
 @contextmanager
-def serving(store: Path, log: Path, token: str | None = None, *args: str) -> Iterator[Registry]:
-    """Start the server on a free port (the token through the environment), wait until it answers,
-    and stop it on the way out."""
+def serving(
+    store: Path, log: Path, token: str | None = None, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Registry]:
+    """Start the server on a free port (the token through the environment, with ``env``'s variables
+    over it), wait until it answers, and stop it on the way out."""
     port = free_port()
+    given = env or {}
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHECKPOINT_RECORDS_")}
     if token:
         env["CHECKPOINT_RECORDS_SERVER_TOKENS"] = token
+    env.update(given)
     command = [sys.executable, "-m", "checkpoint_records.cli", "serve", "--port", str(port)]
     with open(log, "wb") as output:
         process = subprocess.Popen(

@@ -3,6 +3,7 @@ process and the records of real tiny Trainer runs. The assertions are about what
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from checkpoint_records.page.views import MAX_CHART_POINTS
 from checkpoint_records.server.app import create_app
 from checkpoint_records.storage import upload_state
 from checkpoint_records.store import RecordStore
-from http_server import free_port
+from http_server import Receiver, Reply, free_port
 from records_factory import make_record
 from trainer_runs import tiny_trainer
 
@@ -375,6 +376,62 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
         tab.goto(base + "/")
         assert tab.url.startswith(base + "/login")
         context.close()
+    finally:
+        stop(process)
+
+
+def cross_site_form(action: str, body: str, submit: str) -> str:
+    """Another site's page with a form that posts ``body`` as it is (``text/plain`` sends ``name=value``:
+    the body is cut at its first ``=``) to ``action``."""
+    name, _, value = body.partition("=")
+    return (
+        f'<!doctype html><form method="post" enctype="text/plain" action="{html.escape(action)}">'
+        f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+        f'<button id="{submit}" type="submit">win a prize</button></form>'
+    )
+
+
+def test_a_signed_in_reader_visiting_another_sites_page_writes_nothing_and_stays_signed_in(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Another port of 127.0.0.1 is the same *site*: SameSite=Strict sends the page's cookie along with
+    its forms. The API takes the bearer token only, and signing in or out refuses another origin."""
+    store = tmp_path / "registry"
+    process, base = serve(store, TOKEN)
+    record = make_record(2, job="forged=job").to_json()  # its first "=" is inside a string
+    pages = {
+        "/write": cross_site_form(base + "/v1/records", record, "write"),
+        "/logout": cross_site_form(base + "/logout", "a=b", "logout"),
+        "/login": cross_site_form(base + "/login", f"token={TOKEN}", "login"),
+    }
+    html_reply = {"Content-Type": "text/html"}
+    evil = Receiver(lambda index, request: Reply(200, pages[request.path].encode(), html_reply), path="")
+    try:
+        with evil:
+            context = browser.new_context()
+            tab = context.new_page()
+            tab.goto(base + "/login")
+            tab.fill("#token", TOKEN)
+            tab.click("button[type=submit]")
+            tab.wait_for_url(base + "/")
+            for path in ("/write", "/logout"):
+                tab.goto(evil.url + path)
+                with tab.expect_navigation() as sent:
+                    tab.click(f"#{path[1:]}")
+                assert sent.value is not None and sent.value.status in (401, 403), path
+            assert RecordStore(store).records() == []
+            tab.goto(base + "/")
+            assert tab.url == base + "/"  # still signed in: the forged sign-out changed nothing
+
+            signed_out = browser.new_context()
+            fresh = signed_out.new_page()
+            fresh.goto(evil.url + "/login")
+            with fresh.expect_navigation() as sent:
+                fresh.click("#login")
+            assert sent.value is not None and sent.value.status == 403
+            assert not any(c["name"] == "checkpoint_records_session" for c in signed_out.cookies())
+            signed_out.close()
+            context.close()
     finally:
         stop(process)
 

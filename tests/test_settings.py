@@ -10,11 +10,13 @@ import pytest
 
 from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError, RecordStore
 from checkpoint_records.settings import TABLE, Overrides, Settings, mlflow_environment, resolve_settings
+from checkpoint_records.signing import SigningSecret
 from checkpoint_records.sinks import HttpSink
 from checkpoint_records.storage import StorageConfig
 from commands import cli
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks libraries' example secret
 
 
 def test_an_argument_wins_over_its_variable_which_wins_over_the_default(tmp_path: Path) -> None:
@@ -56,7 +58,8 @@ READ_AS: dict[str, tuple[str, object]] = {
     "CHECKPOINT_RECORDS_STORAGE": ("s3://bucket/prefix", "s3://bucket/prefix"),
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": ("mirror", "mirror"),
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": ("8", 8),
-    "CHECKPOINT_RECORDS_SERVER_TOKENS": ("one, two,", ("one", "two")),
+    "CHECKPOINT_RECORDS_SIGNING_SECRET": (SECRET, SigningSecret(SECRET)),
+    "CHECKPOINT_RECORDS_SERVER_TOKENS": ("one, two", ("one", "two")),
 }
 #: A text every variable that checks its value refuses.
 REFUSED = {
@@ -67,6 +70,8 @@ REFUSED = {
     "CHECKPOINT_RECORDS_STORAGE": "bucket/prefix",
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": "forever",
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": "0",
+    "CHECKPOINT_RECORDS_SERVER_TOKENS": "one, two,",  # an empty entry: an unset variable expanded
+    "CHECKPOINT_RECORDS_SIGNING_SECRET": "whsec_c2hvcnQ=",  # 5 bytes: the spec wants 24 or more
 }
 
 
@@ -85,12 +90,17 @@ def test_every_variable_of_the_table_is_read_and_parsed() -> None:
         assert getattr(resolve_settings({"HOME": "/h"}, **{row.argument: text}), row.name) == expected
 
 
-def test_an_empty_variable_is_the_default() -> None:
-    empty = {row.variable: "" for row in TABLE if row.variable and row.name != "home"}
+def test_an_empty_variable_is_the_default_unless_empty_would_open_a_door() -> None:
+    empty = {row.variable: "" for row in TABLE if row.variable and row.empty_is_unset}
     settings = resolve_settings({"HOME": "/h", **empty})
     for row in TABLE:
-        if row.name != "home":
+        if row.empty_is_unset:
             assert getattr(settings, row.name) == row.default_in({}), row.name
+    refused = [row.variable for row in TABLE if row.variable and not row.empty_is_unset]
+    assert {"CHECKPOINT_RECORDS_SERVER_TOKENS", "CHECKPOINT_RECORDS_SIGNING_SECRET"} <= set(refused)
+    for variable in refused:
+        with pytest.raises(ConfigurationError, match=variable):
+            resolve_settings({"HOME": "/h", variable: ""})
 
 
 def test_the_typed_arguments_are_the_tables() -> None:
@@ -149,13 +159,16 @@ def test_secrets_never_show_in_the_settings() -> None:
             "HOME": "/h",
             "CHECKPOINT_RECORDS_TOKEN": "t0ken-secret",
             "CHECKPOINT_RECORDS_SERVER_TOKENS": "srv-secret",
+            "CHECKPOINT_RECORDS_SIGNING_SECRET": SECRET,
         },
         storage="s3://AKIAKEY:aws-secret@bucket/p?sig=url-secret",
         storage_options={"secret": "option-secret"},
     )
     shown = repr(settings)
-    assert "bucket/p" in shown and "token='***'" in shown
-    assert not any(secret in shown for secret in ("t0ken", "srv-", "aws-", "AKIA", "url-", "option-"))
+    assert "bucket/p" in shown and "token='***'" in shown and "signing_secret='***'" in shown
+    hidden = ("t0ken", "srv-", "aws-", "AKIA", "url-", "option-", SECRET[6:14])
+    assert not any(secret in shown for secret in hidden)
+    assert SECRET[6:14] not in repr(settings.signing_secret) + str(settings.signing_secret)
     mlflow = repr(
         mlflow_environment({"MLFLOW_TRACKING_TOKEN": "ml-secret", "MLFLOW_TRACKING_PASSWORD": "pw-secret"})
     )

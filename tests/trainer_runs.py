@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from checkpoint_records import CheckpointRecordCallback
+from checkpoint_records import CheckpointRecordCallback, RecordStore
+from checkpoint_records.cli import main
 from tiny import TinyTextDataset, tiny_arguments, tiny_model, tiny_tokenizer
 
 
@@ -65,3 +68,18 @@ def tiny_trainer(
         processing_class=tiny_tokenizer() if with_tokenizer else None,
         callbacks=callbacks,
     )
+
+
+def run_delivering_to(url: str, home: Path, output_dir: Path, **env: str) -> RecordStore:
+    """A tiny Trainer run configured only by the environment (``env``'s ``CHECKPOINT_RECORDS_*``
+    variables beside these) that sends its records and its job's documents to the registry at ``url``,
+    then ``flush`` as a user would; its store, once everything was delivered."""
+    sinks = f"{url},training-job+{url}"
+    variables = {"CHECKPOINT_RECORDS_HOME": str(home), "CHECKPOINT_RECORDS_SINKS": sinks, **env}
+    with mock.patch.dict(os.environ, variables):
+        tiny_trainer(output_dir, [CheckpointRecordCallback()]).train()
+        assert main(["flush", "--timeout", "60"]) == 0
+    store = RecordStore(home)
+    counts = store.outbox.counts()
+    assert counts["pending"] == counts["dead"] == 0 and counts["delivered"] >= 4, store.outbox.deliveries()
+    return store

@@ -15,14 +15,16 @@ Where things are:
   ``page/`` for a browser.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
-  deadline, error mapping, redaction of what servers say); ``storage/`` uploads the files. Both run on
-  lanes (``lane.py``: one background thread per sink or destination).
+  deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
+  ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
+  files. Both run on lanes (``lane.py``: one background thread per sink or destination).
 - evaluated: ``evaluation/`` (``checkpoint-records evaluate``): a worker that runs an evaluator on every
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
   evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the
   command, ``results.py`` reads the metrics and revises the record, ``worker.py`` ties them together).
-- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients
-  (``server/evaluations_api.py``: the evaluation queue for workers elsewhere).
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
+  ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
+  signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere.
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
   command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).

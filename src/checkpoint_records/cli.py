@@ -342,6 +342,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         tokens=settings.server_tokens,
         allow_public_without_token=args.allow_public_without_token,
+        signing_secret=settings.signing_secret,
     )
 
 
@@ -437,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a token clients must send as a bearer (repeatable; default: CHECKPOINT_RECORDS_SERVER_TOKENS, "
         "which keeps it out of the process list)",
+    )
+    serving.add_argument(
+        "--signing-secret",
+        dest="signing_secret",
+        metavar="WHSEC",
+        help="accept only deliveries signed with this Standard Webhooks secret (whsec_...; default: "
+        "CHECKPOINT_RECORDS_SIGNING_SECRET, which keeps it out of the process list)",
     )
     serving.add_argument(
         "--allow-public-without-token",

@@ -109,7 +109,8 @@ class _DeliveryLane(Lane):
                 claim, f"cannot render it as {self.sink.format.name}: {type(error).__name__}: {error}"
             )
         try:
-            self.sink.send(document, idempotency_key(claim.record_id, claim.revision, self.sink.format.name))
+            key = idempotency_key(claim.record_id, claim.revision, self.sink.format.name, document)
+            self.sink.send(document, key)
         except DeliveryError as error:
             if error.retryable:
                 return self._retry(claim, error.reason, getattr(error, "retry_after", None))

@@ -1,13 +1,18 @@
 """Deterministic identifiers: the same job and step always give the same ids.
 
 Ids are UUIDv5 values, so a record that is emitted again (a resumed run, a replayed outbox) is
-recognisably the same record, and receivers can deduplicate on it.
+recognisably the same record, and receivers can deduplicate on it. Each id is scoped to what it names:
+a record id to its job and step (the registry refuses one that is not), an idempotency key to the very
+document it carries (so no one can claim a key before the document exists).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import uuid
+from typing import Any
 
 #: Namespace of every id this library derives (a fixed, random UUID).
 NAMESPACE = uuid.UUID("5d3c4f0e-8f7a-4c55-9a59-1b3f4f0d2c61")
@@ -32,6 +37,20 @@ def checkpoint_id_for(job_id: str, step: int, node: str | None = None) -> str:
     return str(uuid.uuid5(uuid.UUID(job_id), f"checkpoint:{step}{suffix}"))
 
 
-def idempotency_key(record_id: str, revision: int, wire_format: str) -> str:
-    """Names one version of one record in one wire format: stable across retries, new on update."""
-    return str(uuid.uuid5(uuid.UUID(record_id), f"revision:{revision}:format:{wire_format}"))
+def is_checkpoint_id(record_id: str, job_id: str, step: int, node: str | None) -> bool:
+    """Whether ``record_id`` is the id :func:`checkpoint_id_for` derives for this job and step (with or
+    without the node: only runs that record every node's copy tell nodes apart)."""
+    try:
+        derived = {checkpoint_id_for(job_id, step), checkpoint_id_for(job_id, step, node)}
+    except ValueError:  # a job id that is not a UUID derives nothing
+        return False
+    return record_id in derived
+
+
+def idempotency_key(record_id: str, revision: int, wire_format: str, document: Any) -> str:
+    """Names one version of one record in one wire format, bound to the ``document`` sent for it:
+    stable across retries (rendering is pure), new on update. Derived from the document's content, the
+    key cannot be known before the document is, so no one can post something else under it first."""
+    content = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
+    return str(uuid.uuid5(uuid.UUID(record_id), f"revision:{revision}:format:{wire_format}:sha256:{digest}"))

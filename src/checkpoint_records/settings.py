@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from .errors import ConfigurationError
 from .redaction import MASK, public_url
+from .signing import SigningSecret, parse_signing_secret
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -171,7 +172,17 @@ def _sinks(name: str, value: Any) -> tuple[Sink | str, ...]:
 
 
 def _tokens(name: str, value: Any) -> tuple[str, ...]:
-    return tuple(str(token).strip() for token in _listed(name, value, "tokens") if str(token).strip())
+    """The server's tokens: an empty one (``--token "$UNSET"``, ``a,,b``, ``VAR=``) is refused, as it
+    would otherwise be dropped and leave the server open while its user believes it is closed."""
+    items = value.split(",") if isinstance(value, str) else _listed(name, value, "tokens")
+    tokens = tuple(str(token).strip() for token in items)
+    if not tokens or not all(tokens):
+        raise ConfigurationError(
+            f"{name} has an empty token (an unset variable expanded to nothing?): `checkpoint-records "
+            "serve` would run without authentication. Give each token (--token T, or "
+            f"{PREFIX}SERVER_TOKENS=T1,T2), or none at all to serve on loopback without one"
+        )
+    return tokens
 
 
 def _end_of_training_seconds(name: str, value: Any) -> float:
@@ -352,11 +363,19 @@ class Settings:
     storage_parallel: int = setting(
         parse_count, "how many files of a checkpoint are uploaded at once", default=DEFAULT_STORAGE_PARALLEL
     )
+    signing_secret: SigningSecret | None = setting(
+        parse_signing_secret,
+        "Standard Webhooks secret (whsec_ + base64) HTTP sinks sign every delivery with, and `serve` "
+        "verifies them with",
+        shown=_hidden,
+        empty_is_unset=False,
+    )
     server_tokens: tuple[str, ...] = setting(
         _tokens,
-        "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens",
+        "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens (none empty)",
         default=(),
         shown=_hidden,
+        empty_is_unset=False,
     )
 
     def replace(self, **overrides: Unpack[Overrides]) -> Settings:
@@ -404,6 +423,7 @@ class Overrides(TypedDict, total=False):
     storage_options: Mapping[str, Any] | None
     storage_retention: Retention | str | None
     storage_parallel: int | str | None
+    signing_secret: SigningSecret | str | None
     server_tokens: Sequence[str] | str | None
 
 

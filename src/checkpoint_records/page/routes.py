@@ -5,6 +5,8 @@ template that escapes everything. Every response carries a strict Content-Securi
 styles only from this package, nothing inline), so text a training job wrote can never run as code.
 Read access follows the server's tokens: without a valid session a page redirects to ``/login``, whose
 form trades a token for an HttpOnly, SameSite=Strict session cookie (a token never goes in a URL).
+SameSite does not tell ports or sibling hosts of one site apart, so signing in and out also refuse a
+request another origin's page sent (:func:`same_origin`): no one else's page signs a reader in or out.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import mimetypes
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -68,6 +70,25 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def same_origin(request: Request) -> bool:
+    """Whether a browser sent ``request`` from this server's own pages (or it is no browser's).
+
+    ``Sec-Fetch-Site``, which the browser sets itself, decides when present (right behind a proxy that
+    rewrites the host too); else an ``Origin`` must name this host. A client that sends neither (curl, a
+    script) is no page of another origin.
+    """
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from is not None:
+        return fetched_from in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin).netloc == request.headers.get("host")
+    except ValueError:
+        return False
+
+
 def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     """The page's routes over ``store``, readable by whoever ``auth`` lets in."""
     router = APIRouter(include_in_schema=False)
@@ -94,6 +115,9 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
 
     def not_found(request: Request, what: str) -> HTMLResponse:
         return page("missing.html", request, status_code=404, what=what)
+
+    def cross_origin() -> JSONResponse:
+        return data({"detail": "refused: this form was sent from another site's page"}, 403)
 
     @router.get("/")
     def jobs_page(request: Request, q: str = "") -> Response:
@@ -206,6 +230,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
+        if not same_origin(request):
+            return cross_origin()
         body = b""
         async for chunk in request.stream():  # never hold more than a login form's worth
             body += chunk
@@ -230,6 +256,8 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
 
     @router.api_route("/logout", methods=["GET", "POST"])
     def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return cross_origin()
         session = request.cookies.get(SESSION_COOKIE)
         if session:
             auth.close_session(session)

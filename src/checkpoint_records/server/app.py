@@ -1,7 +1,7 @@
 """The registry's ASGI app: ingest and read APIs under ``/v1``, the web page at ``/``, one store.
 
-Every API route (and ``/openapi.json``) needs a token when tokens are configured; the page's routes
-check the same :class:`Auth` themselves, so its login form stays reachable.
+Every API route (and ``/openapi.json``) needs a bearer token when tokens are configured (never the page's
+cookie); the page's routes check the same :class:`Auth` themselves, so its login form stays reachable.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ..page import page_router
+from ..signing import SigningSecret
 from ..store import RecordStore
 from . import problems
 from .auth import Auth
@@ -43,17 +44,19 @@ def create_app(
     routers: Sequence[RouterFactory] = PAGE_ROUTERS,
     max_body_bytes: int = MAX_BODY_BYTES,
     queue_capacity: int = QUEUE_CAPACITY,
+    signing_secret: SigningSecret | None = None,
 ) -> FastAPI:
     """The server for ``store``; with ``tokens``, every route needs one of them.
 
     ``routers`` (the web page's, by default) are mounted at ``/`` after the API. Ingest refuses bodies
-    over ``max_body_bytes`` (413) and answers 429 while more than ``queue_capacity`` documents wait.
+    over ``max_body_bytes`` (413), answers 429 while more than ``queue_capacity`` documents wait, and
+    with a ``signing_secret`` refuses (401) what it does not sign.
     """
     auth = Auth(tokens)
     writer = Writer(store, queue_capacity)
 
     async def authorized(request: Request) -> None:
-        if not auth.check(request):
+        if not auth.bearer(request):
             raise problems.Problem(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -72,7 +75,7 @@ def create_app(
     app.state.store, app.state.auth, app.state.writer = store, auth, writer
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorized)])
-    api.include_router(ingest_router(writer, max_body_bytes))
+    api.include_router(ingest_router(writer, max_body_bytes, signing_secret))
     api.include_router(registry_router(store))
     api.include_router(openai_router(store))
     api.include_router(llama_stack_router(store))

@@ -1,8 +1,12 @@
 """Who may use the server: a bearer token (how the OpenAI and Llama Stack SDKs send ``api_key``, and how
-``HttpSink`` sends ``CHECKPOINT_RECORDS_TOKEN``) or a session cookie the web page got by logging in.
+``HttpSink`` sends ``CHECKPOINT_RECORDS_TOKEN``) on the API; on the web page, a session cookie it got by
+logging in with a token.
 
-Tokens are compared in constant time and never logged, repeated or echoed; a session id is random and
-kept only in this process's memory, so a restart logs everyone out and no secret lands on disk.
+The API takes the bearer token only (:meth:`Auth.bearer`): a browser sends a cookie by itself, so a
+page of another origin could otherwise make a signed-in reader's browser write records. Tokens are
+compared in constant time and never logged, repeated or echoed; an empty one is refused (an unset
+variable must not turn authentication off). A session id is random and kept only in this process's
+memory, so a restart logs everyone out and no secret lands on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Sequence
 
 from starlette.requests import HTTPConnection
 
+from ..errors import ConfigurationError
+
 SESSION_COOKIE = "checkpoint_records_session"
 #: How long a page session lasts without a new login.
 SESSION_SECONDS = 12 * 3600.0
@@ -26,7 +32,12 @@ class Auth:
     """The server's tokens and the page's sessions. With no tokens, everything is allowed."""
 
     def __init__(self, tokens: Sequence[str] = (), session_seconds: float = SESSION_SECONDS) -> None:
-        self._tokens = [token.encode("utf-8") for token in tokens if token]
+        if any(not token.strip() for token in tokens):
+            raise ConfigurationError(
+                "an empty server token (an unset variable?) would let anyone in: give real tokens, or "
+                "none at all to serve on loopback without one"
+            )
+        self._tokens = [token.encode("utf-8") for token in tokens]
         self._session_seconds = session_seconds
         self._sessions: dict[str, float] = {}  # session id -> expiry (monotonic seconds)
         self._lock = threading.Lock()
@@ -47,12 +58,17 @@ class Auth:
             matched |= hmac.compare_digest(candidate, known)
         return matched
 
-    def check(self, request: HTTPConnection) -> bool:
-        """A valid ``Authorization: Bearer`` token or session cookie; always True without tokens."""
+    def bearer(self, request: HTTPConnection) -> bool:
+        """A valid ``Authorization: Bearer`` token (the API's only credential); always True without tokens."""
         if not self.required:
             return True
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip() and self.valid_token(credentials.strip()):
+        token = credentials.strip()
+        return scheme.lower() == "bearer" and bool(token) and self.valid_token(token)
+
+    def check(self, request: HTTPConnection) -> bool:
+        """The page's check: a valid bearer token or session cookie; always True without tokens."""
+        if self.bearer(request):
             return True
         session = request.cookies.get(SESSION_COOKIE)
         return session is not None and self._session_alive(session)

@@ -3,9 +3,11 @@
 The body is one document or a JSON array of them (a batch, for backlogs; at most :data:`MAX_BATCH`):
 a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``TrainingJobDetail``
 (the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
-not JSON, ``401``, ``413`` past the size limit (read no further), ``422`` naming the invalid field or a
-reused ``Idempotency-Key``, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the
-store cannot write. Nothing is stored for any of the errors.
+not JSON, ``401`` (no valid token; with a signing secret, also a missing, wrong or stale signature),
+``409`` for a record id already stored under another job, ``413`` past the size limit (read no further),
+``422`` naming the invalid field, a reused ``Idempotency-Key`` or a record id that its job and step do
+not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the store cannot
+write. Nothing is stored for any of the errors.
 
 Writes go through one thread that commits whatever requests are waiting in a single transaction
 (group commit): eight senders cost one disk flush per round, not eight.
@@ -25,6 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..identity import is_checkpoint_id
 from ..job import (
     BaseModelOption,
     JobSnapshot,
@@ -35,7 +38,8 @@ from ..job import (
 )
 from ..logs import logger
 from ..record import CheckpointRecord
-from ..store import Receipt, RecordStore, Submission
+from ..signing import SignatureError, SigningSecret
+from ..store import Receipt, RecordStore, Refused, Submission
 from .problems import Problem, describe_errors
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -47,8 +51,11 @@ MAX_GROUP = 256
 RETRY_AFTER_SECONDS = 1
 
 Document = CheckpointRecord | JobSnapshot
-#: What the writer answers a request: its receipts, or None for a reused ``Idempotency-Key``.
-Answer = list[Receipt] | None
+#: What the writer answers a request: its receipts, or why nothing of it was stored.
+Answer = list[Receipt] | Refused
+#: The status a refusal is answered with: a key reused for another body is the Idempotency-Key draft's
+#: 422; a record id held by another job is a conflict with what is stored.
+REFUSAL_STATUS = {"reused key": 422, "other job": 409}
 _Waiting = tuple[Submission, asyncio.Future[Answer]]
 
 
@@ -152,7 +159,18 @@ def parse_document(data: Any, where: str = "") -> Document:
     except ValidationError as error:
         errors = [{**item, "loc": (where, *item["loc"]) if where else item["loc"]} for item in error.errors()]
         raise Problem(422, describe_errors(errors)) from None
-    return snapshot_from_detail(document) if isinstance(document, TrainingJobDetail) else document
+    if isinstance(document, TrainingJobDetail):
+        return snapshot_from_detail(document)
+    if not is_checkpoint_id(
+        document.id, document.metadata.job_id, document.training.step, document.training.node
+    ):
+        field = f"{where}.metadata.id" if where else "metadata.id"
+        raise Problem(
+            422,
+            f"{field}: not the id of this job's checkpoint at this step (metadata.jobId, "
+            "status.metadata.step): a record cannot take another checkpoint's id",
+        )
+    return document
 
 
 def receipt_json(receipt: Receipt) -> dict[str, Any]:
@@ -276,7 +294,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
+def ingest_router(
+    writer: Writer, max_body_bytes: int = MAX_BODY_BYTES, signing_secret: SigningSecret | None = None
+) -> APIRouter:
+    """``POST /records``; with ``signing_secret``, only requests it signed (Standard Webhooks)."""
     router = APIRouter(tags=["ingest"])
 
     @router.post(
@@ -289,11 +310,16 @@ def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRo
                 "description": "A receipt per document; `stored: false` when a newer one was already held",
                 "content": {"application/json": {"schema": _ANSWER}},
             },
-            **{status: _PROBLEM_RESPONSE for status in (400, 401, 413, 422, 429, 503)},
+            **{status: _PROBLEM_RESPONSE for status in (400, 401, 409, 413, 422, 429, 503)},
         },
     )
     async def receive(request: Request) -> Response:
         body = await read_limited(request, max_body_bytes)
+        if signing_secret is not None:
+            try:
+                signing_secret.verify(request.headers, body)
+            except SignatureError as error:
+                raise Problem(401, f"the delivery's signature does not verify: {error}") from None
         documents, batch = parse_documents(body)
         key = request.headers.get("idempotency-key") or None
         submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
@@ -311,8 +337,8 @@ def ingest_router(writer: Writer, max_body_bytes: int = MAX_BODY_BYTES) -> APIRo
                 f"the store could not write ({type(error).__name__}); retry shortly",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
-        if answer is None:
-            raise Problem(422, "Idempotency-Key was already used for a different body")
+        if isinstance(answer, Refused):
+            raise Problem(REFUSAL_STATUS[answer.reason], answer.detail)
         receipts = [receipt_json(receipt) for receipt in answer]
         # Encoded once here: returned as a dict, FastAPI would validate and re-encode it on every request.
         content = json.dumps({"data": receipts} if batch else receipts[0], separators=(",", ":"))

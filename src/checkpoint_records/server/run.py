@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from ..errors import ConfigurationError
+from ..signing import SigningSecret
 from ..sinks.transport import is_loopback
 from ..store import RecordStore
 from .app import create_app
@@ -31,11 +32,15 @@ def serve(
     port: int,
     tokens: Sequence[str] = (),
     allow_public_without_token: bool = False,
+    signing_secret: SigningSecret | None = None,
 ) -> int:
-    """Serve ``store`` until interrupted; the exit status (host and port: their defaults are ``serve``'s)."""
+    """Serve ``store`` until interrupted; the exit status (host and port: their defaults are ``serve``'s).
+    With ``signing_secret``, deliveries must be signed with it (Standard Webhooks)."""
     check_exposure(host, tokens, allow_public_without_token)
-    app = create_app(store, tokens=tokens)
-    access = "a token is required" if tokens else "no token required"
+    app = create_app(store, tokens=tokens, signing_secret=signing_secret)
+    access = "a token is required" if app.state.auth.required else "no token required"
+    if signing_secret is not None:
+        access += "; deliveries must be signed"
     print(f"checkpoint-records: serving {store.path} on http://{host}:{port} ({access})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, server_header=False, proxy_headers=False, log_level="info")
     return 0

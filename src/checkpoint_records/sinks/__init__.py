@@ -70,14 +70,17 @@ def sink_from_url(spec: str, **options: Any) -> Sink:
 def configured_sinks(settings: Settings) -> list[Sink]:
     """Sink objects from the settings' sinks (a URL string is shorthand for an :class:`HttpSink`).
 
-    URL sinks get the settings' token, CA bundle and insecure-http opt-in. Two sinks with the same key
-    would share outbox entries, so they are refused.
+    URL sinks get the settings' token, CA bundle and insecure-http opt-in, and the signing secret when
+    one is set (so a sink factory of another package that signs nothing is not handed one). Two sinks
+    with the same key would share outbox entries, so they are refused.
     """
-    options = {
+    options: dict[str, Any] = {
         "token": settings.token,
         "ca_bundle": settings.ca_bundle,
         "allow_insecure_http": settings.allow_insecure_http,
     }
+    if settings.signing_secret is not None:
+        options["signing_secret"] = settings.signing_secret
     built = [sink_from_url(sink, **options) if isinstance(sink, str) else sink for sink in settings.sinks]
     keys = [sink.key for sink in built]
     repeated = sorted({key for key in keys if keys.count(key) > 1})

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..formats import DEFAULT_FORMAT, WireFormat
 from ..redaction import public_url
+from ..signing import SigningSecret
 from .base import Sink
 from .transport import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, HttpTransport
 
@@ -25,7 +26,9 @@ class HttpSink(Sink):
     with ``Basic`` auth. TLS certificates are verified (against ``ca_bundle`` when given). A credential
     (the token, or a query string, whose values are treated as secrets) over plain ``http://`` to a host
     other than loopback is refused unless ``allow_insecure_http=True``. One request, from connecting to
-    the last byte of the reply, takes at most ``deadline`` seconds.
+    the last byte of the reply, takes at most ``deadline`` seconds. With ``signing_secret`` (``whsec_``
+    and base64), every POST is signed as Standard Webhooks specifies, ``webhook-id`` derived from the
+    idempotency key.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class HttpSink(Sink):
         deadline: float = DEFAULT_DEADLINE,
         ca_bundle: str | os.PathLike[str] | None = None,
         allow_insecure_http: bool = False,
+        signing_secret: SigningSecret | str | None = None,
     ) -> None:
         super().__init__(format)
         self._transport = HttpTransport(
@@ -49,6 +53,7 @@ class HttpSink(Sink):
             allow_insecure_http=allow_insecure_http,
             timeout=timeout,
             deadline=deadline,
+            signing_secret=signing_secret,
         )
         self.url = url
         self.timeout = self._transport.timeout
@@ -64,7 +69,7 @@ class HttpSink(Sink):
         return self._key
 
     def send(self, document: dict[str, Any], idempotency_key: str) -> None:
-        self._transport.post(document, {"Idempotency-Key": idempotency_key})
+        self._transport.post(document, idempotency_key)
 
     def close(self) -> None:
         self._transport.close()

@@ -23,6 +23,7 @@ from ..errors import ConfigurationError
 from ..formats.mlflow import JOB_TAG, LOSS_METRIC, RECORD_TAG, MlflowDocuments
 from ..redaction import public_url
 from ..settings import mlflow_environment
+from ..signing import SigningSecret
 from .base import Rejected, RetryLater, Sink
 from .transport import DEFAULT_TIMEOUT, HttpTransport, split_url
 
@@ -68,6 +69,7 @@ class MlflowSink(Sink):
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         deadline: float = DEFAULT_DEADLINE,
         env: Mapping[str, str] | None = None,
+        signing_secret: SigningSecret | str | None = None,
     ) -> None:
         super().__init__(MlflowDocuments())
         mlflow = mlflow_environment(env)
@@ -107,6 +109,7 @@ class MlflowSink(Sink):
             allow_insecure_http=allow_insecure_http,
             timeout=timeout,
             deadline=deadline,
+            signing_secret=signing_secret,
         )
         self.timeout = self._api.timeout
         self.max_send_seconds = self._api.deadline
@@ -121,6 +124,7 @@ class MlflowSink(Sink):
         *,
         ca_bundle: str | None = None,
         allow_insecure_http: bool = False,
+        signing_secret: SigningSecret | None = None,
         **_ignored: Any,
     ) -> MlflowSink:
         """The sink ``mlflow+http(s)://...`` names in ``CHECKPOINT_RECORDS_SINKS``.
@@ -128,7 +132,9 @@ class MlflowSink(Sink):
         ``CHECKPOINT_RECORDS_TOKEN`` (passed as ``token``) belongs to the other sinks and is not sent to
         MLflow: credentials come from MLflow's own variables, as for MLflow's clients.
         """
-        return cls(url, ca_bundle=ca_bundle, allow_insecure_http=allow_insecure_http)
+        return cls(
+            url, ca_bundle=ca_bundle, allow_insecure_http=allow_insecure_http, signing_secret=signing_secret
+        )
 
     def __repr__(self) -> str:
         return f"MlflowSink({self._key!r})"
@@ -146,7 +152,7 @@ class MlflowSink(Sink):
         """Apply one document, all its calls within the deadline. Every step either finds what an
         earlier attempt did or does it once."""
         try:
-            with self._api.within_deadline():
+            with self._api.within_deadline(), self._api.delivering(idempotency_key):
                 if document["kind"] == "job":
                     self._send_run(document)
                 else:

@@ -14,12 +14,17 @@ everything about the wire is decided here, once, so two sinks cannot drift apart
   :class:`RetryLater`; other 4xx, 3xx and TLS failures are :class:`Rejected`. RFC 7807 ``{title,
   detail}``, ``{"error": {...}}`` and MLflow's ``{"error_code", "message"}`` bodies are read;
 - every text a server sends (status line, body, ``Location``) and every exception text goes through the
-  sink's :class:`~checkpoint_records.redaction.Redactor` whole, before anything is cut, stored or logged.
+  sink's :class:`~checkpoint_records.redaction.Redactor` whole, before anything is cut, stored or logged;
+- with a signing secret, every request is signed as Standard Webhooks specifies
+  (:mod:`~checkpoint_records.signing`): a delivery's ``webhook-id`` is ``msg_`` and its idempotency key,
+  so it is the same on every retry; each REST call of a delivery is a message of its own, its id derived
+  from the delivery's key and the call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import math
@@ -34,6 +39,7 @@ from urllib3.util import Retry
 
 from ..errors import ConfigurationError
 from ..redaction import Redactor, public_url, url_secrets
+from ..signing import SigningSecret, parse_signing_secret
 from .base import DeliveryError, Rejected, RetryLater
 from .deadline import Deadline, DeadlineAdapter
 
@@ -156,7 +162,8 @@ class HttpTransport:
 
     ``credential`` names what the sink sends in ``authorization`` (``"a token"``), for the refusal of
     plain ``http://``; ``secrets`` (with the URL's own) are masked in every text we keep. One send, made
-    of one request or several (:meth:`within_deadline`), takes at most ``deadline`` seconds.
+    of one request or several (:meth:`within_deadline`), takes at most ``deadline`` seconds. With a
+    ``signing_secret`` (a :class:`SigningSecret`, or its ``whsec_`` text), every request is signed.
     """
 
     def __init__(
@@ -171,6 +178,7 @@ class HttpTransport:
         allow_insecure_http: bool = False,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         deadline: float = DEFAULT_DEADLINE,
+        signing_secret: SigningSecret | str | None = None,
     ) -> None:
         parts = split_url(url, what)
         if parts.username is not None or parts.password is not None:
@@ -198,6 +206,11 @@ class HttpTransport:
         self._authorization = authorization
         self._verify: bool | str = os.fspath(ca_bundle) if ca_bundle is not None else True
         self._session: requests.Session | None = None
+        self._signing = (
+            None if signing_secret is None else parse_signing_secret("signing_secret", signing_secret)
+        )
+        #: The idempotency key of the delivery whose REST calls are being made (:meth:`delivering`).
+        self._delivery = ""
 
     def _connection(self) -> requests.Session:
         """The one kind of session sinks use, made here and nowhere else."""
@@ -233,9 +246,21 @@ class HttpTransport:
                     f"no complete reply within the {self.deadline:g} s deadline ({error.reason})"
                 ) from None
 
-    def post(self, document: Any, headers: Mapping[str, str]) -> None:
-        """POST ``document`` as JSON to the URL; returns once the destination accepted it (a 2xx)."""
-        self._exchange("POST", "", document, None, headers, MAX_REPLY_BYTES)
+    @contextlib.contextmanager
+    def delivering(self, idempotency_key: str) -> Iterator[None]:
+        """The REST calls inside make up the delivery ``idempotency_key`` names (their signatures'
+        message ids are derived from it, so a retried delivery signs each call as before)."""
+        self._delivery = idempotency_key
+        try:
+            yield
+        finally:
+            self._delivery = ""
+
+    def post(self, document: Any, idempotency_key: str) -> None:
+        """POST ``document`` as JSON to the URL with its ``Idempotency-Key`` (signed as message
+        ``msg_<key>``); returns once the destination accepted it (a 2xx)."""
+        headers = {"Idempotency-Key": idempotency_key}
+        self._exchange("POST", "", document, None, headers, MAX_REPLY_BYTES, f"msg_{idempotency_key}")
 
     def call(
         self,
@@ -264,14 +289,20 @@ class HttpTransport:
         params: Mapping[str, Any] | None,
         headers: Mapping[str, str],
         limit: int,
+        message_id: str | None = None,
     ) -> bytes | None:
         """One request under the deadline: the 2xx reply's body (None when it was cut short), or the
-        error it maps to. ``path`` (ours, never the server's) names the call in errors."""
+        error it maps to. ``path`` (ours, never the server's) names the call in errors; ``message_id``
+        is its signature's (by default, derived from the delivery and the request)."""
         label = self.redact(f"{method} {path}: ") if path else ""
         body = None
         if document is not None:
             body = json.dumps(document, allow_nan=False, separators=(",", ":")).encode("utf-8")
             headers = {"Content-Type": "application/json", **headers}
+        if self._signing is not None:
+            if message_id is None:
+                message_id = self._message_id(method, path, params, body)
+            headers = {**headers, **self._signing.headers(message_id, body or b"")}
         with self.within_deadline() as deadline:
             if deadline.expired:
                 raise RetryLater(f"{label}the send's deadline passed before this request")
@@ -292,6 +323,14 @@ class HttpTransport:
                 raise RetryLater(self.redact(f"{label}{type(error).__name__}: {error}")) from None
             with response:
                 return self._outcome(response, label, limit)
+
+    def _message_id(
+        self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
+    ) -> str:
+        """A REST call's message id: the same for the same call of the same delivery, on every retry."""
+        call = json.dumps([self._delivery, method, path, params], sort_keys=True, default=str)
+        digest = hashlib.sha256(call.encode("utf-8") + b"\n" + (body or b""))
+        return "msg_" + digest.hexdigest()[:32]
 
     def _outcome(self, response: requests.Response, label: str, limit: int) -> bytes | None:
         """The body of a 2xx reply; any other reply raised as the error it is."""

@@ -23,7 +23,7 @@ from .leases import Lease, LeaseQueue, claim_owner, owner_is_alive
 from .log import JobLog
 from .outbox import Claimed, Delivery, Outbox, Outcome
 from .queries import CheckpointStats, JobSummary, Queries
-from .received import FINISHED_JOB_STATUSES, Receipt, Received, Submission
+from .received import FINISHED_JOB_STATUSES, Receipt, Received, Refused, Submission
 from .schema import SCHEMA_VERSION
 from .uploads import UploadQueue, UploadRow
 
@@ -59,6 +59,7 @@ __all__ = [
     "Receipt",
     "RecordRevision",
     "RecordStore",
+    "Refused",
     "StoredJob",
     "StoredRecord",
     "Submission",

@@ -44,24 +44,35 @@ class Submission:
     digest: str = ""
 
 
+@dataclass(frozen=True)
+class Refused:
+    """Why nothing of a submission was stored: its idempotency key came before with another body
+    (``reused key``), or one of its records has an id already stored under another job (``other job``:
+    a document never overwrites another job's)."""
+
+    reason: Literal["reused key", "other job"]
+    detail: str
+
+
 class Received(Database):
     """The ``received_keys`` table, and the received documents' writes."""
 
     #: When received idempotency keys past their time were last deleted.
     _keys_purged_at = 0.0
 
-    def receive(self, submissions: Sequence[Submission]) -> list[list[Receipt] | None]:
+    def receive(self, submissions: Sequence[Submission]) -> list[list[Receipt] | Refused]:
         """Store documents sent by other jobs, keeping their own revisions, in one durable transaction.
 
         Per submission, in order: a known idempotency key with the same digest changes nothing and
-        gives the receipts answered the first time; with another digest it gives None (refused, nothing
-        stored). A record is stored when its ``metadata.revision`` is newer than the one held; a job
-        snapshot when it is newer by update time (in whole seconds, as ``TrainingJobDetail`` has it),
-        then by a finished status over a running one, then by step. Older or equal ones change nothing.
-        Received documents are not queued for any sink.
+        gives the receipts answered the first time; with another digest, or with a record whose id is
+        stored under another job, it is :class:`Refused` and stores nothing. A record is stored when
+        its ``metadata.revision`` is newer than the one held; a job snapshot when it is newer by update
+        time (in whole seconds, as ``TrainingJobDetail`` has it), then by a finished status over a
+        running one, then by step. Older or equal ones change nothing. Received documents are not
+        queued for any sink.
         """
         now = time.time()
-        answers: list[list[Receipt] | None] = []
+        answers: list[list[Receipt] | Refused] = []
         with self.transaction() as connection:
             if now - self._keys_purged_at > RECEIVED_KEY_PURGE_SECONDS:
                 connection.execute(
@@ -74,8 +85,14 @@ class Received(Database):
                         "SELECT digest, receipts FROM received_keys WHERE key = ?", (submission.key,)
                     ).fetchone()
                     if row is not None:
-                        answers.append(_receipts(row[1]) if row[0] == submission.digest else None)
+                        answers.append(_receipts(row[1]) if row[0] == submission.digest else _REUSED_KEY)
                         continue
+                taken = _held_by_another_job(connection, submission.documents)
+                if taken is not None:
+                    answers.append(
+                        Refused("other job", f"record {taken} is already stored under another job")
+                    )
+                    continue
                 receipts = [
                     _receive_record(connection, document)
                     if isinstance(document, CheckpointRecord)
@@ -89,6 +106,21 @@ class Received(Database):
                     )
                 answers.append(receipts)
         return answers
+
+
+_REUSED_KEY = Refused("reused key", "Idempotency-Key was already used for a different body")
+
+
+def _held_by_another_job(
+    connection: sqlite3.Connection, documents: Sequence[CheckpointRecord | JobSnapshot]
+) -> str | None:
+    """The id of the first record among ``documents`` that is stored under another job, if any."""
+    for document in documents:
+        if isinstance(document, CheckpointRecord):
+            row = connection.execute("SELECT job_id FROM records WHERE id = ?", (document.id,)).fetchone()
+            if row is not None and row[0] != document.metadata.job_id:
+                return document.id
+    return None
 
 
 def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
