@@ -280,29 +280,10 @@ def test_a_worker_elsewhere_takes_checkpoints_from_the_registry_and_posts_result
     from openai import OpenAI
 
     url, store_dir = registry
-    refused = evaluate(
-        "--registry",
-        url,
-        "--name",
-        "remote",
-        "--command",
-        plain(run),
-        "--once",
-        env={"CHECKPOINT_RECORDS_TOKEN": "wrong"},
-    )
-    assert refused.returncode != 0 and "401" in refused.stderr
-    done = evaluate(
-        "--registry",
-        url,
-        "--name",
-        "remote",
-        "--command",
-        plain(run),
-        "--once",
-        "--job",
-        "eval-run",
-        env={"CHECKPOINT_RECORDS_TOKEN": TOKEN},
-    )
+    args = ("--registry", url, "--name", "remote", "--command", plain(run), "--once", "--job", "eval-run")
+    refused = evaluate(*args, env={"CHECKPOINT_RECORDS_TOKEN": "wrong"})
+    assert refused.returncode == 2 and "401" in refused.stderr  # refused: a configuration to fix
+    done = evaluate(*args, env={"CHECKPOINT_RECORDS_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(": evaluated in ") == 3
     headers = {"Authorization": f"Bearer {TOKEN}"}
