@@ -1,6 +1,6 @@
 """An evaluation worker on another store, away from the checkpoints' folders: it pulls each checkpoint
-from S3 (moto in server mode on 127.0.0.1, the real s3fs client), verifies it against the record's
-hashes, and only then runs the evaluator on it."""
+(one of them rotated away since) from S3 (moto in server mode on 127.0.0.1, the real s3fs client),
+verifies it against the record's hashes, and only then runs the evaluator on it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, RecordStore
+from checkpoint_records.build import as_deleted
+from checkpoint_records.record import utc_now_iso
 from commands import cli
 from evaluators import PLAIN, evaluate, runs_logged, write_script
 from s3_server import MotoServer
@@ -54,9 +56,10 @@ def test_a_worker_elsewhere_pulls_each_checkpoint_from_s3_and_verifies_it_before
     # the checkpoints' folders.
     worker_store = RecordStore(tmp_path / "worker-store")
     records = sorted((s.record for s in RecordStore(training_store).records()), key=lambda r: r.training.step)
+    rotated = records[2]  # rotated away since it was uploaded: its readiness is said again of the copy
     for record in records:
         assert record.status.upload is not None and record.status.upload.state == "uploaded"
-        worker_store.put(record)
+        worker_store.put(as_deleted(record, utc_now_iso()) if record is rotated else record)
     shutil.rmtree(output)
     tampered = records[1]
     key = f"runs/{tampered.name}/model.safetensors"
@@ -73,7 +76,7 @@ def test_a_worker_elsewhere_pulls_each_checkpoint_from_s3_and_verifies_it_before
     assert done.returncode == 1, done.stdout + done.stderr  # the tampered checkpoint failed
     assert len(runs_logged(log)) == 2  # never run on the copy that differs
     results = {s.record.id: s.record.status.evaluations["pulled"] for s in worker_store.records()}
-    for record in (records[0], records[2]):
+    for record in (records[0], rotated):
         result = results[record.id]
         assert result.state == "succeeded", result
         assert result.source == f"pulled from {record.spec.source_path}, verified"
