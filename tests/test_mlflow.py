@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,9 @@ import requests
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError, RecordStore
 from checkpoint_records.delivery import DeliveryWorker
+from checkpoint_records.evaluation.results import with_evaluation
 from checkpoint_records.formats.mlflow import JOB_TAG, RECORD_TAG, model_document
+from checkpoint_records.record import Evaluation, utc_now_iso
 from checkpoint_records.sinks import MlflowSink, Rejected, RetryLater, sink_from_url
 from commands import cli, killed_run
 from http_server import Received, Receiver, Reply, always, free_port
@@ -241,7 +244,12 @@ EVERYTHING_FOUND = json.dumps(
     {
         "experiment": {"experiment_id": "1"},
         "runs": [{"info": {"run_id": "r1"}, "data": {}}],
-        "models": [{"info": {"model_id": "m1", "status": "LOGGED_MODEL_READY"}, "data": {"metrics": [{}]}}],
+        "models": [
+            {
+                "info": {"model_id": "m1", "status": "LOGGED_MODEL_READY"},
+                "data": {"metrics": [{"key": "train_loss"}]},
+            }
+        ],
         "run": {"outputs": {"model_outputs": [{"model_id": "m1"}]}},
     }
 ).encode()
@@ -356,3 +364,20 @@ def test_the_best_checkpoint_is_tagged_and_an_uploaded_one_says_where_it_is() ->
     assert model_document(record.model_copy(update={"status": status}))["model_status"] == (
         "LOGGED_MODEL_UPLOAD_FAILED"
     )
+
+
+def test_an_evaluation_result_reaches_the_logged_model_as_its_metrics(tracking: str) -> None:
+    """The checkpoint's model is logged first; the revision carrying an evaluator's result, sent later,
+    adds its metrics to the same model (and sending it again adds nothing)."""
+    sink = MlflowSink(tracking, experiment="evaluated")
+    record = make_record(2, job="evaluated")
+    sink.send(sink.format.render(record), "key-1")
+    result = Evaluation(state="succeeded", metrics={"loss": 2.5, "tiny_words/acc": 0.75})
+    evaluated = with_evaluation(record, "lm-eval", result, utc_now_iso())
+    sink.send(sink.format.render(evaluated), "key-2")
+    sink.send(sink.format.render(evaluated), "key-2")
+    [model] = models_of(tracking, "evaluated")
+    logged = Counter(metric.key for metric in model.metrics)
+    assert logged == Counter({"train_loss": 1, "lm-eval/loss": 1, "lm-eval/tiny_words/acc": 1})
+    values = {metric.key: (metric.value, metric.step) for metric in model.metrics}
+    assert values["lm-eval/tiny_words/acc"] == (0.75, 2) and values["lm-eval/loss"] == (2.5, 2)

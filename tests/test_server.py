@@ -179,6 +179,14 @@ def test_openapi_document_is_valid_and_describes_every_route(served_run: tuple[R
         "/v1/post-training/jobs",
         "/v1/post-training/job/status",
         "/v1/post-training/job/artifacts",
+        "/v1/evaluations/{evaluator}",
+        "/v1/evaluations/{evaluator}/claims",
+        "/v1/evaluations/{evaluator}/started",
+        "/v1/evaluations/{evaluator}/renewals",
+        "/v1/evaluations/{evaluator}/retries",
+        "/v1/evaluations/{evaluator}/results",
+        "/v1/evaluations/{evaluator}/releases",
+        "/v1/evaluations/{evaluator}/reopenings",
     }
     schemas = document["components"]["schemas"]
     assert {"CheckpointRecord", "TrainingJobDetail", "ProblemDetails"} <= set(schemas)

@@ -10,9 +10,9 @@ Where things are:
   the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
-  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py`` and
-  ``store/uploads.py`` are the two lease queues (``store/leases.py``), ``store/database.py`` owns the
-  connections; no SQL outside ``store/``.
+  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
+  ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
+  ``store/database.py`` owns the connections; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
   ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
   ``page/`` for a browser.
@@ -21,10 +21,14 @@ Where things are:
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
   ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
+- evaluated: ``evaluation/`` (``checkpoint-records evaluate``): a worker that runs an evaluator on every
+  checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
+  evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the
+  command, ``results.py`` reads the metrics and revises the record, ``worker.py`` ties them together).
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
   ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
-  signed deliveries; ``page/``, its web page, is given the server's ``Auth`` (it never imports the
-  server).
+  signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere;
+  ``page/``, its web page, is given the server's ``Auth`` (it never imports the server).
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
   command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .delivery import DeliveryWorker
 from .errors import ConfigurationError
+from .evaluation.commands import add_commands as add_evaluation_commands
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
@@ -452,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serving.set_defaults(run=cmd_serve)
     add_storage_commands(commands, common)
+    add_evaluation_commands(commands, common)
     return parser
 
 

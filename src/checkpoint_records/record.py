@@ -89,6 +89,31 @@ class UploadStatus(_Model):
     remote: str | None = None
 
 
+#: How an evaluator's run on a checkpoint ended: its metrics were read, it failed (after its retries), or
+#: it was not run (the checkpoint is not ready, or gone without an uploaded copy).
+EvaluationState = Literal["succeeded", "failed", "skipped"]
+
+
+class Evaluation(_Model):
+    """One evaluator's result on a checkpoint (``checkpoint-records evaluate --name NAME``)."""
+
+    state: EvaluationState
+    #: What the evaluator reported, finite numbers only; a NaN or infinity is in ``non_finite``.
+    metrics: dict[str, float] = Field(default_factory=dict)
+    non_finite: dict[str, str] = Field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    #: How many times the command was started (a worker killed mid-run counts one).
+    attempts: int = 0
+    exit_code: int | None = None
+    #: Why it failed or was skipped, in one line.
+    reason: str | None = None
+    #: The end of the command's error output, secrets masked (on failure).
+    error_tail: str | None = None
+    #: Where the evaluated files came from: the checkpoint's directory, or the storage copy pulled.
+    source: str | None = None
+
+
 class RecordStatus(_Model):
     status: CheckpointStatus
     storage_provider_id: str = Field(default="", alias="storageProviderID")
@@ -98,6 +123,8 @@ class RecordStatus(_Model):
     created_at: str
     updated_at: str
     upload: UploadStatus | None = None
+    #: Each evaluator's result, by its name.
+    evaluations: dict[str, Evaluation] = Field(default_factory=dict)
 
 
 class CheckpointRecord(_Model):

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import yaml
 from tqdm import tqdm
 
+from .evaluation.results import headline
 from .record import CheckpointRecord
 from .store import Delivery
 
@@ -72,10 +73,12 @@ def records_table(rows: Sequence[RecordRow]) -> str:
     (``@step`` when logged at another step than the checkpoint's), CREATED is UTC.
 
     A JOB column (the job id's first 8 characters, what ``inspect JOB/NAME`` takes) appears when two
-    jobs of the listing have records of the same name; BEST marks the Trainer's best checkpoint.
+    jobs of the listing have records of the same name; BEST marks the best checkpoint. Each evaluator
+    (``checkpoint-records evaluate --name NAME``) adds a column NAME: its first metric, or how it ended.
     """
     names = [row.record.name for row in rows]
     show_job = len(set(names)) < len(names)
+    evaluators = sorted({name for row in rows for name in row.record.status.evaluations})
     header = [
         "NAME",
         "STEP",
@@ -85,6 +88,7 @@ def records_table(rows: Sequence[RecordRow]) -> str:
         "LOSS",
         "EVAL",
         "SIZE",
+        *(name.upper() for name in evaluators),
         "CREATED",
         "DELIVERY",
     ]
@@ -102,6 +106,7 @@ def records_table(rows: Sequence[RecordRow]) -> str:
             _loss(training.train_loss, training.train_loss_step, training.step),
             _loss(training.eval_loss, training.eval_loss_step, training.step),
             human_size(record.status.size),
+            *(_evaluation(record, name) for name in evaluators),
             _created(record.status.created_at),
             row.delivery,
         ]
@@ -109,6 +114,12 @@ def records_table(rows: Sequence[RecordRow]) -> str:
             line.insert(1, record.metadata.job_id[:8])
         lines.append(line)
     return _table(lines)
+
+
+def _evaluation(record: CheckpointRecord, name: str) -> str:
+    """An evaluator's cell: ``acc=0.512``, ``failed``, ``skipped``, or ``-`` when not evaluated (yet)."""
+    found = record.status.evaluations.get(name)
+    return "-" if found is None else headline(found)
 
 
 def delivery_state(delivery: Delivery, now: float) -> str:

@@ -90,6 +90,16 @@ def model_name(name: str) -> str:
     return re.sub(r"[/:.%\"']", "-", name)
 
 
+def evaluation_metrics(record: CheckpointRecord) -> dict[str, float]:
+    """Each evaluator's metrics as the model's metrics, ``<evaluator>/<metric>`` (characters MLflow
+    refuses in a metric key become ``_``)."""
+    return {
+        re.sub(r"[^\w./ :-]", "_", f"{evaluator}/{name}"): value
+        for evaluator, evaluation in sorted(record.status.evaluations.items())
+        for name, value in sorted(evaluation.metrics.items())
+    }
+
+
 def model_document(record: CheckpointRecord) -> dict[str, Any]:
     """The MLflow logged model a checkpoint record describes.
 
@@ -99,7 +109,12 @@ def model_document(record: CheckpointRecord) -> dict[str, Any]:
     training = record.training
     step = training.step
     timestamp = _millis(record.status.created_at)
-    metrics = {"train_loss": training.train_loss, "eval_loss": training.eval_loss, **training.metrics}
+    metrics = {
+        "train_loss": training.train_loss,
+        "eval_loss": training.eval_loss,
+        **training.metrics,
+        **evaluation_metrics(record),
+    }
     files = "\n".join(f"{entry.path}\t{entry.size}" for entry in record.status.files)
     tags = {
         RECORD_TAG: record.id,

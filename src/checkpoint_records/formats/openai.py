@@ -16,6 +16,13 @@
 | ``metrics.valid_mean_token_accuracy``  | logged ``eval_mean_token_accuracy``                                      |
 | ``metrics.full_valid_mean_token_accuracy`` | logged ``eval_mean_token_accuracy``                                  |
 
+An evaluator's result (``checkpoint-records evaluate``) fills the fields it matches: a metric named
+``loss``, ``eval_loss``, ``valid_loss`` or ``full_valid_loss`` (its last ``/`` part: ``task/loss``) is
+``full_valid_loss``, one named ``mean_token_accuracy`` (or ``eval_``/``valid_``/``full_valid_`` of it) is
+``full_valid_mean_token_accuracy``: an evaluation over a whole validation set, which OpenAI reports
+under ``full_valid_*``. It takes the place of the Trainer's value there (``valid_*`` keep the Trainer's);
+with several evaluators, the first by name that reports it. The object has no field for any other metric.
+
 A metric the run did not log, or logged as NaN/infinity, is left out of ``metrics``: never ``0``.
 The object has no status: a checkpoint rotated away (``deleted``) renders the same and is not sent again.
 
@@ -47,6 +54,20 @@ _ACCURACY_METRICS = (
     ("train_mean_token_accuracy", "mean_token_accuracy"),
     ("valid_mean_token_accuracy", "eval_mean_token_accuracy"),
     ("full_valid_mean_token_accuracy", "eval_mean_token_accuracy"),
+)
+
+#: OpenAI metric name to the evaluator metric names it takes (the last ``/`` part of an evaluator's name).
+_EVALUATION_METRICS = (
+    ("full_valid_loss", ("loss", "eval_loss", "valid_loss", "full_valid_loss")),
+    (
+        "full_valid_mean_token_accuracy",
+        (
+            "mean_token_accuracy",
+            "eval_mean_token_accuracy",
+            "valid_mean_token_accuracy",
+            "full_valid_mean_token_accuracy",
+        ),
+    ),
 )
 
 DEFAULT_ORG = "personal"
@@ -94,6 +115,20 @@ def _finite(value: Any) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
+def evaluated_metrics(record: CheckpointRecord) -> dict[str, float]:
+    """The OpenAI metrics the record's evaluations report, from the first evaluator (by name) that has each."""
+    found: dict[str, float] = {}
+    for _, evaluation in sorted(record.status.evaluations.items()):
+        if evaluation.state != "succeeded":
+            continue
+        by_last_part = {name.rsplit("/", 1)[-1]: value for name, value in sorted(evaluation.metrics.items())}
+        for field, names in _EVALUATION_METRICS:
+            value = next((by_last_part[name] for name in names if name in by_last_part), None)
+            if field not in found and value is not None:
+                found[field] = value
+    return found
+
+
 class OpenAIFormat(WireFormat):
     name = "openai"
 
@@ -120,6 +155,7 @@ class OpenAIFormat(WireFormat):
             value = _finite(training.metrics.get(logged))
             if value is not None:
                 metrics[name] = value
+        metrics.update(evaluated_metrics(record))
         return dict(sorted(metrics.items()))
 
     def render(self, record: CheckpointRecord) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from ..formats import get_format, known_formats
 from ..formats.training_job import progress
-from ..record import CheckpointRecord, UploadStatus
+from ..record import CheckpointRecord, Evaluation, UploadStatus
 from ..storage.progress import describe
 from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
 from ..terminal import delivery_summary, human_size
@@ -177,8 +177,32 @@ def chart_view(
     drawn: Mapping[str, list[list[float]]],
 ) -> dict[str, Any]:
     """The job's chart feed: its summary (to know when to stop following it), curves and markers."""
-    markers = [marker(record) for record in _by_step(records)]
-    return {"job": job_summary(job_id, stored, stats), "curves": drawn, "markers": markers}
+    ordered = _by_step(records)
+    markers = [marker(record) for record in ordered]
+    return {
+        "job": job_summary(job_id, stored, stats),
+        "curves": drawn,
+        "markers": markers,
+        "evaluations": evaluation_curves(ordered),
+    }
+
+
+#: Evaluator curves drawn at most: a harness reporting dozens of numbers must not bury the losses.
+MAX_EVALUATION_CURVES = 8
+
+
+def evaluation_curves(records: Sequence[CheckpointRecord]) -> list[dict[str, Any]]:
+    """Each evaluator's metrics by step, one curve per ``evaluator: metric`` (standard errors left out),
+    from the checkpoints (in step order) whose evaluation succeeded."""
+    curves: dict[str, list[list[float]]] = {}
+    for record in records:
+        for evaluator, evaluation in sorted(record.status.evaluations.items()):
+            for name, value in sorted(evaluation.metrics.items()):
+                if evaluation.state == "succeeded" and not name.endswith("stderr"):
+                    curves.setdefault(f"{evaluator}: {name}", []).append([record.training.step, value])
+    return [
+        {"label": label, "points": points} for label, points in list(curves.items())[:MAX_EVALUATION_CURVES]
+    ]
 
 
 def curves(
@@ -270,9 +294,30 @@ def checkpoint_view(
             (key, metadata.non_finite.get(key, "-") if value is None else _metric(value))
             for key, value in sorted(metadata.metrics.items())
         ],
+        "evaluations": [
+            evaluation_view(name, found) for name, found in sorted(record.status.evaluations.items())
+        ],
         "files": [(entry.path, human_size(entry.size), entry.size) for entry in record.status.files],
         "deliveries": [(d.sink, d.state, d.attempts, d.last_error or "") for d in deliveries],
         "wire": wire_documents(record),
+    }
+
+
+def evaluation_view(name: str, evaluation: Evaluation) -> dict[str, Any]:
+    """One evaluator's result as the checkpoint's page lists it."""
+    metrics = [(key, _metric(value)) for key, value in sorted(evaluation.metrics.items())]
+    metrics += sorted(evaluation.non_finite.items())
+    times = " to ".join(short_time(at) for at in (evaluation.started_at, evaluation.finished_at) if at)
+    return {
+        "name": name,
+        "state": evaluation.state,
+        "metrics": metrics,
+        "when": times,
+        "attempts": evaluation.attempts,
+        "exit_code": evaluation.exit_code,
+        "reason": evaluation.reason,
+        "error_tail": evaluation.error_tail,
+        "source": evaluation.source,
     }
 
 

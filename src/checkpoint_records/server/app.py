@@ -22,6 +22,7 @@ from ..signing import SigningSecret
 from ..store import RecordStore
 from . import problems
 from .auth import Auth
+from .evaluations_api import evaluations_router
 from .ingest import DOCUMENT_MODELS, MAX_BODY_BYTES, QUEUE_CAPACITY, Writer, ingest_router
 from .llama_stack_api import llama_stack_router
 from .openai_api import openai_router
@@ -78,6 +79,7 @@ def create_app(
     api.include_router(registry_router(store))
     api.include_router(openai_router(store))
     api.include_router(llama_stack_router(store))
+    api.include_router(evaluations_router(store))
     app.include_router(api)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])

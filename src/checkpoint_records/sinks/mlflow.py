@@ -271,8 +271,11 @@ class MlflowSink(Sink):
             "models", experiment_id, RECORD_TAG, document["record_id"], create
         )
         model_id = str(model["info"]["model_id"])
-        if document["metrics"] and (created or not (model.get("data") or {}).get("metrics")):
-            metrics = [{**metric, "model_id": model_id} for metric in document["metrics"]]
+        logged = {metric.get("key") for metric in (model.get("data") or {}).get("metrics") or []}
+        metrics = [
+            {**metric, "model_id": model_id} for metric in document["metrics"] if metric["key"] not in logged
+        ]
+        if metrics:  # those not logged yet: a later revision may bring an evaluator's
             self._log_batch(run_id, "metrics", metrics, MAX_METRICS_PER_BATCH)
         if created or not self._is_output(run_id, model_id):
             self._api.call(

@@ -81,8 +81,13 @@ class StorageConfig:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, self.public))
 
     @property
+    def secrets(self) -> list[str]:
+        """The URL's and the options' credentials: what no text we keep may carry."""
+        return [*url_secrets(self.url), *_secret_values(self.options)]
+
+    @property
     def redact(self) -> Redactor:
-        return Redactor([*url_secrets(self.url), *_secret_values(self.options)])
+        return Redactor(self.secrets)
 
     def remote_dir(self, record_name: str) -> str:
         """Where a checkpoint goes, as a public URL: ``<storage>/<record name>``."""

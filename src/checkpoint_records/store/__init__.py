@@ -6,9 +6,9 @@ memory while the disk is full); :mod:`.schema` the tables and their migrations. 
 :mod:`.documents` (records and job snapshots, with their revisions: :meth:`RecordStore.put` and the
 atomic :meth:`RecordStore.update_record`), :mod:`.log` (a job's logged entries), :mod:`.received`
 (documents the registry server received, and their idempotency keys), :mod:`.queries` (lists and pages for
-the server and the page). Two lease queues (:mod:`.leases`) hold the work of background lanes:
-``store.outbox`` (:mod:`.outbox`, deliveries to sinks) and ``store.uploads`` (:mod:`.uploads`, files to
-upload). No module outside this package touches a connection or writes SQL.
+the server and the page). Three lease queues (:mod:`.leases`) hold work that must be done once:
+``store.outbox`` (:mod:`.outbox`, deliveries to sinks), ``store.uploads`` (:mod:`.uploads`, files to
+upload) and ``store.evaluations`` (:mod:`.evaluations`, checkpoints each evaluator has still to run). No module outside this package touches a connection or writes SQL.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlite3 import DatabaseError  # what reading a damaged store raises: the CL
 
 from .database import DATABASE_NAME
 from .documents import Documents, RecordRevision, StoredJob, StoredRecord
+from .evaluations import ClaimedEvaluation, EvaluationQueue, LostClaim
 from .leases import Lease, LeaseQueue, claim_owner, owner_is_alive
 from .log import JobLog
 from .outbox import Claimed, Delivery, Outbox, Outcome
@@ -28,7 +29,7 @@ from .uploads import UploadQueue, UploadRow
 
 
 class RecordStore(Documents, JobLog, Received, Queries):
-    """Records, jobs, their log and both queues in ``<home>/records.db``."""
+    """Records, jobs, their log and the three queues in ``<home>/records.db``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         super().__init__(home)
@@ -36,6 +37,8 @@ class RecordStore(Documents, JobLog, Received, Queries):
         self.outbox = Outbox(self)
         #: Checkpoints' files to upload to storage.
         self.uploads = UploadQueue(self)
+        #: Checkpoints each evaluator has still to evaluate.
+        self.evaluations = EvaluationQueue(self)
 
 
 __all__ = [
@@ -44,11 +47,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "CheckpointStats",
     "Claimed",
+    "ClaimedEvaluation",
     "DatabaseError",
     "Delivery",
+    "EvaluationQueue",
     "JobSummary",
     "Lease",
     "LeaseQueue",
+    "LostClaim",
     "Outcome",
     "Receipt",
     "RecordRevision",

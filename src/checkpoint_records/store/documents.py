@@ -113,6 +113,23 @@ class Documents(Database):
 
         return self.write(write, [])
 
+    def update_job_records(
+        self, job_id: str, choose: Callable[[list[CheckpointRecord]], Change], sinks: Sinks = ()
+    ) -> list[StoredRecord]:
+        """Revise the records of ``job_id`` by the change ``choose`` makes of all of them as stored now
+        (which one is the best, say), in one transaction; the revisions written."""
+
+        def write() -> list[StoredRecord]:
+            with self.transaction() as connection:
+                rows = connection.execute(
+                    "SELECT id, body FROM records WHERE job_id = ?", (job_id,)
+                ).fetchall()
+                change = choose([CheckpointRecord.from_json(body) for _, body in rows])
+                revised = [revise(connection, record_id, change, sinks) for record_id, _ in rows]
+            return [stored for stored in revised if stored is not None]
+
+        return self.write(write, [])
+
     def get(self, name_or_id: str) -> StoredRecord | None:
         """A record by id or name (the newest one when several jobs used the same name)."""
         row = (

@@ -83,6 +83,18 @@ class Queries(Database):
         rows = self.read().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
         return [job_id for (job_id,) in rows]
 
+    def jobs_named(self, text: str) -> list[str]:
+        """The jobs ``text`` names, as ``list --job`` reads it: a job id, a job name, or a prefix of 4
+        characters or more of an id."""
+        rows = self.read().execute(
+            "SELECT job_id FROM records WHERE job_id = ?1 OR json_extract(body, '$.metadata.jobName') = ?1"
+            " OR (length(?1) >= 4 AND substr(job_id, 1, length(?1)) = ?1)"
+            " UNION SELECT id FROM jobs WHERE id = ?1 OR name = ?1"
+            " OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1)",
+            (text,),
+        )
+        return sorted(job_id for (job_id,) in rows)
+
     def job_summaries(self, job_id: str | None = None) -> list[tuple[StoredJob | None, JobSummary]]:
         """Every job the store knows (or ``job_id`` only, if known): its snapshot when one was stored,
         and its checkpoints at a glance; one query."""

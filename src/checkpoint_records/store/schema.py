@@ -115,6 +115,23 @@ CREATE TABLE IF NOT EXISTS uploads (
     PRIMARY KEY (record_id, path)
 );
 CREATE INDEX IF NOT EXISTS uploads_due ON uploads(state, next_attempt_at);
+
+-- ``checkpoint-records evaluate``: one row per evaluator and checkpoint, ``pending`` until its result is on
+-- the record (``done``); claimed per evaluator name, so two workers of one name never run one twice.
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluator TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started_at TEXT,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (evaluator, record_id)
+);
+CREATE INDEX IF NOT EXISTS evaluations_due ON evaluations(evaluator, state, next_attempt_at);
 """
 
 
@@ -139,10 +156,17 @@ def _outbox_says_what_it_delivers(connection: sqlite3.Connection) -> None:
         connection.execute("UPDATE outbox SET kind = 'job' WHERE record_id IN (SELECT id FROM jobs)")
 
 
+def _records_carry_evaluations(connection: sqlite3.Connection) -> None:
+    """2 -> 3: records may carry evaluation results (``status.evaluations``) and the store has their queue
+    (``evaluations``, in :data:`SCHEMA`). Nothing to rewrite; the version rises so that an earlier release,
+    which would drop the results when it revises a record, refuses this store instead."""
+
+
 #: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_versioned_release,
     _outbox_says_what_it_delivers,
+    _records_carry_evaluations,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -66,9 +66,13 @@
         ];
       });
     }
+    const evaluated = (feed.evaluations || []).map((e, i) => ({
+      label: e.label, kind: "evaluation", colour: JOB_COLOURS[(i + 1) % JOB_COLOURS.length], points: e.points,
+    }));
     return [
       { label: "train loss", kind: "train", points: feed.curves.train },
       { label: "eval loss", kind: "eval", points: feed.curves.eval },
+      ...evaluated,
     ];
   }
 
@@ -153,7 +157,7 @@
     el("text", {
       x: 14, y: MARGIN.top + plotH / 2, class: "axis-label",
       transform: `rotate(-90 14 ${MARGIN.top + plotH / 2})`,
-    }, svg).textContent = "loss";
+    }, svg).textContent = feed.evaluations && feed.evaluations.length ? "loss, evaluations" : "loss";
 
     series.forEach((s) => {
       if (!s.points.length) return;
@@ -162,8 +166,8 @@
         points: s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "),
       }, svg);
       if (s.colour) line.style.stroke = s.colour;  // one colour per job when comparing
-      if (s.kind === "eval" && s.points.length <= 400) {
-        const dots = el("g", { class: "dots dots-eval" }, svg);
+      if ((s.kind === "eval" || s.kind === "evaluation") && s.points.length <= 400) {
+        const dots = el("g", { class: `dots dots-${s.kind}`, "data-label": s.label }, svg);
         for (const [x, y] of s.points) {
           const dot = el("circle", { cx: sx(x), cy: sy(y), r: 3 }, dots);
           if (s.colour) dot.style.fill = s.colour;
