@@ -16,8 +16,8 @@ healthy loopback endpoint (``endpoints.py``, its own process) as the one sink:
   seconds from the first save on.
 
 For each save: the time inside ``on_save`` (training thread), the time from the start of ``on_save`` to the
-record's commit (``_store_record`` returning, in the background) and to its arrival at the endpoint. Then
-``import``: checkpoints recorded per second from a directory of ``--import-count`` Trainer checkpoints.
+record's commit (``Bookkeeper.store_record`` returning, in the background) and to its arrival at the endpoint.
+Then ``import``: checkpoints recorded per second from a directory of ``--import-count`` Trainer checkpoints.
 
 ``--storage`` (issue 15) measures instead ``tiny`` and ``500 MB`` each with storage off and on
 (``storage="s3://..."`` on a local moto S3 server, ``tests/s3_server.py``), and the time from the start of
@@ -150,7 +150,7 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
     recorder = callback.recorder
     durable_at: dict[int, float] = {}
     uploaded_at: dict[int, float] = {}
-    store_record, store_put = recorder._store_record, recorder.store.put
+    store_record, store_put = recorder.books.store_record, recorder.store.put
 
     def stamped(record: Any, *args: Any, **options: Any) -> Any:
         stored = store_record(record, *args, **options)
@@ -165,7 +165,7 @@ def run_case(case: Case, workdir: Path, endpoints: Endpoints, log: LibraryLog, i
             uploaded_at.setdefault(record.training.step, time.monotonic())
         return stored
 
-    recorder._store_record = stamped  # type: ignore[method-assign]
+    recorder.books.store_record = stamped  # type: ignore[method-assign]
     recorder.store.put = stamped_put  # type: ignore[method-assign]
     args = TrainingArguments(output_dir=str(output), report_to=[], save_strategy="steps")
     history = [{"loss": 1.0 / (i + 1), "step": i, "epoch": i / 1000} for i in range(case.history)]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 #: A plain evaluation script: reads the checkpoint's weights and reports numbers derived from them, as
@@ -69,15 +67,6 @@ def start_evaluate(*args: str, env: dict[str, str] | None = None) -> subprocess.
         text=True,
         env={**os.environ, **(env or {})},
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 120.0, what: str = "the condition") -> None:
-    """Poll ``condition`` until it holds, at most ``timeout`` seconds (a loaded machine is slow, not wrong)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def runs_logged(log: Path) -> list[str]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 import threading
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from waiting import wait_until
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Reply:
     hang: bool = False
     #: The status line's reason phrase; None for the standard one.
     reason: str | None = None
+    #: Seconds the server takes to answer (cut short when it stops).
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class Receiver:
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
+        #: Set whenever a request arrives.
+        self._arrived = threading.Event()
+        #: Connections accepted and not closed yet.
+        self._handling = 0
         self._server: ThreadingHTTPServer | None = None
 
     # -- what arrived --------------------------------------------------------------------------------
@@ -99,10 +108,23 @@ class Receiver:
                 assert seen.setdefault(key, request.payload) == request.payload, f"two payloads for {key}"
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.accepted()) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.accepted()
+        """The accepted requests once there are ``count`` (fails the test if they do not come in time)."""
+        return wait_until(
+            lambda: len(self.accepted()) >= count and self.accepted(),
+            timeout,
+            lambda: f"{len(self.accepted())} of {count} requests accepted by {self.url}",
+            wake=self._arrived,
+        )
+
+    def quiet(self) -> bool:
+        """Whether no request is in hand or waiting to be accepted: once every client is gone, nothing
+        else can arrive."""
+        server = self._server
+        if server is None:
+            return True
+        with self._lock:
+            handling = self._handling
+        return not handling and not select.select([server.socket], [], [], 0)[0]
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -135,6 +157,9 @@ class Receiver:
                             raw,
                         )
                     )
+                receiver._arrived.set()
+                if reply.delay:
+                    receiver._release.wait(reply.delay)
                 if reply.hang:
                     receiver._release.wait()
                     self.close_connection = True
@@ -151,8 +176,20 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with receiver._lock:
+                    receiver._handling += 1
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request: Any) -> None:
+                super().shutdown_request(request)
+                with receiver._lock:
+                    receiver._handling -= 1
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         if self.tls is not None:
             # Handshake in the handler thread (on first read), so a client that gives up mid-handshake

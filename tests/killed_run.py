@@ -22,7 +22,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "
 
 from transformers import TrainerCallback  # noqa: E402
 
-from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder  # noqa: E402
+from checkpoint_records import CheckpointRecordCallback  # noqa: E402
+from checkpoint_records.bookkeeper import Bookkeeper  # noqa: E402
 from trainer_runs import tiny_trainer  # noqa: E402
 
 
@@ -49,14 +50,14 @@ class RaiseAt(TrainerCallback):
 
 def hold_records_from(step: int) -> None:
     """Block the background thread before it stores the record of a save at ``step`` or later."""
-    store_record = CheckpointRecorder._store_record
+    store_record = Bookkeeper.store_record
 
-    def held(self: CheckpointRecorder, record: Any, **options: Any) -> Any:
+    def held(self: Bookkeeper, record: Any, **options: Any) -> Any:
         if record.training.step >= step:
             threading.Event().wait()  # forever: the process is killed meanwhile
         return store_record(self, record, **options)
 
-    CheckpointRecorder._store_record = held  # type: ignore[method-assign]
+    Bookkeeper.store_record = held  # type: ignore[method-assign]
 
 
 def main() -> None:

@@ -3,16 +3,16 @@
 Usage: launched_run.py OUTPUT_DIR [--save-on-each-node] [--late-rank R] [--dataloader-workers N]
                                   [--kill-after-save STEP] [--resume]
 
---late-rank R gives rank R a slow disk: it writes its ``rng_state_R.pth`` a second after the others
-reached ``on_save`` (the Trainer has no collective between writing its files and ``on_save``).
+--late-rank R gives rank R a slow disk: it writes its ``rng_state_R.pth`` only after the others reached
+``on_save`` (the Trainer has no collective between writing its files and ``on_save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "examples")]
 
@@ -21,15 +21,34 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 from checkpoint_records import CheckpointRecordCallback  # noqa: E402
 from killed_run import KillAfterSave  # noqa: E402
 from trainer_runs import tiny_trainer  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 
-def make_rank_late(rank: int) -> None:
-    """Rank ``rank`` writes its RNG state, its last file of each checkpoint, a second late."""
+class ReachedSave(TrainerCallback):
+    """Leaves a mark in ``marks`` when a rank reaches ``on_save`` (before the records' barrier)."""
+
+    def __init__(self, marks: Path) -> None:
+        self.marks = marks
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.marks.mkdir(exist_ok=True)
+        (self.marks / f"{state.global_step}-{args.process_index}").touch()
+
+
+def make_rank_late(rank: int, marks: Path) -> None:
+    """Rank ``rank`` writes its RNG state, its last file of each checkpoint, only once every other rank
+    has reached ``on_save`` (:class:`ReachedSave`)."""
     save_rng_state = Trainer._save_rng_state
 
     def late(self: Trainer, output_dir: str) -> None:
         if self.args.process_index == rank:
-            time.sleep(1.0)
+            others = {index for index in range(self.args.world_size) if index != rank}
+            step = self.state.global_step
+            wait_until(
+                lambda: all((marks / f"{step}-{index}").exists() for index in others),
+                120,
+                f"ranks {sorted(others)} never reached on_save at step {step}",
+            )
         save_rng_state(self, output_dir)
 
     Trainer._save_rng_state = late  # type: ignore[method-assign]
@@ -46,7 +65,9 @@ def main() -> None:
     options = parser.parse_args()
     callbacks: list[TrainerCallback] = [CheckpointRecordCallback()]
     if options.late_rank is not None:
-        make_rank_late(options.late_rank)
+        marks = Path(options.output_dir).parent / "reached-save"
+        make_rank_late(options.late_rank, marks)
+        callbacks.insert(0, ReachedSave(marks))
     if options.kill_after_save:
         callbacks.append(KillAfterSave(options.kill_after_save))
     trainer = tiny_trainer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 import requests
 
 from http_server import free_port
+from waiting import wait_until
 
 STARTUP_SECONDS = 60.0
 
@@ -52,19 +52,17 @@ def serving(
             [*command, "--store", str(store), *args], stdout=output, stderr=subprocess.STDOUT, env=env
         )
     registry = Registry(f"http://127.0.0.1:{port}", token, store, log, process)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}: {log.read_text()}")
+        try:
+            return registry.get("/openapi.json").status_code == 200
+        except requests.ConnectionError:
+            return False
+
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}: {log.read_text()}")
-            try:
-                if registry.get("/openapi.json").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer within {STARTUP_SECONDS}s: {log.read_text()}")
-            time.sleep(0.1)
+        wait_until(answers, STARTUP_SECONDS, lambda: f"the server did not answer: {log.read_text()}")
         yield registry
     finally:
         process.terminate()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
 from http_server import free_port
+from waiting import wait_until
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -29,17 +29,23 @@ class MotoServer:
         self._process = subprocess.Popen(
             command, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self._process.returncode}")
+        process = self._process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {process.returncode}")
             try:
                 requests.get(f"{self.endpoint}/moto-api/", timeout=1)
-                return self
+                return True
             except requests.ConnectionError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto_server did not answer on {self.endpoint} within {timeout}s")
+                return False
+
+        try:
+            wait_until(answers, timeout, f"moto_server did not answer on {self.endpoint}")
+        except Exception:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self._process is None:

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,14 @@ from checkpoint_records import (
     RecordStore,
     Sink,
 )
+from checkpoint_records.bookkeeper import Bookkeeper
 from checkpoint_records.build import DIRECTORY_GONE
 from checkpoint_records.callback import checkpoint_directory
 from checkpoint_records.logs import set_strict
 from checkpoint_records.record import CheckpointRecord
 from tiny import tiny_model
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 
 def files_on_disk(directory: Path) -> dict[str, int]:
@@ -134,13 +135,13 @@ def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_fa
     """The Trainer calls ``on_save`` after writing the checkpoint: one that ``save_total_limit`` removed
     before the background thread got to it was rotated away, not a failed save."""
     ended = threading.Event()
-    record_save = CheckpointRecorder._record_save
+    record_save = Bookkeeper.record_save
 
-    def held(self: CheckpointRecorder, save: Any) -> None:
+    def held(self: Bookkeeper, save: Any) -> CheckpointRecord:
         ended.wait(60)  # until training ends: checkpoint-2 and checkpoint-4 are rotated away meanwhile
-        record_save(self, save)
+        return record_save(self, save)
 
-    monkeypatch.setattr(CheckpointRecorder, "_record_save", held)
+    monkeypatch.setattr(Bookkeeper, "record_save", held)
 
     class EndOfTraining(TrainerCallback):
         def on_train_end(self, *args: Any, **kwargs: Any) -> None:
@@ -167,9 +168,7 @@ def test_a_loop_recording_a_directory_that_does_not_exist_gets_a_failed_record(
 ) -> None:
     """A loop's ``record()`` may name a directory that was never written: that save failed."""
     with CheckpointRecorder() as recorder:
-        recorder.record(tmp_path / "never-written", step=7, epoch=1.0, train_loss=1.5)
-        assert recorder.drain()
-        record = recorder.last_record
+        record = recorder.record(tmp_path / "never-written", step=7, epoch=1.0, train_loss=1.5).result(60)
     assert record is not None and record.status.status == "failed"
     assert record.training.inference_ready is False and record.training.train_loss == 1.5
 
@@ -204,9 +203,9 @@ def test_a_failing_sink_never_reaches_training_is_logged_once_and_keeps_the_reco
     trainer.train()  # must not raise
     assert trainer.state.global_step == 6
     store = RecordStore(isolated_store)
-    deadline = time.monotonic() + 30
-    while sum(d.attempts for d in store.outbox.deliveries()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the background lane fails at least twice...
+    wait_until(  # the background lane fails at least twice...
+        lambda: sum(d.attempts for d in store.outbox.deliveries()) >= 2, 30, "the sink was not tried twice"
+    )
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "sink exploded" in r.message]
     assert len(warnings) == 1 and "broken://sink" in warnings[0].message  # ...and says so once
     assert {delivery.state for delivery in store.outbox.deliveries()} == {"pending"}

@@ -21,6 +21,7 @@ from checkpoint_records.store import Delivery
 from commands import cli, killed_run
 from http_server import Receiver, Reply, always, first_then
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 NAMES = {"out-checkpoint-2", "out-checkpoint-4", "out-checkpoint-6"}
 
@@ -35,9 +36,9 @@ def train(tmp_path: Path, *sinks: HttpSink, flush_timeout: float = 5.0) -> Check
 
 def deliveries(store: Path, settled: bool = False) -> list[Delivery]:
     """The outbox; with ``settled``, once the background lanes have written down what they did."""
-    deadline = time.monotonic() + 30
-    while settled and RecordStore(store).outbox.counts()["pending"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    if settled:
+        outbox = RecordStore(store).outbox
+        wait_until(lambda: not outbox.counts()["pending"], 30, "deliveries still pending in the outbox")
     return RecordStore(store).outbox.deliveries()
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -33,6 +34,7 @@ from checkpoint_records.sinks.transport import retry_after_seconds
 from commands import cli
 from http_server import Received, Receiver, Reply, first_then
 from records_factory import make_record
+from waiting import wait_until
 
 
 def queued(home: Path, sink: HttpSink, steps: range) -> RecordStore:
@@ -244,12 +246,15 @@ def test_a_bad_retry_after_neither_hot_loops_nor_strands_the_record(
         store = queued(isolated_store, sink, range(1, 3))
         worker = DeliveryWorker(store, [sink])
         worker.start()
-        time.sleep(1.5)
-        assert len(receiver.requests) <= 4  # backoff 0.25-0.5 s, then 0.5-1 s: a hot loop makes hundreds
         result = worker.flush(20)
         worker.close()
     assert result.pending == 0 and {d.state for d in store.outbox.deliveries()} == {"delivered"}
     assert len(receiver.accepted()) == 2
+    # Four refusals, each followed by a pause of at least the first backoff (0.25-0.5 s), never less: a hot
+    # loop would send the next request within milliseconds.
+    sent = [request.at for request in receiver.requests[:5]]
+    assert [request.status for request in receiver.requests[:5]] == [503, 503, 503, 503, 200]
+    assert min(later - earlier for earlier, later in pairwise(sent)) >= 0.2, sent
 
 
 class Trickler:
@@ -292,7 +297,7 @@ class Trickler:
                     if self.stopping.is_set() or time.time() - started > self.lasting:
                         break
                     connection.sendall(bytes([byte]))
-                    time.sleep(self.pace)
+                    self.stopping.wait(self.pace)
             except OSError:
                 pass  # the client cut it: what the deadline is for
         self.requests[index] = (started, time.time())
@@ -331,20 +336,19 @@ def test_no_other_process_can_claim_a_record_while_it_is_being_sent(
         store = queued(isolated_store, sink, range(1, 2))
         worker = DeliveryWorker(store, [sink])
         worker.start()
-        deadline = time.monotonic() + 10
-        while not server.requests and time.monotonic() < deadline:
-            time.sleep(0.02)
-        other, claimed_at = RecordStore(isolated_store), None  # a second process, polling for work
-        deadline = time.monotonic() + 6
-        while claimed_at is None and time.monotonic() < deadline:
+        wait_until(lambda: server.requests, 30, "the lane never sent")
+        other, claims = RecordStore(isolated_store), []  # a second process, polling for work
+
+        def claimed_or_sent() -> bool:
             if other.outbox.claim_due(sink.key, "otherhost/1/x", 10.0, 10):
-                claimed_at = time.time()
-            time.sleep(0.05)
+                claims.append(time.time())
+            return bool(claims) or server.requests[0][1] != math.inf
+
+        wait_until(claimed_or_sent, 30, "the first send never ended")
         worker.close()
         other.close()
-    assert server.requests, "the lane never sent"
     first_start, first_end = server.requests[0]
-    assert claimed_at is None or claimed_at > first_end, (claimed_at - first_start, first_end - first_start)
+    assert not claims or claims[0] > first_end, (claims[0] - first_start, first_end - first_start)
 
 
 class Unrenderable(WireFormat):

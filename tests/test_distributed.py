@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from checkpoint_records import CheckpointRecorder, RecordStore
 from checkpoint_records.record import CheckpointRecord
 from http_server import Receiver, Reply, first_then, free_port
+from waiting import wait_until
 
 TESTS = Path(__file__).resolve().parent
 LAUNCHED_RUN = TESTS / "launched_run.py"
@@ -97,9 +97,10 @@ def files_on_disk(directory: str) -> set[str]:
 
 
 def delivered_once(receiver: Receiver, count: int) -> list[dict[str, object]]:
-    """Waits for ``count`` records, then checks nothing else arrives: every request, one record, once."""
+    """Waits for ``count`` records and for the receiver to be quiet (the runs have exited: nothing else
+    can arrive), then checks every request was one record, once."""
     receiver.wait_for(count)
-    time.sleep(0.5)
+    wait_until(receiver.quiet, 30, "the receiver still handles a request of a run that has exited")
     assert len(receiver.requests) == count, [r.payload["metadata"]["name"] for r in receiver.requests]
     receiver.assert_idempotent()
     payloads = receiver.accepted_payloads()
@@ -114,7 +115,7 @@ def delivered_once(receiver: Receiver, count: int) -> list[dict[str, object]]:
 def test_two_processes_record_each_checkpoint_once_after_every_rank_wrote_it(
     tmp_path: Path, isolated_store: Path
 ) -> None:
-    """Rank 1 writes its rng_state_1.pth a second after rank 0 reached on_save; DataLoader workers fork."""
+    """Rank 1 writes its rng_state_1.pth only after rank 0 reached on_save; DataLoader workers fork."""
     with Receiver() as receiver:
         run = launch(
             accelerate_launch(),
@@ -291,15 +292,13 @@ def test_a_forked_child_never_sends(tmp_path: Path, isolated_store: Path) -> Non
     with Receiver(first_then(1, Reply(503, b"", {"Retry-After": "2"}))) as receiver:
         recorder = CheckpointRecorder(sinks=[receiver.url], flush_timeout=10)
         recorder.record(directory, step=1)
-        deadline = time.monotonic() + 10
-        while not receiver.requests and time.monotonic() < deadline:  # refused: the lane now waits 2 s
-            time.sleep(0.02)
+        wait_until(lambda: receiver.requests, 30, "the record was never sent")  # refused: the lane waits 2 s
         assert len(receiver.requests) == 1
         child = os.fork()
         if child == 0:  # pragma: no cover - the child's coverage is not collected
             code = 1
             try:
-                recorder.start_delivery()
+                recorder.books.start_delivery()
                 recorder.delivery.wake()
                 recorder.close()
                 code = 0

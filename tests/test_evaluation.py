@@ -27,13 +27,13 @@ from evaluators import (
     pid_alive,
     runs_logged,
     start_evaluate,
-    wait_until,
     write_script,
 )
 from http_server import Receiver
 from registry_server import serving
 from schema_files import validate
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 TOKEN = "registry-token-e5a1"
 SECRET = "api-secret-7d2f19c4"
@@ -219,7 +219,7 @@ def test_a_worker_killed_mid_evaluation_leaves_only_that_one_to_run_again(run: R
     args = ("--store", str(store_dir), "--name", "plain", "--command", plain(run))
     worker = start_evaluate(*args, env=env)
     try:
-        wait_until(lambda: len(runs_logged(log)) == 1, what="the evaluator starting under the worker")
+        wait_until(lambda: len(runs_logged(log)) == 1, 120, "the evaluator never started under the worker")
         evaluator_pid = int(log.read_text().split()[1])
         worker.send_signal(signal.SIGKILL)
         worker.wait(60)
@@ -227,7 +227,7 @@ def test_a_worker_killed_mid_evaluation_leaves_only_that_one_to_run_again(run: R
         if worker.poll() is None:
             worker.kill()
             worker.wait(60)
-    wait_until(lambda: not pid_alive(evaluator_pid), what="the evaluator dying with its worker")
+    wait_until(lambda: not pid_alive(evaluator_pid), 120, "the evaluator did not die with its worker")
     killed_in = runs_logged(log)[0]
     go.touch()
     again = evaluate(*args, "--once", env=env)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from checkpoint_records import CheckpointRecordCallback, RecordStore, collect, recorder
+from checkpoint_records import CheckpointRecordCallback, RecordStore, bookkeeper, collect
 from checkpoint_records.logs import set_strict
 from records_factory import make_record
 from trainer_runs import tiny_trainer
@@ -45,7 +45,7 @@ def test_hooks_never_touch_the_store_or_the_disk_even_with_the_store_locked(
         return watched
 
     monkeypatch.setattr(RecordStore, "_connection", watch("SQLite", RecordStore._connection))
-    monkeypatch.setattr(recorder, "scan_checkpoint", watch("scan", collect.scan_checkpoint))
+    monkeypatch.setattr(bookkeeper, "scan_checkpoint", watch("scan", collect.scan_checkpoint))
     callback = CheckpointRecordCallback(flush_timeout=30)
     for hook in ("on_train_begin", "on_log", "on_save"):
         original = getattr(callback, hook)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from commands import cli, killed_run
 from http_server import Received, Receiver, Reply, always, free_port
 from records_factory import make_record
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 STATUS = "checkpoint_records.status"
 #: Runs wait for delivery before they exit: on a busy machine the server may take more than 5 s.
@@ -51,17 +51,16 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.poll() is None, (home / "server.log").read_text()[-2000:]
+        try:
+            return requests.get(f"{url}/health", timeout=1).ok
+        except requests.RequestException:
+            return False
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (home / "server.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start within 120 s"
-            time.sleep(0.25)
+        wait_until(healthy, 120, "the mlflow server did not start")
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -27,9 +27,7 @@ def test_link_loops_and_names_that_are_not_utf8_are_recorded_listed_and_delivere
         odd.write(b"12345")
     caplog.set_level(logging.WARNING, logger="checkpoint_records")
     with Receiver() as receiver, CheckpointRecorder(sinks=[receiver.url]) as recorder:
-        recorder.record(checkpoint, step=1, train_loss=0.5)
-        recorder.drain()
-        record = recorder.last_record
+        record = recorder.record(checkpoint, step=1, train_loss=0.5).result(60)
         assert record is not None
         assert recorder.delivery.flush(10).pending == 0
     files = {entry.path: entry.size for entry in record.status.files}

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from checkpoint_records.store import RecordStore
 from http_server import Receiver, Reply, free_port
 from records_factory import make_record
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,17 +55,23 @@ def serve(store: Path, *tokens: str) -> tuple[subprocess.Popen[bytes], str]:
         command += ["--token", token]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.communicate()[1].decode()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{base}/login", timeout=1):
-                return process, base
+                return True
         except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"the server did not start: {process.communicate()[1].decode()[-2000:]}")
+            return False
+
+    try:
+        wait_until(answers, 30, "the server did not answer")
+    except AssertionError:
+        process.kill()
+        process.wait()
+        raise
+    return process, base
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -304,9 +310,10 @@ def test_the_page_follows_a_running_job_without_reload(
     server: str, runs: Path, page: Any, tmp_path: Path
 ) -> None:
     pause = PauseAtSave()
+    callback = CheckpointRecordCallback(store=runs, job_name="live-run")
     trainer = tiny_trainer(
         tmp_path / "live",
-        [CheckpointRecordCallback(store=runs, job_name="live-run"), pause],
+        [callback, pause],
         max_steps=4,
         eval_steps=2,
     )
@@ -314,11 +321,8 @@ def test_the_page_follows_a_running_job_without_reload(
     training.start()
     try:
         assert pause.saved.wait(timeout=60)
-        store = RecordStore(runs)
-        for _ in range(300):  # the record is written off the training thread, just after the save
-            if any(s.record.metadata.job_name == "live-run" for s in store.records()):
-                break
-            time.sleep(0.1)
+        assert callback.recorder.latest is not None
+        callback.recorder.latest.result(60)  # the record is written off the training thread, after the save
         page.goto(server + "/jobs/" + job_of(runs, "live-run"))
         assert "Running" in page.locator("h1 .status").inner_text()
         assert page.locator("table.checkpoints tbody tr").count() == 1

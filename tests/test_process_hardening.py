@@ -13,6 +13,7 @@ from checkpoint_records import CheckpointRecordCallback, RecordStore
 from commands import TESTS, cli
 from http_server import Received, Receiver, Reply
 from trainer_runs import tiny_trainer
+from waiting import wait_until
 
 
 def open_files() -> int:
@@ -28,7 +29,7 @@ def test_training_five_times_in_one_process_leaves_no_thread_or_file_behind(
         for run in range(5):  # a notebook: a new Trainer and callback for each cell run
             callback = CheckpointRecordCallback(sinks=[receiver.url, f"training-job+{jobs_url}"])
             tiny_trainer(tmp_path / f"out-{run}", [callback]).train()
-            time.sleep(0.2)  # the server's handler threads see the connections close
+            wait_until(receiver.quiet, 30, "the server's handler threads did not see the connections close")
             counts.append((threading.active_count(), open_files()))
         assert len(receiver.accepted()) >= 5 * 3
     assert counts == [counts[0]] * 5, counts
@@ -41,8 +42,7 @@ def test_a_flush_beside_a_training_process_takes_over_when_it_exits_and_sends_no
 
     def slow(index: int, request: Received) -> Reply:
         arrivals.append(time.monotonic())
-        time.sleep(1.0)
-        return Reply()
+        return Reply(delay=1.0)
 
     with Receiver(slow) as receiver:
         env = {
@@ -58,11 +58,12 @@ def test_a_flush_beside_a_training_process_takes_over_when_it_exits_and_sends_no
             text=True,
         )
         try:
-            store, deadline = RecordStore(isolated_store), time.monotonic() + 120
-            while time.monotonic() < deadline and training.poll() is None:
-                if arrivals and len(store.records()) == 3:  # saved all, still delivering
-                    break
-                time.sleep(0.05)
+            store = RecordStore(isolated_store)
+            wait_until(  # saved all, still delivering (or ended: said below)
+                lambda: (arrivals and len(store.records()) == 3) or training.poll() is not None,
+                120,
+                "the training process never saved its three checkpoints",
+            )
             store.close()
             assert arrivals and training.poll() is None, "the training process never delivered"
             started = time.monotonic()

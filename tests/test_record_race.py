@@ -40,7 +40,7 @@ job = recorder.job_for(sys.argv[1], None)
 print("ready", flush=True)
 for line in sys.stdin:
     step = int(line)
-    recorder._move_best(job, Best(step, "eval_loss", 1.0 / step), None, None)
+    recorder.books.move_best(job, Best(step, "eval_loss", 1.0 / step), None, None)
     print("done", flush=True)
 recorder.store.close()
 """
@@ -88,7 +88,7 @@ def best_marker(
     """Marks a step best: the recorder's own best-marking, here or in a second process on the same store."""
     job = recorder.job_for(str(run), None)
     if not elsewhere:
-        yield lambda step: recorder._move_best(job, Best(step, "eval_loss", 1.0 / step), None, None)
+        yield lambda step: recorder.books.move_best(job, Best(step, "eval_loss", 1.0 / step), None, None)
         return
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(
@@ -135,14 +135,12 @@ def test_rotation_best_and_upload_revising_one_record_at_once_lose_nothing(
         lost: list[str] = []
         for step in range(EARLIER + 1, EARLIER + ITERATIONS + 1):
             directory = checkpoint(run, step)
-            recorder.record(directory, step=step)
-            assert recorder.drain(60)
-            record = recorder.last_record
+            record = recorder.record(directory, step=step).result(60)
             assert record is not None and record.training.step == step
 
             def rotate(directory: Path = directory) -> None:
                 shutil.rmtree(directory)
-                recorder.record_rotations()
+                recorder.books.record_rotations()
 
             def upload() -> None:
                 recorder.uploads.start = uploading  # type: ignore[method-assign]

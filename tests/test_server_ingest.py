@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from commands import cli
 from records_factory import make_record
 from registry_server import Registry, serving
 from schema_files import validate
+from waiting import wait_until
 
 TOKEN = "ingest-token-77ab"
 
@@ -215,10 +215,7 @@ def test_a_full_write_queue_answers_429_with_retry_after(tmp_path: Path) -> None
             target=lambda: first.append(client.post("/v1/records", content=make_record(2).to_json()))
         )
         waiting.start()
-        deadline = time.monotonic() + 30
-        while app.state.writer.waiting == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: app.state.writer.waiting, 30, "the first record never reached the writer")
         busy = client.post("/v1/records", content=make_record(4).to_json())
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
         assert busy.headers["content-type"] == "application/problem+json"

@@ -46,9 +46,7 @@ def checkpoint_of(directory: Path, size: int, *names: str) -> Path:
 
 def recorded(recorder: CheckpointRecorder, directory: Path, **save: Any) -> CheckpointRecord | None:
     """``recorder.record(...)``, then the record once the recorder's thread has stored it."""
-    recorder.record(directory, **save)
-    recorder.drain()
-    return recorder.last_record
+    return recorder.record(directory, **save).result(60)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +200,7 @@ def test_training_goes_on_while_the_endpoint_is_down_and_rotated_checkpoints_upl
         try:
             boto3.client("s3", endpoint_url=down.endpoint).create_bucket(Bucket="later")
             assert callback.recorder.uploads.flush(60) == 0
-            callback.recorder.start_delivery()  # training has ended: what is left goes out as a flush sends it
+            callback.recorder.books.start_delivery()  # training has ended: what is left goes out as a flush sends it
             assert callback.recorder.delivery.flush(30).pending == 0
             client = boto3.client("s3", endpoint_url=down.endpoint)
             for item in store.records():
@@ -424,7 +422,7 @@ def test_mirror_retention_keeps_the_best_checkpoint(
         for path in checkpoint.iterdir():
             path.unlink()
         checkpoint.rmdir()
-        recorder.record_rotations()
+        recorder.books.record_rotations()
         lane_cycles(recorder)
         final = recorder.store.get(record.id)
     assert final is not None and final.record.status.status == "deleted"

@@ -3,9 +3,12 @@
 Where things are:
 
 - the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
-- built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` hand each save to the recorder's own
-  thread (``background.py``), which reads the directory (``collect.py``, ``readiness.py``,
-  ``history.py``) and builds the record (``build.py``); ``recovery.py`` rebuilds missed ones from disk.
+- built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
+  hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
+  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
+  ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
+  the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
+  reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
@@ -24,7 +27,8 @@ Where things are:
   command, ``results.py`` reads the metrics and revises the record, ``worker.py`` ties them together).
 - served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
   ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
-  signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere.
+  signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere;
+  ``page/``, its web page, is given the server's ``Auth`` (it never imports the server).
 - configured: ``settings.py``: ``Settings`` is the one table of every ``CHECKPOINT_RECORDS_*`` setting
   (argument, variable, parser, default, help), resolved once for the callback, the recorder, every
   command, the server and the storage; MLflow's own variables are read there too (``mlflow_environment``).

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .distributed import trainer_role, wait_for_everyone
+from .handoff import Begin, BestSoFar, Save, base_model_name
 from .job import JobIdentity
 from .logs import never_raises
 from .record import CheckpointRecord
-from .recorder import Begin, BestSoFar, CheckpointRecorder, Save, base_model_name
+from .recorder import CheckpointRecorder
 from .settings import Overrides, Settings
 
 if TYPE_CHECKING:
@@ -58,9 +59,15 @@ class CheckpointRecordCallback(TrainerCallback):
 
     @property
     def last_record(self) -> CheckpointRecord | None:
-        """The record of the latest save, once stored (waits, bounded, for the background to get there)."""
-        self.recorder.drain()
-        return self.recorder.last_record
+        """The record of the latest save, once stored: waits for it up to ``flush_timeout``; None if there is
+        none (yet), or if storing it failed (that failure is logged)."""
+        saved = self.recorder.latest
+        if saved is None:
+            return None
+        try:
+            return saved.result(self.recorder.flush_timeout)
+        except Exception:  # not stored in time, or not at all: said in the log, never raised to a reader
+            return None
 
     def _should_record(self, args: TrainingArguments, state: TrainerState) -> bool:
         return trainer_role(args, state).records(self.recorder.record_every_node)

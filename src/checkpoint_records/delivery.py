@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .countdown import Countdown
 from .identity import idempotency_key
 from .lane import Lane, backoff
 from .logs import warn_once
@@ -189,39 +190,48 @@ class DeliveryWorker:
             for lane in self._lanes:
                 lane.wake()
 
-    def flush(self, timeout: float, on_progress: Callable[[int], None] | None = None) -> FlushResult:
+    def flush(
+        self,
+        timeout: float,
+        on_progress: Callable[[int], None] | None = None,
+        since: tuple[int, int] | None = None,
+    ) -> FlushResult:
         """Wait up to ``timeout`` seconds for every pending delivery to these sinks to settle.
 
-        ``on_progress`` is called with the number still pending each time it is checked.
+        ``on_progress`` is called with the number still pending each time it is checked. The result counts
+        what was delivered and dead since :meth:`totals` said ``since`` (default: since this call).
         """
         keys = [sink.key for sink in self.sinks]
         if not self.running:
             return FlushResult(0, 0, self.store.outbox.counts(keys)["pending"] if keys else 0)
-        delivered, dead = self._totals()
-        deadline = time.monotonic() + timeout
+        delivered, dead = since or self.totals()
+        countdown = Countdown(timeout)
         self.wake()
         pending = self.store.outbox.counts(keys)["pending"]
-        while pending and time.monotonic() < deadline and any(lane.is_alive() for lane in self._lanes):
-            self._settled.wait(min(0.05, max(deadline - time.monotonic(), 0.0)))
+        while pending and countdown.left() and any(lane.is_alive() for lane in self._lanes):
+            self._settled.wait(min(0.05, countdown.left()))
             self._settled.clear()
             pending = self.store.outbox.counts(keys)["pending"]
             if on_progress is not None:
                 on_progress(pending)
-        now_delivered, now_dead = self._totals()
+        now_delivered, now_dead = self.totals()
         return FlushResult(now_delivered - delivered, now_dead - dead, pending)
 
-    def _totals(self) -> tuple[int, int]:
+    def totals(self) -> tuple[int, int]:
+        """Deliveries this worker's lanes settled so far: delivered, dead."""
         return sum(lane.delivered for lane in self._lanes), sum(lane.dead for lane in self._lanes)
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the lanes; each writes down what it sent and releases its claims. One in the middle of a
-        slow request finishes it (within the sink's deadline) and settles it then, or at exit."""
+        """Stop the lanes, waiting up to ``timeout`` for them all; each writes down what it sent and releases
+        its claims. One in the middle of a slow request finishes it (within the sink's deadline) and
+        settles it then, or at exit."""
         if not self._here():
             return
         for lane in self._lanes:
             lane.stop()
+        countdown = Countdown(timeout)
         for lane in self._lanes:
-            lane.join(timeout)
+            lane.join(countdown.left())
         for sink in self.sinks:
             sink.close()
         self._lanes = []

@@ -20,6 +20,7 @@ import random
 import threading
 import time
 
+from .countdown import Countdown
 from .logs import logger, warn_once
 from .store import Lease, LeaseQueue, RecordStore, claim_owner
 
@@ -139,9 +140,9 @@ def _stop_lanes_at_exit() -> None:
     lanes = list(_running)
     for lane in lanes:
         lane.stop()
-    deadline = time.monotonic() + EXIT_JOIN
+    countdown = Countdown(EXIT_JOIN)
     for lane in lanes:
-        lane.join(max(deadline - time.monotonic(), 0.0))
+        lane.join(countdown.left())
         if (
             lane.is_alive()
         ):  # stuck on a request or a file: it dies with the process, its claims need not lapse

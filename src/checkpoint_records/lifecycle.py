@@ -19,31 +19,37 @@ import threading
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .job import JobStatus, progressed
 from .logs import logger
 from .store import RecordStore, owner_is_alive
 
-if TYPE_CHECKING:
-    from .recorder import CheckpointRecorder
 
-_running: weakref.WeakSet[CheckpointRecorder] = weakref.WeakSet()
+class Running(Protocol):
+    """What this module needs of a recorder running a job (so it needs no recorder of its own)."""
+
+    def end(self, status: JobStatus, step: int | None = None) -> None: ...
+
+    def flush(self) -> Any: ...
+
+
+_running: weakref.WeakSet[Running] = weakref.WeakSet()
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 
 
-def track(recorder: CheckpointRecorder) -> None:
+def track(recorder: Running) -> None:
     """``recorder`` runs a job now: report its end if the process stops first."""
     _install_hooks()
     _running.add(recorder)
 
 
-def untrack(recorder: CheckpointRecorder) -> None:
+def untrack(recorder: Running) -> None:
     _running.discard(recorder)
 
 
-def tracked(recorder: CheckpointRecorder) -> bool:
+def tracked(recorder: Running) -> bool:
     return recorder in _running
 
 

@@ -22,11 +22,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..server.auth import SESSION_COOKIE, Auth
 from ..storage import live_upload_status, live_upload_statuses
 from . import views
 
 if TYPE_CHECKING:
+    from ..server.auth import Auth  # the server passes its own in: the page never imports the server
     from ..store import CheckpointStats, RecordStore, StoredJob
 
 SECURITY_HEADERS = {
@@ -100,9 +100,10 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         lstrip_blocks=True,
     )
     templates.globals["asset"] = assets.url
+    cookie = auth.session_cookie
 
     def page(name: str, request: Request, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("signed_in", SESSION_COOKIE in request.cookies)
+        context.setdefault("signed_in", cookie in request.cookies)
         html = templates.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 
@@ -245,7 +246,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             return page("login.html", request, status_code=401, next=target, failed=True, signed_in=False)
         response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
         response.set_cookie(
-            SESSION_COOKIE,
+            cookie,
             session,
             httponly=True,
             samesite="strict",
@@ -258,11 +259,11 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
     def logout(request: Request) -> Response:
         if not same_origin(request):
             return cross_origin()
-        session = request.cookies.get(SESSION_COOKIE)
+        session = request.cookies.get(cookie)
         if session:
             auth.close_session(session)
         response = RedirectResponse("/login", 303, headers=SECURITY_HEADERS)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(cookie, path="/", httponly=True, samesite="strict")
         return response
 
     return router

@@ -31,6 +31,9 @@ MAX_SESSIONS = 10_000
 class Auth:
     """The server's tokens and the page's sessions. With no tokens, everything is allowed."""
 
+    #: The cookie that carries a page session (the page sets it at login).
+    session_cookie = SESSION_COOKIE
+
     def __init__(self, tokens: Sequence[str] = (), session_seconds: float = SESSION_SECONDS) -> None:
         if any(not token.strip() for token in tokens):
             raise ConfigurationError(

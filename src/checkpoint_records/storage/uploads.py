@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..countdown import Countdown
 from ..lane import IDLE_POLL, Lane, backoff
 from ..logs import logger, warn_once
 from ..record import CheckpointRecord, utc_now_iso
@@ -293,11 +294,11 @@ class Uploads:
         self.wake()
         if self._lane is None:  # a fork: the lane runs in the parent
             return self.pending()
-        deadline = time.monotonic() + timeout
+        countdown = Countdown(timeout)
         lane = self._lane
         left = self.pending()
-        while (left or lane.busy) and time.monotonic() < deadline and lane.is_alive():
-            self.settled.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        while (left or lane.busy) and countdown.left() and lane.is_alive():
+            self.settled.wait(min(0.1, countdown.left()))
             self.settled.clear()
             left = self.pending()
         if left:
