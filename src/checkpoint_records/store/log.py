@@ -10,6 +10,8 @@ from typing import Any
 from ..history import LogEntry, downsample
 from .database import Database, marks
 
+_LOG_COLUMNS = ("job_id", "seq", "step", "loss", "eval_loss", "logged_at", "body")
+
 
 class JobLog(Database):
     """The ``log_entries`` table: a job's logged entries by position."""
@@ -20,8 +22,7 @@ class JobLog(Database):
             return
         with self.transaction(durable) as connection:
             connection.executemany(
-                "INSERT OR REPLACE INTO log_entries (job_id, seq, step, loss, eval_loss, logged_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                connection.dialect.replace_into("log_entries", _LOG_COLUMNS, ("job_id", "seq")),
                 [(job_id, e.seq, e.step, e.loss, e.eval_loss, e.logged_at, e.body()) for e in entries],
             )
 

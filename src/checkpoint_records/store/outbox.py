@@ -7,13 +7,13 @@ them; an outcome for a superseded revision changes nothing (the newer one stays 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .database import marks
+from .dialect import Connection
 from .leases import LeaseQueue
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -59,7 +59,7 @@ class Outcome:
 
 
 def queue_deliveries(
-    connection: sqlite3.Connection,
+    connection: Connection,
     sinks: Sequence[str],
     record_id: str,
     revision: int,
@@ -69,11 +69,12 @@ def queue_deliveries(
     """Queue ``revision`` of a document for ``sinks``, due now, in the caller's transaction; with
     ``replace`` False a sink that already has an entry keeps it (a sink added since is queued)."""
     now = time.time()
-    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    dialect = connection.dialect
+    columns = ("sink", "record_id", "revision", "state", "attempts", "next_attempt_at", "updated_at", "kind")
+    insert = dialect.replace_into("outbox", columns, ("sink", "record_id")) if replace else None
     connection.executemany(
-        f"{verb} INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at, updated_at, kind)"
-        " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
-        [(sink, record_id, revision, now, now, kind) for sink in sinks],
+        insert or dialect.insert_new("outbox", columns),
+        [(sink, record_id, revision, "pending", 0, now, now, kind) for sink in sinks],
     )
 
 
@@ -98,7 +99,7 @@ class Outbox(LeaseQueue):
         """The deliveries of each of ``record_ids`` (by sink), in one query: a page of checkpoints."""
         found: dict[str, list[Delivery]] = {record_id: [] for record_id in record_ids}
         rows = self.database.read().execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE record_id IN (SELECT value FROM json_each(?))"
+            f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE record_id IN ({self.database.dialect.listed()})"
             " ORDER BY sink",
             (json.dumps(list(record_ids)),),
         )

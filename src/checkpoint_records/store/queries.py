@@ -39,38 +39,27 @@ class JobSummary:
     last_updated_at: str | None
 
 
-#: The newest checkpoint of each job, and its newest one that is available and ready for inference.
-_NEWEST_AND_READY = """
-SELECT value,
-    (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
-    (SELECT body FROM records WHERE job_id = value AND json_extract(body, '$.status.status') = 'available'
-        AND json_extract(body, '$.status.metadata.inferenceReady') ORDER BY step DESC, id DESC LIMIT 1)
-FROM json_each(?)
-"""
-
-
 class Queries(Database):
     """Read-only queries for lists and pages."""
 
     def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
         """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
-        eval_loss = "json_extract(body, '$.status.metadata.evalLoss')"
-        only = "job_id = ?" if job_id is not None else "1"
+        dialect = self.dialect
+        eval_loss = dialect.json_number("body", "$.status.metadata.evalLoss")
+        only = "job_id = ?" if job_id is not None else "1 = 1"
         params = (job_id,) if job_id is not None else ()
         connection = self.read()
-        # SQLite gives the other columns of the row that holds MAX(step): the last eval loss.
         last_eval = {
             job: loss
             for job, loss, _ in connection.execute(
-                f"SELECT job_id, {eval_loss}, MAX(step) FROM records"
-                f" WHERE {only} AND {eval_loss} IS NOT NULL GROUP BY job_id",
-                params,
+                dialect.latest_per_job(eval_loss, f"{only} AND {eval_loss} IS NOT NULL"), params
             )
         }
         rows = connection.execute(
-            f"SELECT job_id, json_extract(body, '$.metadata.jobName'), COUNT(*),"
-            f" TOTAL(json_extract(body, '$.status.metadata.inferenceReady')), MIN({eval_loss}), MAX(step),"
-            f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
+            f"SELECT job_id, MIN({dialect.json_text('body', '$.metadata.jobName')}), COUNT(*),"
+            f" SUM(CASE WHEN {dialect.json_true('body', '$.status.metadata.inferenceReady')} THEN 1 ELSE 0 END),"
+            f" MIN({eval_loss}), MAX(step), MIN(created_at), MAX(updated_at) FROM records WHERE {only}"
+            " GROUP BY job_id",
             params,
         )
         return [
@@ -86,12 +75,13 @@ class Queries(Database):
     def jobs_named(self, text: str) -> list[str]:
         """The jobs ``text`` names, as ``list --job`` reads it: a job id, a job name, or a prefix of 4
         characters or more of an id."""
+        job_name = self.dialect.json_text("body", "$.metadata.jobName")
+        prefix = text if len(text) >= 4 else None  # an id prefix: 4 characters or more
         rows = self.read().execute(
-            "SELECT job_id FROM records WHERE job_id = ?1 OR json_extract(body, '$.metadata.jobName') = ?1"
-            " OR (length(?1) >= 4 AND substr(job_id, 1, length(?1)) = ?1)"
-            " UNION SELECT id FROM jobs WHERE id = ?1 OR name = ?1"
-            " OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1)",
-            (text,),
+            f"SELECT job_id FROM records WHERE job_id = ? OR {job_name} = ?"
+            " OR substr(job_id, 1, length(?)) = ?"
+            " UNION SELECT id FROM jobs WHERE id = ? OR name = ? OR substr(id, 1, length(?)) = ?",
+            (text, text, prefix, prefix, text, text, prefix, prefix),
         )
         return sorted(job_id for (job_id,) in rows)
 
@@ -121,7 +111,16 @@ class Queries(Database):
     ) -> dict[str, tuple[CheckpointRecord | None, CheckpointRecord | None]]:
         """For each of ``job_ids``: its highest-step checkpoint, and its highest-step one that is
         available and ready for inference (None when there is none); one query."""
-        rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
+        dialect = self.dialect
+        rows = self.read().execute(
+            "SELECT value,"
+            " (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),"
+            " (SELECT body FROM records WHERE job_id = value"
+            f" AND {dialect.json_text('body', '$.status.status')} = 'available'"
+            f" AND {dialect.json_true('body', '$.status.metadata.inferenceReady')}"
+            f" ORDER BY step DESC, id DESC LIMIT 1) FROM {dialect.each()}",
+            (json.dumps(job_ids),),
+        )
         return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
     def record_ids(self, job_id: str) -> list[str]:

@@ -4,7 +4,6 @@ idempotency keys of the requests that carried them, so a replayed request change
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Literal
 from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from .database import Database
+from .dialect import Connection
 from .documents import write_job, write_record
 
 #: How long a received idempotency key is remembered (a sender retries for far less).
@@ -112,7 +112,7 @@ _REUSED_KEY = Refused("reused key", "Idempotency-Key was already used for a diff
 
 
 def _held_by_another_job(
-    connection: sqlite3.Connection, documents: Sequence[CheckpointRecord | JobSnapshot]
+    connection: Connection, documents: Sequence[CheckpointRecord | JobSnapshot]
 ) -> str | None:
     """The id of the first record among ``documents`` that is stored under another job, if any."""
     for document in documents:
@@ -123,7 +123,7 @@ def _held_by_another_job(
     return None
 
 
-def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
+def _receive_record(connection: Connection, record: CheckpointRecord) -> Receipt:
     revision = record.metadata.revision
     row = connection.execute("SELECT revision FROM records WHERE id = ?", (record.id,)).fetchone()
     if row is not None and int(row[0]) >= revision:
@@ -136,7 +136,7 @@ def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
     return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step)
 
 
-def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:
+def _receive_job(connection: Connection, job: JobSnapshot) -> Receipt:
     row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
     if row is not None and _job_order(JobSnapshot.model_validate_json(row[0])) >= _job_order(job):
         return Receipt(job.id, "job", int(row[1]), stored=False)

@@ -13,13 +13,13 @@ a process killed before leaves it open, and the next one settles it, record and 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..record import CheckpointRecord
+from .dialect import Connection
 from .documents import StoredRecord, revise
 from .leases import LeaseQueue
 
@@ -98,7 +98,7 @@ class UploadQueue(LeaseQueue):
         """The rows of each of ``record_ids`` (by path), in one query: a page of checkpoints."""
         found: dict[str, list[UploadRow]] = {record_id: [] for record_id in record_ids}
         query = (
-            f"SELECT {_COLUMNS} FROM uploads WHERE record_id IN (SELECT value FROM json_each(?))"
+            f"SELECT {_COLUMNS} FROM uploads WHERE record_id IN ({self.database.dialect.listed()})"
             " ORDER BY record_id, path"
         )
         for row in self.database.read().execute(query, (json.dumps(list(record_ids)),)):
@@ -194,7 +194,7 @@ class UploadQueue(LeaseQueue):
         return [record_id for (record_id,) in rows]
 
 
-def _change(connection: sqlite3.Connection, record_id: str, path: str, changes: Mapping[str, object]) -> None:
+def _change(connection: Connection, record_id: str, path: str, changes: Mapping[str, object]) -> None:
     assignments = ", ".join(f"{column} = ?" for column in changes)
     connection.execute(
         f"UPDATE uploads SET {assignments}, updated_at = ? WHERE record_id = ? AND path = ?",
