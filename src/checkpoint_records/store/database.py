@@ -112,6 +112,11 @@ class Database:
             "Point it at a writable directory with store=... or CHECKPOINT_RECORDS_HOME."
         )
 
+    @property
+    def where(self) -> str:
+        """The store as messages name it (its file)."""
+        return str(self.path)
+
     def read(self) -> Connection:
         """This thread's connection, for reading (each statement sees the latest committed state)."""
         return self._connection()
@@ -250,9 +255,7 @@ def _disk_full(error: BaseException) -> bool:
     return "database or disk is full" in str(error)
 
 
-def _set_up(
-    connection: SqliteConnection, path: Path, journal_mode: str | None, attempts: int = 200
-) -> None:
+def _set_up(connection: SqliteConnection, path: Path, journal_mode: str | None, attempts: int = 200) -> None:
     """Journal mode (None: leave it), durability, tables and schema version. Switching the journal mode
     does not wait on SQLite's busy timeout when another connection holds a lock, so that step is retried
     for up to ~10 s."""
