@@ -156,7 +156,7 @@ class PostgresDialect(Dialect):
         return [*statements, *POSTGRES_TRIGGERS]
 
 
-#: SQLite's ``record_revisions_kept`` trigger (and its ``rowid``), said in PL/pgSQL, statement by statement.
+#: SQLite's triggers (and its ``rowid``), said in PL/pgSQL, statement by statement.
 POSTGRES_TRIGGERS = (
     "CREATE SEQUENCE IF NOT EXISTS records_rowid",
     """CREATE OR REPLACE FUNCTION record_written() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -172,6 +172,18 @@ BEGIN
 END $$""",
     "CREATE OR REPLACE TRIGGER record_revisions_kept BEFORE INSERT OR UPDATE ON records"
     " FOR EACH ROW EXECUTE FUNCTION record_written()",
+    """CREATE OR REPLACE FUNCTION job_written() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)
+    VALUES (NEW.job_id, 1, NEW.created_at, NEW.updated_at)
+    ON CONFLICT (job_id) DO UPDATE SET
+        checkpoints = (SELECT COUNT(*) FROM records WHERE job_id = NEW.job_id),
+        first_created_at = LEAST(job_checkpoints.first_created_at, NEW.created_at),
+        last_updated_at = GREATEST(job_checkpoints.last_updated_at, NEW.updated_at);
+    RETURN NULL;
+END $$""",
+    "CREATE OR REPLACE TRIGGER job_checkpoints_kept AFTER INSERT OR UPDATE ON records"
+    " FOR EACH ROW EXECUTE FUNCTION job_written()",
     "CREATE INDEX IF NOT EXISTS records_by_rowid ON records(rowid)",
 )
 

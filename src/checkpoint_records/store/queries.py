@@ -69,7 +69,7 @@ class Queries(Database):
 
     def job_ids(self) -> list[str]:
         """Every job the store knows, from its job snapshots or its records."""
-        rows = self.read().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
+        rows = self.read().execute("SELECT id FROM jobs UNION SELECT job_id FROM job_checkpoints")
         return [job_id for (job_id,) in rows]
 
     def jobs_named(self, text: str) -> list[str]:
@@ -87,15 +87,14 @@ class Queries(Database):
 
     def job_summaries(self, job_id: str | None = None) -> list[tuple[StoredJob | None, JobSummary]]:
         """Every job the store knows (or ``job_id`` only, if known): its snapshot when one was stored,
-        and its checkpoints at a glance; one query."""
+        and its checkpoints at a glance (kept per job by the store: one row each); one query."""
         only = "= ?" if job_id is not None else "IS NOT NULL"
         rows = self.read().execute(
-            "WITH summary AS (SELECT job_id, COUNT(*) AS checkpoints, MIN(created_at) AS first,"
-            f" MAX(updated_at) AS last FROM records WHERE job_id {only} GROUP BY job_id),"
-            f" known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
-            " UNION SELECT job_id FROM summary)"
-            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0), s.first, s.last"
-            " FROM known LEFT JOIN jobs j ON j.id = known.job_id LEFT JOIN summary s ON s.job_id = known.job_id",
+            f"WITH known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
+            f" UNION SELECT job_id FROM job_checkpoints WHERE job_id {only})"
+            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0),"
+            " s.first_created_at, s.last_updated_at FROM known LEFT JOIN jobs j ON j.id = known.job_id"
+            " LEFT JOIN job_checkpoints s ON s.job_id = known.job_id",
             (job_id, job_id) if job_id is not None else (),
         )
         return [

@@ -21,7 +21,27 @@ from pathlib import Path
 from ..errors import ConfigurationError
 from .dialect import Connection, SqliteConnection
 
-SCHEMA = """
+JOB_CHECKPOINTS = """
+-- Each job's checkpoints in numbers, kept by a trigger on each write of a record, so a list of jobs reads
+-- a row per job, not every record (the registry's jobs list with a million checkpoints).
+CREATE TABLE IF NOT EXISTS job_checkpoints (
+    job_id TEXT PRIMARY KEY,
+    checkpoints INTEGER NOT NULL,
+    first_created_at TEXT NOT NULL,
+    last_updated_at TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS job_checkpoints_kept AFTER INSERT ON records BEGIN
+    INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)
+    VALUES (NEW.job_id, 1, NEW.created_at, NEW.updated_at)
+    ON CONFLICT (job_id) DO UPDATE SET
+        checkpoints = (SELECT COUNT(*) FROM records WHERE job_id = NEW.job_id),
+        first_created_at = MIN(first_created_at, NEW.created_at),
+        last_updated_at = MAX(last_updated_at, NEW.updated_at);
+END;
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -136,6 +156,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_due ON evaluations(evaluator, state, next_attempt_at);
 """
+    + JOB_CHECKPOINTS
+)
 
 
 def add_column(connection: Connection, table: str, column: str, definition: str) -> bool:
@@ -165,11 +187,26 @@ def _records_carry_evaluations(connection: Connection) -> None:
     which would drop the results when it revises a record, refuses this store instead."""
 
 
+def _jobs_counted(connection: Connection) -> None:
+    """3 -> 4: each job's checkpoints in numbers (``job_checkpoints``, kept by a trigger in the store, so
+    every writer keeps it), counted here once from the records already stored."""
+    if not connection.dialect.columns(connection, "records"):
+        return  # a new store: SCHEMA creates it all
+    for statement in connection.dialect.schema(JOB_CHECKPOINTS):
+        connection.execute(statement)
+    connection.execute("DELETE FROM job_checkpoints")  # counted afresh, whatever was there
+    connection.execute(
+        "INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)"
+        " SELECT job_id, COUNT(*), MIN(created_at), MAX(updated_at) FROM records GROUP BY job_id"
+    )
+
+
 #: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
 _MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _first_versioned_release,
     _outbox_says_what_it_delivers,
     _records_carry_evaluations,
+    _jobs_counted,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
