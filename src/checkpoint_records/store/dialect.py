@@ -143,7 +143,8 @@ class PostgresDialect(Dialect):
         """The statements of :data:`.schema.SCHEMA` as PostgreSQL says them: 64-bit integers and
         doubles, no ``WITHOUT ROWID``, and SQLite's triggers replaced by :data:`POSTGRES_TRIGGERS`."""
         statements = []
-        for statement in sqlite_statements(script):
+        for commented in sqlite_statements(script):
+            statement = "\n".join(line for line in commented.splitlines() if not line.startswith("--"))
             if statement.startswith("CREATE TRIGGER"):
                 continue
             statement = re.sub(r"\bINTEGER\b", "BIGINT", statement)
@@ -168,22 +169,20 @@ BEGIN
         (NEW.body::jsonb #>> '{status,metadata,best}')::boolean::int, NEW.updated_at
     ) ON CONFLICT (id, revision) DO UPDATE SET status = EXCLUDED.status, ready = EXCLUDED.ready,
         best = EXCLUDED.best, updated_at = EXCLUDED.updated_at;
+    -- An upsert fires this before its insert, then (the id being taken) before its update: count once.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)
+        VALUES (NEW.job_id, 1, NEW.created_at, NEW.updated_at)
+        ON CONFLICT (job_id) DO UPDATE SET
+            checkpoints = job_checkpoints.checkpoints
+                + (NOT EXISTS (SELECT 1 FROM records WHERE id = NEW.id))::int,
+            first_created_at = LEAST(job_checkpoints.first_created_at, NEW.created_at),
+            last_updated_at = GREATEST(job_checkpoints.last_updated_at, NEW.updated_at);
+    END IF;
     RETURN NEW;
 END $$""",
     "CREATE OR REPLACE TRIGGER record_revisions_kept BEFORE INSERT OR UPDATE ON records"
     " FOR EACH ROW EXECUTE FUNCTION record_written()",
-    """CREATE OR REPLACE FUNCTION job_written() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)
-    VALUES (NEW.job_id, 1, NEW.created_at, NEW.updated_at)
-    ON CONFLICT (job_id) DO UPDATE SET
-        checkpoints = (SELECT COUNT(*) FROM records WHERE job_id = NEW.job_id),
-        first_created_at = LEAST(job_checkpoints.first_created_at, NEW.created_at),
-        last_updated_at = GREATEST(job_checkpoints.last_updated_at, NEW.updated_at);
-    RETURN NULL;
-END $$""",
-    "CREATE OR REPLACE TRIGGER job_checkpoints_kept AFTER INSERT OR UPDATE ON records"
-    " FOR EACH ROW EXECUTE FUNCTION job_written()",
     "CREATE INDEX IF NOT EXISTS records_by_rowid ON records(rowid)",
 )
 

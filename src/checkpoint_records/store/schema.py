@@ -30,11 +30,12 @@ CREATE TABLE IF NOT EXISTS job_checkpoints (
     first_created_at TEXT NOT NULL,
     last_updated_at TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS job_checkpoints_kept AFTER INSERT ON records BEGIN
+-- Before the write, so a new record (not a revision of one stored) is told by its id alone.
+CREATE TRIGGER IF NOT EXISTS job_checkpoints_kept BEFORE INSERT ON records BEGIN
     INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)
     VALUES (NEW.job_id, 1, NEW.created_at, NEW.updated_at)
     ON CONFLICT (job_id) DO UPDATE SET
-        checkpoints = (SELECT COUNT(*) FROM records WHERE job_id = NEW.job_id),
+        checkpoints = checkpoints + NOT EXISTS (SELECT 1 FROM records WHERE id = NEW.id),
         first_created_at = MIN(first_created_at, NEW.created_at),
         last_updated_at = MAX(last_updated_at, NEW.updated_at);
 END;
