@@ -114,9 +114,7 @@ class Queries(Database):
         rows = self.read().execute(
             "SELECT value,"
             " (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),"
-            " (SELECT body FROM records WHERE job_id = value"
-            f" AND {dialect.json_text('body', '$.status.status')} = 'available'"
-            f" AND {dialect.json_true('body', '$.status.metadata.inferenceReady')}"
+            f" (SELECT body FROM records WHERE job_id = value AND {dialect.available_and_ready()}"
             f" ORDER BY step DESC, id DESC LIMIT 1) FROM {dialect.each()}",
             (json.dumps(job_ids),),
         )
