@@ -95,10 +95,10 @@ def fill_postgres(server: PostgresServer, url: str, jobs: int, per_job: int) -> 
     job_id = put_jobs(url, Path(tempfile.gettempdir()), jobs, per_job)
     with psycopg.connect(url, password=server.password, autocommit=True) as connection:
         connection.execute("SET session_replication_role = replica")
-        with connection.cursor() as cursor:
-            with cursor.copy(f"COPY records ({', '.join(COLUMNS)}, rowid) FROM STDIN") as copy:
-                for number, row in enumerate(rows(jobs, per_job), 1):
-                    copy.write_row((*row, number))
+        copying = f"COPY records ({', '.join(COLUMNS)}, rowid) FROM STDIN"
+        with connection.cursor() as cursor, cursor.copy(copying) as copy:
+            for number, row in enumerate(rows(jobs, per_job), 1):
+                copy.write_row((*row, number))
         connection.execute("SELECT setval('records_rowid', (SELECT MAX(rowid) FROM records))")
         connection.execute(
             "INSERT INTO job_checkpoints SELECT job_id, COUNT(*), MIN(created_at), MAX(updated_at)"

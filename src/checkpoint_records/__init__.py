@@ -12,7 +12,10 @@ Where things are:
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
-  ``store/database.py`` owns the connections; no SQL outside ``store/``.
+  ``store/database.py`` owns the connections, ``store/schema.py`` the tables and migrations; no SQL
+  outside ``store/``. The registry may keep the same parts on PostgreSQL (``store/postgres.py``, a
+  psycopg pool, the ``postgres`` extra, opened by ``store.open_store``); ``store/dialect.py`` says the
+  few fragments of SQL that differ.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
   ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
   ``page/`` for a browser.
