@@ -70,7 +70,6 @@ class _DeliveryLane(Lane):
 
     def work(self) -> float | None:
         """Send one batch; how long to pause (after a retryable failure), or None when nothing was due."""
-        self.store.write_kept()  # what a full disk kept in memory, should no save come to do it
         self.lease.taken()
         claims = self.store.outbox.claim_due(self.sink.key, self.owner, self.lease.seconds, BATCH)
         if not claims:
