@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .logs import warn_once
-from .validation import escape_text
+from .validation import escape_text, escaped
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,14 @@ def scan_checkpoint(directory: Path) -> ScannedCheckpoint:
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A small JSON object file, or ``None`` when it is absent, unreadable or not an object."""
+    """A small JSON object file, or ``None`` when it is absent, unreadable or not an object; its text
+    valid Unicode (a ``\\udcff`` escape comes back escaped)."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except (OSError, ValueError, RecursionError):  # absent, not JSON, or nested too deep to parse
         return None
-    return data if isinstance(data, dict) else None
+    return escaped(data) if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .history import LogEntry, downsample
-from .validation import MAX_DEPTH, TOO_DEEP, Count, Int64, JsonObject, UnixTime, bounded, read_stored
+from .validation import (
+    MAX_DEPTH,
+    TOO_DEEP,
+    Count,
+    Int64,
+    JsonObject,
+    UnixTime,
+    bounded,
+    escape_text,
+    read_stored,
+)
 from .values import to_json_scalar, to_number
 
 if TYPE_CHECKING:
@@ -73,10 +83,14 @@ MAX_LOSS_POINTS = 500
 
 @dataclass(frozen=True)
 class JobIdentity:
-    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name."""
+    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name (valid text:
+    a name taken from a directory that is not UTF-8 has backslash escapes)."""
 
     id: str
     name: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", escape_text(self.name))
 
 
 class _Snapshot(BaseModel):
