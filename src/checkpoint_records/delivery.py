@@ -38,7 +38,7 @@ def document_name(body: str) -> str:
     """How logs name a stored document: a record's ``metadata.name``, a job's ``job NAME``."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "a document the store cannot read"
     metadata = data.get("metadata") if isinstance(data, dict) else None
     if isinstance(metadata, dict) and "name" in metadata:
