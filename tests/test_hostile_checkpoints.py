@@ -140,7 +140,7 @@ def test_an_accelerate_checkpoint_killed_before_its_commit_gets_its_own_step_not
     must not mistake it for the record of step 2 (``checkpoint_0``)."""
     folders = [checkpoint(tmp_path / "project" / "checkpoints", f"checkpoint_{n}", None) for n in range(3)]
     with CheckpointRecorder() as recorder:
-        for folder, step in zip(folders[:2], (2, 4)):
+        for folder, step in zip(folders[:2], (2, 4), strict=True):
             assert recorder.record(folder, step=step).result(60) is not None
     # checkpoint_2 was written at step 6, and the process died before its record was stored.
     flushed = cli("flush")
