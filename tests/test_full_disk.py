@@ -46,7 +46,8 @@ def test_every_write_path_keeps_its_writes_in_order_while_the_disk_is_full(
     connection.execute(f"PRAGMA max_page_count = {connection.execute('PRAGMA page_count').fetchone()[0]}")
     for step in range(1, 20):  # a few fit in free pages, then the disk is full: none raises
         store.put(make_record(step), [sink])
-        store.append_log(job_id, [LogEntry(seq=step, step=step, values={"loss": 1 / step, "step": step})])
+        logged = {"loss": 1 / step, "step": step, "note": "x" * 2000}  # each needs pages of its own
+        store.append_log(job_id, [LogEntry(seq=step, step=step, values=logged)])
         snapshot = JobSnapshot(
             id=job_id, name="job", status="Running", global_step=step, created_at=1.0, updated_at=1.0 + step
         )
