@@ -117,8 +117,9 @@ def test_a_run_directory_whose_name_is_not_utf8_keeps_its_records_live_and_on_im
     run = tmp_path / os.fsdecode(b"run-\xff")
     folder = checkpoint(run, "checkpoint-1", None)
     with Receiver() as receiver, CheckpointRecorder(sinks=[receiver.url]) as recorder:
-        record = recorder.record(folder, step=1, train_loss=0.5).result(60)
-        assert record is not None
+        metrics = {os.fsdecode(b"acc-\xff"): 0.5}  # a metric named after such a file
+        record = recorder.record(folder, step=1, train_loss=0.5, metrics=metrics).result(60)
+        assert record is not None and record.training.metrics["acc-\\xff"] == 0.5
         assert recorder.delivery.flush(30).pending == 0
     assert record.spec.directory == f"{tmp_path}/run-\\xff/checkpoint-1"
     assert receiver.accepted_payloads()[0]["metadata"]["id"] == record.id

@@ -5,15 +5,19 @@ every command and by the registry's lists and page, and every other job is still
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import requests
 
 from checkpoint_records import HttpSink, RecordStore
 from checkpoint_records.history import LogEntry
+from checkpoint_records.job import JobSnapshot, hyper_parameters_from
+from checkpoint_records.validation import MAX_DEPTH, TOO_DEEP
 from commands import cli
 from http_server import Receiver
 from records_factory import make_record
@@ -168,3 +172,28 @@ def test_a_store_holding_values_an_older_release_let_in_is_read_by_every_reader(
         feed = registry.get("/ui/api/jobs/old-job")
         assert feed.status_code == 200, feed.text[:300]
     assert "Traceback" not in registry.log.read_text()
+
+
+def test_hyper_parameters_we_build_are_bounded_never_refused() -> None:
+    """A training loop's own arguments may hold anything: what the job document keeps is summarised past
+    64 levels, escaped, and a number beyond 64 bits becomes a float, so the job is still stored."""
+    deep: Any = "leaf"
+    for _ in range(200):
+        deep = [deep]
+    args = SimpleNamespace(
+        learning_rate=2**70,
+        num_train_epochs=deep,
+        optim=os.fsdecode(b"adam-\xff"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+    )
+    found = hyper_parameters_from(args, "Trainer")  # type: ignore[arg-type]
+    assert found["learning_rate"] == float(2**70) and found["optim"] == "adam-\\xff"
+    level, depth = found["num_train_epochs"], 1
+    while isinstance(level, list):
+        level, depth = level[0], depth + 1
+    assert level == TOO_DEEP and depth <= MAX_DEPTH + 1
+    snapshot = JobSnapshot(
+        id="j", name="j", status="Running", hyper_parameters=found, created_at=1, updated_at=1
+    )
+    assert JobSnapshot.from_json(snapshot.model_dump_json()) == snapshot
