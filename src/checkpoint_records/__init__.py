@@ -2,7 +2,9 @@
 
 Where things are:
 
-- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
+- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series);
+  ``validation.py`` what either may hold (valid Unicode, bounded nesting and integers, real times,
+  contained file paths), checked at ingest, bounded where we build, repaired where the store reads.
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
   a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,

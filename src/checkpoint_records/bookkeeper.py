@@ -32,6 +32,7 @@ from .record import CheckpointRecord, utc_now_iso
 from .sinks import Sink, job_sinks, record_sinks, sinks_to_notify
 from .storage import Uploads
 from .store import RecordStore
+from .validation import path_of
 
 
 @dataclass
@@ -107,16 +108,14 @@ class Bookkeeper:
         """The record of a save, stored and queued; the job's log, best mark, rotations and progress."""
         job = save.job
         run = self._run_of(save)
-        first = save.first_seq
-        if first is None:
-            first = self.store.log_length(job.id, before_step=save.step)
+        base = save.first_seq or 0  # a loop's save (None): placed after the job's earlier steps by the store
         entries = [
-            log_entry(first + offset, entry, save.log_times.get(first + offset, save.logged_at))
+            log_entry(offset, entry, save.log_times.get(base + offset, save.logged_at))
             for offset, entry in enumerate(save.entries)
         ]
         logged = [entry for entry in entries if entry is not None]
-        self.store.append_log(job.id, logged)
-        self.store.truncate_log(job.id, first + len(save.entries))  # a resumed run's log replaces the rest
+        # One write: a resumed run's log replaces the rest; on a full disk it waits in order, in memory.
+        self.store.write_log(job.id, logged, save.first_seq, before_step=save.step, count=len(save.entries))
         run.log.add(save.entries, up_to_step=save.step)
         run.losses.add(logged, checkpoint_step=save.step)
         best = save.best.parsed() if save.best is not None else None
@@ -230,7 +229,7 @@ class Bookkeeper:
         keys = [sink.key for sink in self.record_sinks] if sinks is None else sinks
         stored = self.store.put(record, keys, durable=durable).record
         if stored.status.status == "available":
-            self._live[stored.id] = Path(stored.spec.directory)
+            self._live[stored.id] = path_of(stored.spec.directory)
         self.uploads.enqueue(stored)  # hard links and one short transaction; sent by the upload lane
         return stored
 
@@ -259,7 +258,7 @@ class Bookkeeper:
             if record.status.status == "available" and (
                 node == self.node or node.startswith(f"{self.node}/")
             ):
-                self._live[record.id] = Path(record.spec.directory)
+                self._live[record.id] = path_of(record.spec.directory)
 
     def record_rotations(self) -> None:
         """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates."""

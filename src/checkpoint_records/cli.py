@@ -264,13 +264,20 @@ def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
         print(f"nothing to deliver: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return OK
     recovered = _recorder(settings, store, sinks).recover_known()  # saves a killed run never stored
-    if recovered:
-        names = ", ".join(record.name for record in recovered)
+    if recovered.records:
+        names = ", ".join(record.name for record in recovered.records)
         print(
-            f"recorded {plural(len(recovered), 'checkpoint')} from disk that had no record: {names}",
+            f"recorded {plural(len(recovered.records), 'checkpoint')} from disk that had no record: {names}",
             file=sys.stderr,
         )
+    _say_failed(recovered.failed)
     return _deliver(store, sinks, args.timeout, None)
+
+
+def _say_failed(failed: Sequence[Exception]) -> None:
+    """Each checkpoint on disk that could not be recorded, with the file and field that stopped it."""
+    for error in failed:
+        print(f"cannot record a checkpoint: {error}", file=sys.stderr)
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
@@ -286,10 +293,14 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             continue
         job = recorder.job_for(str(path), args.run_name)
         imported = recorder.recover(path, job)
-        print(f"{path}: imported {plural(len(imported), 'checkpoint')} as job {job.name}", file=sys.stderr)
-    if missing:
-        return FAILED
-    return _deliver(store, sinks, args.timeout, None) if sinks else OK
+        print(
+            f"{path}: imported {plural(len(imported.records), 'checkpoint')} as job {job.name}",
+            file=sys.stderr,
+        )
+        _say_failed(imported.failed)
+        missing += len(imported.failed)
+    delivered = _deliver(store, sinks, args.timeout, None) if sinks else OK  # the honest ones go out
+    return FAILED if missing else delivered
 
 
 def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:

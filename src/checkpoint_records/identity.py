@@ -14,6 +14,8 @@ import os
 import uuid
 from typing import Any
 
+from .validation import escape_text
+
 #: Namespace of every id this library derives (a fixed, random UUID).
 NAMESPACE = uuid.UUID("5d3c4f0e-8f7a-4c55-9a59-1b3f4f0d2c61")
 
@@ -27,8 +29,9 @@ def job_id_for(key: str) -> str:
 
 
 def default_job_key(output_dir: str, run_name: str | None) -> str:
-    """What identifies a Trainer job across resumes: where it writes and what it is called."""
-    return f"{os.path.abspath(output_dir)}::{run_name or ''}"
+    """What identifies a Trainer job across resumes: where it writes and what it is called (as valid
+    text: a directory whose name is not UTF-8 is named with backslash escapes, as records name it)."""
+    return escape_text(f"{os.path.abspath(output_dir)}::{run_name or ''}")
 
 
 def checkpoint_id_for(job_id: str, step: int, node: str | None = None) -> str:

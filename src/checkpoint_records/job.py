@@ -18,6 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .history import LogEntry, downsample
+from .validation import (
+    MAX_DEPTH,
+    TOO_DEEP,
+    Count,
+    Int64,
+    JsonObject,
+    UnixTime,
+    bounded,
+    escape_text,
+    read_stored,
+)
 from .values import to_json_scalar, to_number
 
 if TYPE_CHECKING:
@@ -72,21 +83,26 @@ MAX_LOSS_POINTS = 500
 
 @dataclass(frozen=True)
 class JobIdentity:
-    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name."""
+    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name (valid text:
+    a name taken from a directory that is not UTF-8 has backslash escapes)."""
 
     id: str
     name: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", escape_text(self.name))
+
 
 class _Snapshot(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: What a document may hold is said by the field types (``validation.py``): finite numbers only.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LossPoint(_Snapshot):
-    step: int = Field(ge=0)
-    loss: float = Field(allow_inf_nan=False)
+    step: Count
+    loss: float
     #: Unix seconds when the loss was logged.
-    timestamp: float
+    timestamp: UnixTime
 
 
 class JobSnapshot(_Snapshot):
@@ -95,23 +111,29 @@ class JobSnapshot(_Snapshot):
     id: str = Field(min_length=1)
     name: str
     status: JobStatus
-    global_step: int = Field(default=0, ge=0)
+    global_step: Count = 0
     #: The planned number of optimisation steps; 0 when not known yet.
-    max_steps: int = Field(default=0, ge=0)
+    max_steps: Count = 0
     training_loss: list[LossPoint] = Field(default_factory=list)
-    hyper_parameters: dict[str, Any] = Field(default_factory=dict)
+    hyper_parameters: JsonObject = Field(default_factory=dict)
     base_model: str = ""
     training_technique: TrainingTechnique = "SFT"
     task_type: TaskType = "text-generation"
     base_model_option: BaseModelOption = "pre-trained"
     base_fine_tuned_model: str | None = None
-    base_fine_tuned_model_checkpoint: int | None = None
+    base_fine_tuned_model_checkpoint: Int64 | None = None
     created_by: str = ""
     #: Unix seconds.
-    created_at: float
-    updated_at: float
+    created_at: UnixTime
+    updated_at: UnixTime
     #: The run's output directory: where recovery looks for checkpoints that have no record yet.
     directory: str = ""
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSnapshot:
+        """The snapshot a stored body holds, repaired if an older release stored values this one refuses
+        (:func:`~.validation.read_stored`); :class:`~.validation.InvalidValue` when it cannot be."""
+        return read_stored(cls, text)[0]
 
 
 def progress(snapshot: JobSnapshot) -> float:
@@ -158,12 +180,15 @@ def task_type_for(model: Any) -> TaskType:
     return "text-generation"
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, depth: int = 1) -> Any:
+    """A hyper-parameter as JSON: enums by value, sets sorted, lists nested at most ``MAX_DEPTH`` deep."""
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, (list, tuple, set, frozenset)):
+        if depth > MAX_DEPTH:
+            return TOO_DEEP
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
-        return [_json_value(item) for item in items]
+        return [_json_value(item, depth + 1) for item in items]
     scalar, spelling = to_json_scalar(value)
     return spelling if spelling else scalar
 
@@ -196,7 +221,7 @@ def hyper_parameters_from(
             if value is not None:
                 found[field if field.startswith("lora_") else f"lora_{field}"] = _json_value(value)
     found["trainer"] = trainer if isinstance(trainer, str) else trainer.__name__
-    return dict(sorted(found.items()))
+    return bounded(dict(sorted(found.items())))  # text escaped, ints beyond 64 bits as floats
 
 
 def losses_from(log_history: list[dict[str, Any]], log_times: Mapping[int, float] | None) -> list[LossPoint]:

@@ -238,7 +238,11 @@ class CheckpointRecorder:
     def _begin(self, begin: Begin) -> None:
         self.books.begin(begin)
         if begin.started_at is not None:  # what a crash left on disk without a record
-            rebuild.recover(self.books, begin.directory, begin.job, written_before=begin.started_at)
+            recovered = rebuild.recover(
+                self.books, begin.directory, begin.job, written_before=begin.started_at
+            )
+            for bad in recovered.failed:
+                logger.warning("checkpoint-records: a checkpoint on disk cannot be recorded: %s", bad)
 
     # -- recovery: the checkpoint on disk is the source of truth --------------------------------------
 
@@ -247,12 +251,13 @@ class CheckpointRecorder:
         run_dir: str | os.PathLike[str],
         job: JobIdentity | None = None,
         written_before: float | None = None,
-    ) -> list[CheckpointRecord]:
+    ) -> rebuild.Recovered:
         """Record the checkpoints in ``run_dir`` that have no record yet, from their own files
-        (:func:`.rebuild.recover`), as ``job``'s (default: the job of ``run_dir``)."""
+        (:func:`.rebuild.recover`), as ``job``'s (default: the job of ``run_dir``): the records, and the
+        checkpoints that could not be (each error names the file and the field)."""
         path = Path(run_dir)
         return rebuild.recover(self.books, path, job or self.job_for(str(path), None), written_before)
 
-    def recover_known(self) -> list[CheckpointRecord]:
+    def recover_known(self) -> rebuild.Recovered:
         """:meth:`recover` every directory where the store knows a job wrote checkpoints."""
         return rebuild.recover_known(self.books)

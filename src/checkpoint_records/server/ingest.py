@@ -5,9 +5,12 @@ a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``T
 (the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
 not JSON, ``401`` (no valid token; with a signing secret, also a missing, wrong or stale signature),
 ``409`` for a record id already stored under another job, ``413`` past the size limit (read no further),
-``422`` naming the invalid field, a reused ``Idempotency-Key`` or a record id that its job and step do
-not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the store cannot
-write. Nothing is stored for any of the errors.
+``422`` naming the invalid field (a value no document may hold: text that is not valid Unicode, nesting
+too deep, an integer beyond 64 bits, a number JSON cannot carry, a time that is not real, a file path
+outside the checkpoint; see :mod:`..validation`), a reused ``Idempotency-Key`` or a record id that its
+job and step do not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` only when
+the store cannot write for now (a full disk, a lock): never for a document that can never be valid,
+which ``HttpSink`` would retry forever. Nothing is stored for any of the errors.
 
 Writes go through one thread that commits whatever requests are waiting in a single transaction
 (group commit): eight senders cost one disk flush per round, not eight.
@@ -22,7 +25,7 @@ import json
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +43,7 @@ from ..logs import logger
 from ..record import CheckpointRecord
 from ..signing import SignatureError, SigningSecret
 from ..store import Receipt, RecordStore, Refused, Submission
+from ..validation import MAX_UNIX_SECONDS, Count, InvalidValue, JsonObject, check_value, parse_json
 from .problems import Problem, describe_errors
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -63,8 +67,12 @@ class _Detail(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Unix seconds (``TrainingJobDetail`` has whole ones), before the year 10000.
+WholeSeconds = Annotated[int, Field(ge=0, le=int(MAX_UNIX_SECONDS))]
+
+
 class LossEntry(_Detail):
-    timestamp: int
+    timestamp: WholeSeconds
     loss: float = Field(allow_inf_nan=False)
 
 
@@ -78,18 +86,18 @@ class TrainingJobDetail(_Detail):
     base_model_option: BaseModelOption
     base_model: str
     base_fine_tuned_model: str | None = None
-    base_fine_tuned_model_checkpoint: int | None = None
+    base_fine_tuned_model_checkpoint: Count | None = None
     test_functions: list[str] | None = None
     reward: dict[str, float] | None = None
     status: JobStatus
-    progress: float = Field(ge=0, le=100)
-    train_dataset: dict[str, Any] | None = None
-    test_dataset: dict[str, Any] | None = None
+    progress: float = Field(ge=0, le=100, allow_inf_nan=False)
+    train_dataset: JsonObject | None = None
+    test_dataset: JsonObject | None = None
     training_loss: list[LossEntry]
-    hyper_parameters: dict[str, Any]
+    hyper_parameters: JsonObject
     created_by: str
-    created_at: int
-    updated_at: int
+    created_at: WholeSeconds
+    updated_at: WholeSeconds
 
 
 #: Steps a progress is kept in when the sender's ``max_steps`` is not known (hundredths of a percent).
@@ -125,16 +133,14 @@ def snapshot_from_detail(detail: TrainingJobDetail) -> JobSnapshot:
     )
 
 
-def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_documents(body: bytes) -> tuple[list[Document], bool]:
     """The documents of a request body, and whether it was a batch (an array); raises :class:`Problem`."""
     try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise Problem(400, f"the body is not valid JSON: {error}") from None
+        data = parse_json(body)
+    except InvalidValue as error:
+        if error.field:  # JSON too deep to parse: a value no document may hold
+            raise Problem(422, str(error)) from None
+        raise Problem(400, f"the body is {error.why}") from None
     batch = isinstance(data, list)
     items = data if batch else [data]
     if batch and not 0 < len(items) <= MAX_BATCH:
@@ -143,7 +149,14 @@ def parse_documents(body: bytes) -> tuple[list[Document], bool]:
 
 
 def parse_document(data: Any, where: str = "") -> Document:
-    """A checkpoint record (``kind: Checkpoint``) or a ``TrainingJobDetail``; raises :class:`Problem`."""
+    """A checkpoint record (``kind: Checkpoint``) or a ``TrainingJobDetail``; raises :class:`Problem`.
+
+    What no document may hold (:func:`~..validation.check_value`) is refused before its model is
+    looked at; the models then hold each field to its type and range."""
+    try:
+        check_value(data, where)
+    except InvalidValue as error:
+        raise Problem(422, str(error)) from None
     model: type[CheckpointRecord] | type[TrainingJobDetail]
     if isinstance(data, dict) and data.get("kind") == "Checkpoint":
         model = CheckpointRecord
@@ -331,6 +344,9 @@ def ingest_router(
                 "the server is busy writing; retry shortly",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
+        except (ValueError, OverflowError, UnicodeError, RecursionError) as error:
+            # Validation lets none through; were one to, it can never be written: not a 503 retried forever.
+            raise Problem(422, f"the store cannot hold this document: {type(error).__name__}") from None
         except Exception as error:
             raise Problem(
                 503,

@@ -41,16 +41,21 @@ class Dialect:
 
     name: ClassVar[str] = "sqlite"
 
+    def json_document(self, column: str) -> str:
+        """``column`` for SQLite's JSON functions: NULL where it is not JSON SQLite can read (nested past
+        its depth, written by something else), so one such row never fails a whole list."""
+        return f"(CASE WHEN json_valid({column}) THEN {column} END)"
+
     def json_text(self, column: str, path: str) -> str:
         """The text (or number) at ``path`` (``$.a.b``) in the JSON document ``column``."""
-        return f"json_extract({column}, '{path}')"
+        return f"json_extract({self.json_document(column)}, '{path}')"
 
     def json_number(self, column: str, path: str) -> str:
         return self.json_text(column, path)
 
     def json_true(self, column: str, path: str) -> str:
         """A condition: the value at ``path`` is JSON ``true``."""
-        return f"json_extract({column}, '{path}') = 1"
+        return f"{self.json_text(column, path)} = 1"
 
     def available_and_ready(self, column: str = "body") -> str:
         """A condition: the record ``column`` is available and ready for inference."""
@@ -59,11 +64,11 @@ class Dialect:
 
     def json_absent(self, column: str) -> str:
         """A condition: the JSON document ``column`` has nothing at the path given as a parameter."""
-        return f"json_type({column}, ?) IS NULL"
+        return f"json_type({self.json_document(column)}, ?) IS NULL"
 
     def json_text_at(self, column: str) -> str:
         """The text at the path given as a parameter (SQLite's syntax, ``$.a."b c"``) in ``column``."""
-        return f"json_extract({column}, ?)"
+        return f"json_extract({self.json_document(column)}, ?)"
 
     def each(self) -> str:
         """A table of one column, ``value``: the strings of a JSON array given as one parameter."""

@@ -20,7 +20,7 @@ from typing import Any
 from ..record import CheckpointRecord
 from .database import Database
 from .dialect import Dialect
-from .documents import Change, Sinks, StoredRecord, revise
+from .documents import Change, Sinks, StoredRecord, read_record, revise
 from .leases import LeaseQueue
 
 
@@ -112,9 +112,16 @@ class EvaluationQueue(LeaseQueue):
             ).fetchone()
             if found is None:
                 return None
-            self._take(connection, evaluator, owner, time.time() + lease_seconds, [found[0]])
-        _, attempts, error, body = found
-        return ClaimedEvaluation(evaluator, CheckpointRecord.from_json(body), int(attempts), error)
+            record_id, attempts, error, body = found
+            record = read_record(body, record_id)
+            if record is None:  # stored by an older release, unreadable (said once): nothing to evaluate
+                connection.execute(
+                    "UPDATE evaluations SET state = 'done', updated_at = ? WHERE evaluator = ? AND record_id = ?",
+                    (time.time(), evaluator, record_id),
+                )
+                return None
+            self._take(connection, evaluator, owner, time.time() + lease_seconds, [record_id])
+        return ClaimedEvaluation(evaluator, record, int(attempts), error)
 
     def started(self, evaluator: str, record_id: str, owner: str, at: str) -> int:
         """An attempt of the command starts now (counted before it runs: a kill counts); its number."""
@@ -158,15 +165,15 @@ class EvaluationQueue(LeaseQueue):
     def reopen_failed(self, evaluator: str, job_ids: Sequence[str] | None = None) -> int:
         """Make the evaluations whose result is ``failed`` pending again, with their attempts afresh
         (``evaluate --retry-failed``, once the cause is fixed); how many. Their next result replaces it."""
-        dialect = self.database.dialect
-        jobs, params = _job_filter(dialect, job_ids)
+        jobs, params = _job_filter(self.database.dialect, job_ids)
         now = time.time()
         with self.database.transaction(durable=False) as connection:
             return int(
                 connection.execute(
                     "UPDATE evaluations SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = ?,"
                     " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE evaluator = ? AND state = 'done'"
-                    f" AND record_id IN (SELECT id FROM records WHERE {dialect.json_text_at('body')} = 'failed')"
+                    " AND record_id IN (SELECT id FROM records"
+                    f" WHERE {self.database.dialect.json_text_at('body')} = 'failed')"
                     f"{jobs}",
                     (now, now, evaluator, f'$.status.evaluations."{evaluator}".state', *params),
                 ).rowcount

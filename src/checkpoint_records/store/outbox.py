@@ -133,25 +133,29 @@ class Outbox(LeaseQueue):
         """
         if not outcomes:
             return
-        now = time.time()
-        with self.database.transaction(durable=False) as connection:
-            connection.executemany(
-                "UPDATE outbox SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
-                " updated_at = ?, claimed_by = NULL, claimed_until = NULL"
-                " WHERE sink = ? AND record_id = ? AND revision = ?",
-                [
-                    (
-                        o.state,
-                        o.next_attempt_at,
-                        o.error,
-                        now,
-                        o.claim.sink,
-                        o.claim.record_id,
-                        o.claim.revision,
-                    )
-                    for o in outcomes
-                ],
-            )
+
+        def write() -> None:
+            now = time.time()
+            with self.database.transaction(durable=False) as connection:
+                connection.executemany(
+                    "UPDATE outbox SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                    " last_error = ?, updated_at = ?, claimed_by = NULL, claimed_until = NULL"
+                    " WHERE sink = ? AND record_id = ? AND revision = ?",
+                    [
+                        (
+                            o.state,
+                            o.next_attempt_at,
+                            o.error,
+                            now,
+                            o.claim.sink,
+                            o.claim.record_id,
+                            o.claim.revision,
+                        )
+                        for o in outcomes
+                    ],
+                )
+
+        self.database.write(write, None)  # a full disk keeps it, in order: a delivery is said once
 
     def counts(self, sinks: Sequence[str] | None = None) -> dict[DeliveryState, int]:
         """How many deliveries are pending, delivered and dead (to ``sinks``, or to any sink)."""
@@ -176,5 +180,9 @@ class Outbox(LeaseQueue):
             if values is not None:
                 query += f" AND {column} IN ({marks(values)})"
                 params += list(values)
-        with self.database.transaction(durable=False) as connection:
-            return int(connection.execute(query, params).rowcount)
+
+        def write() -> int:
+            with self.database.transaction(durable=False) as connection:
+                return int(connection.execute(query, params).rowcount)
+
+        return self.database.write(write, 0)

@@ -7,10 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from .database import Database
-from .documents import StoredJob, StoredRecord
+from .documents import StoredJob, StoredRecord, read_record, stored_job, stored_records
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class Queries(Database):
         )
         return [
             (
-                None if body is None else StoredJob(JobSnapshot.model_validate_json(body), revision, owner),
+                None if body is None else stored_job(known, body, revision, owner),
                 JobSummary(known, checkpoints, first, last),
             )
             for known, body, revision, owner, checkpoints, first, last in rows
@@ -113,8 +112,8 @@ class Queries(Database):
         dialect = self.dialect
         rows = self.read().execute(
             "SELECT value,"
-            " (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),"
-            f" (SELECT body FROM records WHERE job_id = value AND {dialect.available_and_ready()}"
+            " (SELECT id || ' ' || body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),"
+            f" (SELECT id || ' ' || body FROM records WHERE job_id = value AND {dialect.available_and_ready()}"
             f" ORDER BY step DESC, id DESC LIMIT 1) FROM {dialect.each()}",
             (json.dumps(job_ids),),
         )
@@ -139,10 +138,15 @@ class Queries(Database):
             params += [before.training.step, before.id]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self.read().execute(
-            f"SELECT body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?", [*params, limit]
+            f"SELECT id, body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?",
+            [*params, limit],
         )
-        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+        return stored_records(rows)
 
 
-def _parsed(body: str | None) -> CheckpointRecord | None:
-    return None if body is None else CheckpointRecord.from_json(body)
+def _parsed(row: str | None) -> CheckpointRecord | None:
+    """A record from ``id || ' ' || body``."""
+    if row is None:
+        return None
+    record_id, _, body = row.partition(" ")
+    return read_record(body, record_id)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from ..job import JobSnapshot
 from ..record import CheckpointRecord
-from .database import Database
+from .database import Database, readable
 from .dialect import Connection
 from .documents import write_job, write_record
 
@@ -138,7 +138,8 @@ def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
 
 def _receive_job(connection: Connection, job: JobSnapshot) -> Receipt:
     row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
-    if row is not None and _job_order(JobSnapshot.model_validate_json(row[0])) >= _job_order(job):
+    held = None if row is None else readable(JobSnapshot, row[0], f"job {job.id}")
+    if held is not None and _job_order(held) >= _job_order(job):  # one nobody can read is replaced
         return Receipt(job.id, "job", int(row[1]), stored=False)
     revision = 1 if row is None else int(row[1]) + 1
     write_job(connection, job, job.model_dump_json(), revision, None)
