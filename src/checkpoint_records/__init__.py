@@ -36,10 +36,9 @@ Where things are:
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+# Nothing is imported here at run time, not even typing: every Python process of an environment that has
+# the package runs its start-up hook (``startup.py``), and importing this package must cost it nothing.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which type checkers read by its name
 
 #: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
@@ -99,9 +98,11 @@ if TYPE_CHECKING:
     from .store import RecordStore
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'checkpoint_records' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
