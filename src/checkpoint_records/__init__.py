@@ -9,6 +9,10 @@ Where things are:
   ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
   the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
+- attached with no line of code: ``startup.py``, run in every Python process by the wheel's
+  ``checkpoint_records.pth`` (it imports nothing and waits for ``transformers.trainer``), then
+  ``attach.py`` (``report_to="checkpoint-records"``, one callback per Trainer); ``run_command.py`` is
+  ``checkpoint-records run -- COMMAND``.
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
