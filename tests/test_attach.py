@@ -3,9 +3,13 @@ and the start-up hook behind both, in real Trainer runs here and in a script run
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import runpy
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from trainer_runs import tiny_trainer
 
 TESTS = Path(__file__).resolve().parent
 PLAIN_SCRIPT = TESTS / "plain_script.py"
+BUILD_BACKEND = TESTS.parent / "build_backend" / "backend.py"
 
 
 def ours(trainer: Trainer) -> list[TrainerCallback]:
@@ -59,6 +64,22 @@ def test_the_start_up_hook_waits_for_the_trainer_and_imports_nothing_before() ->
     loaded, finders = json.loads(result.stdout)
     assert loaded == [] and "TrainerWatch" in finders, result.stderr
     assert getattr(Trainer.train, HOOKED)  # this process imported transformers.trainer: hooked
+
+
+def test_the_installed_hook_is_the_build_backends_line_listed_for_uninstall() -> None:
+    """pip installed ``checkpoint_records.pth`` (regular or editable wheel) with the line the backend
+    writes, and its RECORD entry (hash, size) matches the file, so ``pip uninstall`` removes it."""
+    [pth] = [
+        file for file in metadata.files("checkpoint-records") or [] if file.name == "checkpoint_records.pth"
+    ]
+    content = Path(str(pth.locate())).read_bytes()
+    assert (
+        content == runpy.run_path(str(BUILD_BACKEND))["LINE"]
+        and pth.size == len(content)
+        and pth.hash is not None
+    )
+    digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+    assert (pth.hash.mode, pth.hash.value) == ("sha256", digest)
 
 
 def test_attach_gives_a_trainer_one_callback_that_records_every_checkpoint(
