@@ -17,8 +17,7 @@ import pytest
 from transformers import Trainer, TrainerCallback
 
 from checkpoint_records import CheckpointRecordCallback, ConfigurationError
-from checkpoint_records.attach import AttachedCallback
-from checkpoint_records.startup import HOOKED
+from checkpoint_records.attach import HOOKED, AttachedCallback
 from commands import ANNOUNCEMENT, job_statuses, stored_names
 from trainer_runs import tiny_trainer
 

@@ -28,10 +28,11 @@ import transformers.integrations.integration_utils as integrations
 from .callback import CheckpointRecordCallback
 from .logs import never_raises
 from .settings import setting_from_environment
-from .startup import HOOKED
 
 #: The name ``report_to`` knows this package by.
 REPORT_TO = "checkpoint-records"
+#: Set on the hooked ``Trainer.train``, so that nothing is hooked twice.
+HOOKED = "_checkpoint_records_hooked"
 
 
 class AttachedCallback(CheckpointRecordCallback):
@@ -42,10 +43,10 @@ class AttachedCallback(CheckpointRecordCallback):
 def hook_trainer(module: ModuleType) -> None:
     """Register the ``report_to`` name and wrap ``module.Trainer.train`` (once)."""
     integrations.INTEGRATION_TO_CALLBACK.setdefault(REPORT_TO, AttachedCallback)
+    if hooked(module):
+        return
     trainer = module.Trainer
     train = trainer.train
-    if getattr(train, HOOKED, False):
-        return
 
     @functools.wraps(train)
     def train_with_records(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -54,6 +55,11 @@ def hook_trainer(module: ModuleType) -> None:
 
     setattr(train_with_records, HOOKED, True)
     trainer.train = train_with_records
+
+
+def hooked(module: ModuleType) -> bool:
+    """Whether ``module.Trainer.train`` (``module``: ``transformers.trainer``) is ours already."""
+    return bool(getattr(getattr(getattr(module, "Trainer", None), "train", None), HOOKED, False))
 
 
 def settle(trainer: Any) -> None:

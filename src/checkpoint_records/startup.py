@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 #: The module that defines ``transformers.Trainer``, the same from transformers 4.46 to 5.x.
 TRAINER_MODULE = "transformers.trainer"
-#: Set on the hooked ``Trainer.train``, so that nothing is hooked twice.
-HOOKED = "_checkpoint_records_hooked"
 
 
 class TrainerWatch:
@@ -77,8 +75,9 @@ def hook(module: "ModuleType") -> None:
 
 
 def install() -> None:
-    """Wait for ``transformers.trainer``, or hook it now if it was imported already. Idempotent."""
-    if installed():
+    """Wait for ``transformers.trainer``, or hook it now if it was imported already. Idempotent (a
+    hooked Trainer is not hooked again)."""
+    if _waiting():
         return
     module = sys.modules.get(TRAINER_MODULE)
     if module is not None:
@@ -89,10 +88,18 @@ def install() -> None:
 
 def installed() -> bool:
     """Whether this process waits for the Trainer, or has hooked it already."""
-    if any(isinstance(finder, TrainerWatch) for finder in sys.meta_path):
+    if _waiting():
         return True
-    trainer = getattr(sys.modules.get(TRAINER_MODULE), "Trainer", None)
-    return bool(getattr(getattr(trainer, "train", None), HOOKED, False))
+    module = sys.modules.get(TRAINER_MODULE)
+    if module is None:
+        return False
+    from .attach import hooked
+
+    return hooked(module)
+
+
+def _waiting() -> bool:
+    return any(isinstance(finder, TrainerWatch) for finder in sys.meta_path)
 
 
 def uninstall() -> None:
