@@ -23,6 +23,7 @@ from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
 from .recovery import checkpoint_folders
+from .run_command import add_command as add_run_command
 from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .storage import live_upload_statuses, upload_state
@@ -465,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving.set_defaults(run=cmd_serve)
     add_storage_commands(commands, common)
     add_evaluation_commands(commands, common)
+    add_run_command(commands, common)
     return parser
 
 
