@@ -11,6 +11,7 @@ recovered with no job in the store) gets its job document from the same files (:
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,9 @@ class FoundCheckpoint:
     #: The whole ``log_history`` of ``trainer_state.json`` (empty for accelerate folders).
     log_history: tuple[dict[str, Any], ...] = ()
     best: Best | None = None
-    #: The run's planned steps as ``trainer_state.json`` says (0: not known).
+    #: The run's planned steps and epochs as ``trainer_state.json`` says (0: not known).
     max_steps: int = 0
+    num_train_epochs: int = 0
 
 
 def checkpoint_folders(run_dir: Path) -> list[tuple[Path, int]]:
@@ -75,8 +77,15 @@ def read_checkpoint(directory: Path, step: int) -> FoundCheckpoint:
         logged=metrics_at_step(history, step),
         log_history=history,
         best=best_of(state, history),
-        max_steps=max(int(to_number(state.get("max_steps"))[0] or 0), 0),
+        max_steps=_count(state.get("max_steps")),
+        num_train_epochs=_count(state.get("num_train_epochs")),
     )
+
+
+def _count(value: Any) -> int:
+    """A count ``trainer_state.json`` keeps (0 when missing, odd or ``sys.maxsize``'s "unknown")."""
+    number = int(to_number(value)[0] or 0)
+    return number if 0 < number < sys.maxsize else 0
 
 
 def best_of(state: dict[str, Any], history: tuple[dict[str, Any], ...]) -> Best | None:
@@ -153,6 +162,7 @@ def job_from_disk(
         updated_at=written[-1][1],
         global_step=newest.step,
         max_steps=newest.max_steps,
+        num_train_epochs=newest.num_train_epochs,
         training_loss=series.bounded(),
         directory=str(run_dir.absolute()),
     )
