@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from checkpoint_records.store import Submission, open_store
+from checkpoint_records.history import log_entry
+from checkpoint_records.series import LOG_PAGE_SIZE, LogPage, log_page_id
+from checkpoint_records.store import DATABASE_NAME, Outcome, Receipt, Submission, open_store
 from records_factory import make_record
 
 
@@ -39,3 +42,84 @@ def test_counts_revisions_and_lists_agree_on_both_databases(tmp_path: Path, data
         assert store.evaluations.enqueue("lm-eval") == 4 and store.evaluations.pending("lm-eval", [b]) == 1
     finally:
         store.close()
+
+
+def test_a_jobs_log_in_pages_is_written_sent_received_and_redirected_on_both_databases(
+    tmp_path: Path, database: str | None
+) -> None:
+    """Issue 22's store SQL (pages, their deliveries, where received documents came from) on each
+    database: what a training node's store does with its log, and what the registry does with pages."""
+    store = open_store(database, tmp_path / "store")
+    sink, other, third = "http://a.example/v1/records", "http://b.example/v1/records", "http://c.example"
+    try:
+        record = make_record(1, job="logged")
+        job = record.metadata.job_id
+        store.put(record)
+        entries = [
+            log_entry(seq, {"step": seq + 1, "loss": 1.0 / (seq + 1)}, 1_700_000_000.0 + seq)
+            for seq in range(150)
+        ]
+        store.append_log(job, [e for e in entries if e is not None], end=150, sinks=[sink])
+        pages = [log_page_id(job, number) for number in (0, 1)]
+        assert store.log_version(job) == (2, 2) and store.log_page_place(pages[1]) == (job, 1)
+        assert set(pages) <= set(store.document_ids([job])) and record.id in store.document_ids([job])
+
+        claims = store.outbox.claim_due(sink, "test", 60, 10)
+        sent = sorted((LogPage.model_validate_json(claim.body) for claim in claims), key=lambda p: p.page)
+        assert [(page.id, page.revision, len(page.entries)) for page in sent] == [
+            (pages[0], 1, LOG_PAGE_SIZE),
+            (pages[1], 1, 150 - LOG_PAGE_SIZE),
+        ]
+        store.outbox.settle([Outcome(claim, "delivered", 0.0) for claim in claims])
+        assert store.outbox.backfill(other, ["record", "log"], [job]) == 3
+        assert store.outbox.backfill(other, ["record", "log"]) == 0  # it has them all now
+        assert store.outbox.move(other, third, ["log"]) == 2 and store.outbox.drop(third) == 2
+        assert store.outbox.sinks()[third]["dropped"] == 2 and store.outbox.counts()["delivered"] == 2
+
+        newer = [page.model_copy(update={"revision": 2, "entries": page.entries[:3]}) for page in sent]
+        (receipts,) = store.receive([Submission(newer, key="pages", digest="d", sender="10.0.0.7")])
+        assert [(r.kind, r.revision, r.stored) for r in receipts] == [("log", 2, True)] * 2  # type: ignore[union-attr]
+        assert store.receive([Submission(sent, sender="10.0.0.8")])[0] == [  # older: nothing changes
+            Receipt(page.id, "log", 2, stored=False) for page in sent
+        ]
+        origins = store.origins([*pages, record.id])
+        assert set(origins) == set(pages) and {o.sender for o in origins.values()} == {"10.0.0.7"}
+        assert len(store.log_series(job)) == 6 and store.log_version(job) == (2, 4)
+    finally:
+        store.close()
+
+
+def test_a_store_of_schema_3_gets_its_log_pages_then_its_job_counts_on_both_databases(
+    tmp_path: Path, database: str | None
+) -> None:
+    """Steps 4 (``log_pages``, from the entries kept) and 5 (``job_checkpoints``, from the records kept)
+    in each database's SQL, on a store that had neither."""
+    store = open_store(database, tmp_path / "store")
+    record = make_record(1, job="old")
+    job = record.metadata.job_id
+    store.put(record)
+    store.put(make_record(2, job="old"))
+    entries = [log_entry(seq, {"step": seq + 1, "loss": 0.5}, 1.0) for seq in range(120)]
+    store.append_log(job, [e for e in entries if e is not None], end=120)
+    store.close()
+    downgrade = ["DROP TABLE log_pages", "DROP TABLE job_checkpoints"]
+    if database is None:
+        with sqlite3.connect(tmp_path / "store" / DATABASE_NAME) as connection:
+            connection.execute("DROP TRIGGER job_checkpoints_kept")
+            for statement in [*downgrade, "PRAGMA user_version = 3"]:
+                connection.execute(statement)
+    else:
+        import psycopg  # the postgres extra, which a PostgreSQL run has
+
+        with psycopg.connect(database, autocommit=True) as connection:
+            for statement in [*downgrade, "DELETE FROM checkpoint_records_schema"]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO checkpoint_records_schema VALUES (3, 0)")
+    upgraded = open_store(database, tmp_path / "store")
+    try:
+        assert upgraded.log_version(job) == (2, 2)  # each page kept at revision 1
+        assert {s.job_id: s.checkpoints for _, s in upgraded.job_summaries()} == {job: 2}
+        upgraded.put(make_record(3, job="old"))  # counted by the trigger from now on
+        assert {s.job_id: s.checkpoints for _, s in upgraded.job_summaries()} == {job: 3}
+    finally:
+        upgraded.close()

@@ -83,9 +83,14 @@ class Dialect:
         # SQLite gives the other columns of the row that holds MAX(step).
         return f"SELECT job_id, {value}, MAX(step) FROM records WHERE {where} GROUP BY job_id"
 
+    def statements(self, script: str) -> list[str]:
+        """The statements of a script of the schema's tables (part of :data:`.schema.SCHEMA`), as this
+        database says them; a migration step creating a table it then fills says it with this."""
+        return sqlite_statements(script)
+
     def schema(self, script: str) -> list[str]:
         """The statements of :data:`.schema.SCHEMA`, as this database says them."""
-        return sqlite_statements(script)
+        return self.statements(script)
 
     def columns(self, connection: Connection, table: str) -> set[str]:
         """The columns ``table`` has (none when there is no such table)."""
@@ -149,9 +154,9 @@ class PostgresDialect(Dialect):
         values = rows or f"VALUES ({marks(columns)})"
         return f"INSERT INTO {table} ({', '.join(columns)}) {values} ON CONFLICT DO NOTHING"
 
-    def schema(self, script: str) -> list[str]:
-        """The statements of :data:`.schema.SCHEMA` as PostgreSQL says them: 64-bit integers and
-        doubles, no ``WITHOUT ROWID``, and SQLite's triggers replaced by :data:`POSTGRES_TRIGGERS`."""
+    def statements(self, script: str) -> list[str]:
+        """A script's statements as PostgreSQL says them: 64-bit integers and doubles, no ``WITHOUT
+        ROWID``, and no SQLite triggers (:meth:`schema` adds :data:`POSTGRES_TRIGGERS` instead)."""
         statements = []
         for commented in sqlite_statements(script):
             statement = "\n".join(line for line in commented.splitlines() if not line.startswith("--"))
@@ -164,6 +169,12 @@ class PostgresDialect(Dialect):
                 # SQLite's rowid: a new one at each write, which the evaluation queue scans by.
                 statement = statement.replace("\n);", ",\n    rowid BIGINT NOT NULL DEFAULT 0\n);")
             statements.append(statement.rstrip(";"))
+        return statements
+
+    def schema(self, script: str) -> list[str]:
+        """The statements of :data:`.schema.SCHEMA` as PostgreSQL says them (:meth:`statements`), SQLite's
+        triggers replaced by :data:`POSTGRES_TRIGGERS`."""
+        statements = self.statements(script)
         # A job's newest ready checkpoint, found at once: PostgreSQL's planner cannot tell how few
         # rows the JSON condition leaves, and would read every record of the job to sort them.
         ready = f"CREATE INDEX IF NOT EXISTS records_ready ON records(job_id, step, id) WHERE {self.available_and_ready()}"

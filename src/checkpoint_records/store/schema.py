@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from ..series import LOG_PAGE_SIZE, log_page_id
 from .dialect import Connection, SqliteConnection
 
 JOB_CHECKPOINTS = """
@@ -39,6 +40,19 @@ CREATE TRIGGER IF NOT EXISTS job_checkpoints_kept BEFORE INSERT ON records BEGIN
         first_created_at = MIN(first_created_at, NEW.created_at),
         last_updated_at = MAX(last_updated_at, NEW.updated_at);
 END;
+"""
+
+#: A job's log in pages (:mod:`...series`): each page's revision, raised whenever its entries change, so a
+#: sink is sent the pages that changed and a receiver keeps the newest revision of each.
+_LOG_PAGES = """
+CREATE TABLE IF NOT EXISTS log_pages (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    page INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_pages_by_job ON log_pages(job_id, page);
 """
 
 SCHEMA = (
@@ -100,6 +114,14 @@ CREATE TABLE IF NOT EXISTS received_keys (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
+-- Where each document the server stored came from (the sender's address) and when, by document id.
+CREATE TABLE IF NOT EXISTS received_from (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
 
 -- The web page: every revision of a record in brief, kept by a trigger on each write of a record (by any
 -- writer, old or new), so a checkpoint's page can tell when it was deleted or the best moved.
@@ -157,6 +179,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_due ON evaluations(evaluator, state, next_attempt_at);
 """
+    + _LOG_PAGES
     + JOB_CHECKPOINTS
 )
 
@@ -188,12 +211,30 @@ def _records_carry_evaluations(connection: Connection) -> None:
     which would drop the results when it revises a record, refuses this store instead."""
 
 
+def _logs_go_out_in_pages(connection: Connection) -> None:
+    """3 -> 4: a job's log is delivered in pages (``log_pages``), the outbox may hold them (``kind`` ``log``)
+    and deliveries dropped by ``outbox drop``, which an earlier release would count pending forever: it
+    refuses this store instead. The pages of the logs already kept start at revision 1, so ``flush
+    --sink`` can send them."""
+    if not connection.dialect.columns(connection, "log_entries"):
+        return  # a new store: SCHEMA creates it all
+    for statement in connection.dialect.statements(_LOG_PAGES):
+        connection.execute(statement)
+    pages = connection.execute("SELECT DISTINCT job_id, seq / ? FROM log_entries", (LOG_PAGE_SIZE,))
+    connection.executemany(
+        connection.dialect.insert_new(
+            "log_pages", ("id", "job_id", "page", "revision", "updated_at"), "VALUES (?, ?, ?, 1, 0)"
+        ),
+        [(log_page_id(job_id, page), job_id, page) for job_id, page in pages.fetchall()],
+    )
+
+
 def _jobs_counted(connection: Connection) -> None:
-    """3 -> 4: each job's checkpoints in numbers (``job_checkpoints``, kept by a trigger in the store, so
+    """4 -> 5: each job's checkpoints in numbers (``job_checkpoints``, kept by a trigger in the store, so
     every writer keeps it), counted here once from the records already stored."""
     if not connection.dialect.columns(connection, "records"):
         return  # a new store: SCHEMA creates it all
-    for statement in connection.dialect.schema(JOB_CHECKPOINTS):
+    for statement in connection.dialect.statements(JOB_CHECKPOINTS):
         connection.execute(statement)
     connection.execute("DELETE FROM job_checkpoints")  # counted afresh, whatever was there
     connection.execute(
@@ -207,6 +248,7 @@ _MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _first_versioned_release,
     _outbox_says_what_it_delivers,
     _records_carry_evaluations,
+    _logs_go_out_in_pages,
     _jobs_counted,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
