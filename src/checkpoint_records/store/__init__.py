@@ -6,7 +6,7 @@ memory while the disk is full); :mod:`.schema` the tables and their migrations. 
 :mod:`.documents` (records and job snapshots, with their revisions: :meth:`RecordStore.put` and the
 atomic :meth:`RecordStore.update_record`), :mod:`.log` (a job's logged entries), :mod:`.received`
 (documents the registry server received, and their idempotency keys), :mod:`.queries` (lists and pages for
-the server and the page). Three lease queues (:mod:`.leases`) hold work that must be done once:
+the server and the page), :mod:`.forget` (removing a job or a record with all it holds). Three lease queues (:mod:`.leases`) hold work that must be done once:
 ``store.outbox`` (:mod:`.outbox`, deliveries to sinks), ``store.uploads`` (:mod:`.uploads`, files to
 upload) and ``store.evaluations`` (:mod:`.evaluations`, checkpoints each evaluator has still to run). No module outside this package touches a connection or writes SQL.
 """
@@ -19,6 +19,7 @@ from sqlite3 import DatabaseError  # what reading a damaged store raises: the CL
 from .database import DATABASE_NAME
 from .documents import Documents, RecordRevision, StoredJob, StoredRecord
 from .evaluations import ClaimedEvaluation, EvaluationQueue, LostClaim
+from .forget import Forgetting, Forgotten
 from .leases import Lease, LeaseQueue, claim_owner, owner_is_alive
 from .log import JobLog
 from .outbox import Claimed, Delivery, Outbox, Outcome
@@ -28,7 +29,7 @@ from .schema import SCHEMA_VERSION
 from .uploads import UploadQueue, UploadRow
 
 
-class RecordStore(Documents, JobLog, Received, Queries):
+class RecordStore(Documents, JobLog, Received, Queries, Forgetting):
     """Records, jobs, their log and the three queues in ``<home>/records.db``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
@@ -51,6 +52,7 @@ __all__ = [
     "DatabaseError",
     "Delivery",
     "EvaluationQueue",
+    "Forgotten",
     "JobSummary",
     "Lease",
     "LeaseQueue",
