@@ -2,33 +2,38 @@
 
 Exit codes, for scripts: 0 when the command did what it was asked (for ``flush``/``resend``: everything
 it was asked to deliver is delivered), 1 when something it was asked about is missing, ambiguous, still
-pending or rejected, 2 for bad usage or configuration.
+pending or rejected, 2 for bad usage or configuration; 141 (quietly) when the reader of its output went
+away (``| head``), as a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .delivery import DeliveryWorker
-from .errors import ConfigurationError
+from .errors import FAILED, OK, USAGE, ConfigurationError
 from .evaluation.commands import add_commands as add_evaluation_commands
+from .forget import add_command as add_forget_command
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
+from .lookup import NotFound, find_record, open_existing
 from .recovery import checkpoint_folders
 from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .storage import live_upload_statuses, upload_state
 from .storage.commands import add_commands as add_storage_commands
 from .storage.progress import describe
-from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore, StoredRecord
+from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore
 from .terminal import (
     RecordRow,
     delivery_state,
@@ -44,7 +49,8 @@ from .terminal import (
 if TYPE_CHECKING:
     from .recorder import CheckpointRecorder
 
-OK, FAILED, USAGE = 0, 1, 2
+#: What a process killed by SIGPIPE exits with in a shell (``... | head``): the reader has gone.
+BROKEN_PIPE = 128 + 13
 #: ``flush``/``resend``/``import --timeout``: someone at a terminal asked for the delivery and waits for
 #: it, longer than the end of training does (the ``flush_timeout`` setting).
 DEFAULT_DELIVER_TIMEOUT = 60.0
@@ -54,52 +60,8 @@ DEFAULT_SERVE_HOST = "127.0.0.1"
 DEFAULT_SERVE_PORT = 8000
 
 
-class NotFound(Exception):
-    """A record name that names no record, or more than one: the message says which and what to type."""
-
-
-def find_record(store: RecordStore, text: str) -> StoredRecord:
-    """The one record ``text`` names: a record id, a name, or ``JOB/NAME`` (job name, id or id prefix).
-
-    Two jobs with the same ``run_name`` have records of the same names; such a name is refused with
-    the candidates rather than silently picking one.
-    """
-    found = store.find(text)
-    if not found and "/" in text:
-        for split in (index for index, char in enumerate(text) if char == "/"):
-            job, name = text[:split], text[split + 1 :]
-            found = [
-                stored
-                for stored in store.find(name)
-                if job in (stored.record.metadata.job_name, stored.record.metadata.job_id)
-                or (len(job) >= 4 and stored.record.metadata.job_id.startswith(job))
-            ]
-            if found:
-                break
-    if not found:
-        raise NotFound(f"no record named {text!r} in {store.path} (see: checkpoint-records list)")
-    if len({stored.record.id for stored in found}) > 1:
-        candidates = "\n".join(
-            f"  {stored.record.metadata.job_id[:8]}/{stored.record.name}  (job {stored.record.metadata.job_name},"
-            f" record id {stored.record.id}, created {stored.record.status.created_at})"
-            for stored in found
-        )
-        raise NotFound(
-            f"{text!r} names {len(found)} records of different jobs; say which with JOB/NAME or the "
-            f"record id:\n{candidates}"
-        )
-    return found[0]
-
-
-def _open_existing(settings: Settings) -> RecordStore | None:
-    """The store, when it exists: reading an empty home must not create a database there."""
-    if not (settings.home / DATABASE_NAME).exists():
-        return None
-    return RecordStore(settings.home)
-
-
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_existing(settings)
+    store = open_existing(settings)
     stored = [] if store is None else store.records()
     if args.job is not None:
         stored = [
@@ -108,14 +70,16 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
             if args.job in (item.record.metadata.job_id, item.record.metadata.job_name)
             or (len(args.job) >= 4 and item.record.metadata.job_id.startswith(args.job))
         ]
+    # A job asked about that has no records is missing (1); an empty store asked about nothing is not.
+    missing = FAILED if args.job is not None and not stored else OK
     if args.json:
         print(json.dumps([item.record.to_dict() for item in stored], indent=2, allow_nan=False))
-        return OK
+        return missing
     where = settings.home / DATABASE_NAME
     if not stored:
         of_job = f" of job {args.job!r}" if args.job is not None else ""
         print(f"no records{of_job} in {where}", file=sys.stderr)
-        return OK
+        return missing
     assert store is not None
     by_record: dict[str, list[Delivery]] = {}
     for delivery in store.outbox.deliveries():
@@ -129,13 +93,14 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         )
     print(records_table(rows))
     print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
-    if any(row.delivery not in ("local", "delivered") for row in rows):
+    waiting = {delivery.state for item in stored for delivery in by_record.get(item.record.id, [])}
+    if waiting & {"pending", "dead"}:
         print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
     return OK
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_existing(settings)
+    store = open_existing(settings)
     if store is None:
         print(f"no record named {args.name!r}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED
@@ -169,7 +134,7 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_existing(settings)
+    store = open_existing(settings)
     details = [] if store is None else [render_job(stored.job) for stored in store.jobs()]
     if args.json:
         print(json.dumps(details, indent=2, allow_nan=False))
@@ -259,7 +224,7 @@ def _deliver(store: RecordStore, sinks: list[Sink], timeout: float, record_ids: 
 
 def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
     sinks = configured_sinks(settings)
-    store = _open_existing(settings)
+    store = open_existing(settings)
     if store is None:
         print(f"nothing to deliver: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return OK
@@ -305,7 +270,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
     sinks = configured_sinks(settings)
-    store = _open_existing(settings)
+    store = open_existing(settings)
     if store is None:
         print(f"nothing to re-send: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED if args.names else OK
@@ -361,21 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
     variables = "\n".join(f"  {row.variable:<40} {row.description}" for row in TABLE if row.variable)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",
         epilog=(
             "exit codes:\n"
             "  0  done (flush/resend: everything it was asked to deliver is delivered)\n"
             "  1  something it was asked about is missing, ambiguous, still pending or rejected\n"
-            "  2  bad usage or configuration\n\n"
+            "  2  bad usage or configuration\n"
+            f"  {BROKEN_PIPE}  the reader of its output went away (... | head), as for any Unix tool\n\n"
             f"environment (an option wins over its variable, a variable over the default):\n{variables}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
     listing = commands.add_parser("list", parents=[common], help="one line per record")
     listing.add_argument("--json", action="store_true", help="all records as one JSON array")
     listing.add_argument(
@@ -465,7 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
     serving.set_defaults(run=cmd_serve)
     add_storage_commands(commands, common)
     add_evaluation_commands(commands, common)
+    add_forget_command(commands, common)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command (``lst`` -> ``list``)."""
+
+    def error(self, message: str) -> NoReturn:
+        choices = next((action.choices for action in self._actions if action.dest == "command"), None)
+        typed = message.partition("invalid choice: '")[2].partition("'")[0]
+        if isinstance(choices, dict) and typed:
+            close = difflib.get_close_matches(typed, list(choices), n=1, cutoff=0.6)
+            if close:
+                message += f"\ndid you mean: {close[0]}?"
+        super().error(message)
 
 
 def _message(error: Exception) -> str:
@@ -485,7 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = resolve_settings(**_options(args))
-        return int(args.run(settings, args))
+        code = int(args.run(settings, args))
+        sys.stdout.flush()  # here, where a reader gone (``| head``) is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # Quiet, as Unix tools end: stdout goes nowhere now, so exiting does not try to flush it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except ConfigurationError as error:
         print(_message(error), file=sys.stderr)
         return USAGE
