@@ -11,6 +11,10 @@ Where things are:
   ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
   the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
+- attached with no line of code: ``startup.py``, run in every Python process by the wheel's
+  ``checkpoint_records.pth`` (it imports nothing and waits for ``transformers.trainer``), then
+  ``attach.py`` (``report_to="checkpoint-records"``, one callback per Trainer); ``run_command.py`` is
+  ``checkpoint-records run -- COMMAND``.
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
@@ -41,10 +45,9 @@ Where things are:
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+# Nothing is imported here at run time, not even typing: every Python process of an environment that has
+# the package runs its start-up hook (``startup.py``), and importing this package must cost it nothing.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which type checkers read by its name
 
 #: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
@@ -104,9 +107,11 @@ if TYPE_CHECKING:
     from .store import RecordStore
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'checkpoint_records' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value

@@ -28,6 +28,7 @@ from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
 from .lookup import NotFound, find_record, open_existing
 from .recovery import checkpoint_folders
+from .run_command import add_command as add_run_command
 from .settings import TABLE, Settings, parse_seconds, resolve_settings
 from .sinks import Sink, configured_sinks, job_sinks
 from .storage import live_upload_statuses, upload_state
@@ -432,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_commands(commands, common)
     add_evaluation_commands(commands, common)
     add_forget_command(commands, common)
+    add_run_command(commands, common)
     return parser
 
 
