@@ -3,7 +3,7 @@
 Sinks say *what* to send (:class:`~.http.HttpSink` a record, :class:`~.mlflow.MlflowSink` REST calls);
 everything about the wire is decided here, once, so two sinks cannot drift apart again:
 
-- the URL rules (README "What happens when..."): an http(s) URL with a valid host and port, no
+- the URL rules (docs/design.md, "What happens when..."): an http(s) URL with a valid host and port, no
   ``user:password@``, and no credential (a token, or a query string, whose values are treated as
   secrets) over plain ``http://`` to anything but loopback unless the user opted in;
 - the session: TLS always verified (against a CA bundle when given), no proxies or ``.netrc`` slipped in
