@@ -26,7 +26,7 @@ from .forget import add_command as add_forget_command
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
 from .lifecycle import cancel_abandoned
-from .lookup import NotFound, find_record, open_existing
+from .lookup import NotFound, existing_or_say, find_record, open_existing
 from .recovery import checkpoint_folders
 from .run_command import add_command as add_run_command
 from .settings import TABLE, Settings, parse_seconds, resolve_settings
@@ -101,9 +101,8 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_existing(settings)
+    store = existing_or_say(settings, f"no record named {args.name!r}")
     if store is None:
-        print(f"no record named {args.name!r}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED
     try:
         stored = find_record(store, args.name)

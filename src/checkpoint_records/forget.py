@@ -11,9 +11,9 @@ import sys
 from typing import Any
 
 from .errors import FAILED, OK, USAGE
-from .lookup import NotFound, find_record, open_existing
+from .lookup import NotFound, existing_or_say, find_record
 from .settings import Settings
-from .store import DATABASE_NAME, Forgotten, RecordStore
+from .store import Forgotten, RecordStore
 from .terminal import plural
 
 
@@ -47,9 +47,8 @@ def _said(forgotten: Forgotten) -> str:
 
 
 def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_existing(settings)
+    store = existing_or_say(settings, "nothing to forget")
     if store is None:
-        print(f"nothing to forget: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED
     try:
         target, description, is_job = _target(store, args.target)

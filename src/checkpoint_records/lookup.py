@@ -3,6 +3,8 @@ store it is looked up in, when there is one."""
 
 from __future__ import annotations
 
+import sys
+
 from .settings import Settings
 from .store import DATABASE_NAME, RecordStore, StoredRecord
 
@@ -49,3 +51,11 @@ def open_existing(settings: Settings) -> RecordStore | None:
     if not (settings.home / DATABASE_NAME).exists():
         return None
     return RecordStore(settings.home)
+
+
+def existing_or_say(settings: Settings, what: str) -> RecordStore | None:
+    """:func:`open_existing`, saying ``WHAT: no store at PATH`` on stderr when there is none."""
+    store = open_existing(settings)
+    if store is None:
+        print(f"{what}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
+    return store
