@@ -26,9 +26,9 @@ def _target(store: RecordStore, text: str) -> tuple[str, str, bool]:
     if jobs:
         job_id = jobs[0]
         stored = store.job(job_id)
-        records = store.records(job_id)
-        name = stored.job.name if stored else (records[0].record.metadata.job_name if records else job_id)
-        return job_id, f"job {name} ({job_id}) and its {plural(len(records), 'record')}", True
+        newest = store.records_newest_first(job_id, 1)  # a job without a job document: its records say
+        name = stored.job.name if stored else (newest[0].record.metadata.job_name if newest else job_id)
+        return job_id, f"job {name} ({job_id})", True
     stored_record = find_record(store, text)
     record = stored_record.record
     return record.id, f"record {record.name} of job {record.metadata.job_name} ({record.id})", False
@@ -63,7 +63,8 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return USAGE
-        answer = input(f"remove {description} from {store.path}? [y/N] ")
+        held = " and all it holds (records, deliveries, log, uploads, evaluations)" if is_job else ""
+        answer = input(f"remove {description}{held} from {store.path}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing removed", file=sys.stderr)
             return FAILED
