@@ -2,9 +2,11 @@
 
 Where things are:
 
-- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series);
-  ``validation.py`` what either may hold (valid Unicode, bounded nesting and integers, real times,
-  contained file paths), checked at ingest, bounded where we build, repaired where the store reads.
+- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series,
+  and ``JobDocument``, the job as the canonical format sends it); ``series.py`` the job's logged series on
+  the wire, in pages with their own revisions (``LogPage``); ``validation.py`` what any of them may hold
+  (valid Unicode, bounded nesting and integers, real times, contained file paths), checked at ingest,
+  bounded where we build, repaired where the store reads.
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
   a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
@@ -16,19 +18,25 @@ Where things are:
   ``attach.py`` (``report_to="checkpoint-records"``, one callback per Trainer); ``run_command.py`` is
   ``checkpoint-records run -- COMMAND``.
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
-  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
+  changes only through the atomic ``RecordStore.update_record``), ``store/log.py`` the job's log (each
+  page revised and queued when its entries change; ``store/pages.py`` reads and receives pages),
+  ``store/received.py`` what the registry received and from where, ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
   ``store/database.py`` owns the connections, ``store/forget.py`` removes a job or a record with all it
   holds; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
-  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``, with
-  ``lookup.py`` for what a typed name names and ``forget.py`` for ``forget``; one plural, one time
-  format); ``page/`` for a browser.
+  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py`` and
+  ``delivery_commands.py``, with ``lookup.py`` for what a typed name names and ``forget.py`` for
+  ``forget``; one plural, ``words.py``, one time format); ``page/`` for a browser. The canonical format (``record``)
+  sends records, jobs and log pages alike.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
   ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
+  ``delivery_commands.py`` is ``flush`` (which first queues what a sink was never sent: backfill),
+  ``resend``, ``import`` and ``outbox`` (move or drop a gone sink's deliveries); ``lookup.py`` finds
+  what a command names.
 - evaluated: ``evaluation/`` (``checkpoint-records evaluate``): a worker that runs an evaluator on every
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
   evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the

@@ -29,7 +29,7 @@ from .job import JobIdentity, JobSnapshot, JobStatus, LossSeries, job_snapshot, 
 from .logs import logger
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
-from .sinks import Sink, job_sinks, record_sinks, sinks_to_notify
+from .sinks import Sink, job_sinks, log_sinks, record_sinks, sinks_to_notify
 from .storage import Uploads
 from .store import RecordStore
 from .validation import path_of
@@ -61,8 +61,10 @@ class Bookkeeper:
         owner: str,
     ) -> None:
         self.store, self.delivery, self.uploads = store, delivery, uploads
-        #: The record sinks (queued a record and its revisions) and the job-level ones (``training-job``).
+        #: The record sinks (queued a record and its revisions), the job-level ones (``record``,
+        #: ``training-job``) and those sent the job's log page by page (``record``).
         self.record_sinks, self.job_sinks = record_sinks(sinks), job_sinks(sinks)
+        self.log_sinks = [sink.key for sink in log_sinks(sinks)]
         self.name_template = name_template
         #: Names the process running a job in the store, so a later run can tell an interrupted one.
         self.owner = owner
@@ -96,6 +98,7 @@ class Bookkeeper:
             job_name=begin.job.name,
             created_at=time.time() if previous is None else previous.job.created_at,
             max_steps=begin.max_steps,
+            num_train_epochs=begin.num_train_epochs,
             model=begin.model,
             directory=str(begin.directory.absolute()),
         )
@@ -115,7 +118,11 @@ class Bookkeeper:
         ]
         logged = [entry for entry in entries if entry is not None]
         # One write: a resumed run's log replaces the rest; on a full disk it waits in order, in memory.
-        self.store.write_log(job.id, logged, save.first_seq, before_step=save.step, count=len(save.entries))
+        # The process that reports the job sends its log.
+        sinks = self.log_sinks if run.reported else ()
+        self.store.write_log(
+            job.id, logged, save.first_seq, before_step=save.step, count=len(save.entries), sinks=sinks
+        )
         run.log.add(save.entries, up_to_step=save.step)
         run.losses.add(logged, checkpoint_step=save.step)
         best = save.best.parsed() if save.best is not None else None

@@ -14,7 +14,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .distributed import trainer_role, wait_for_everyone
 from .handoff import Begin, BestSoFar, Save, base_model_name
-from .job import JobIdentity
+from .job import JobIdentity, planned_epochs
 from .logs import never_raises
 from .record import CheckpointRecord
 from .recorder import CheckpointRecorder
@@ -92,6 +92,7 @@ class CheckpointRecordCallback(TrainerCallback):
                 model=model,
                 base_model=base_model_name(model, args.hub_model_id),
                 max_steps=int(state.max_steps or 0),
+                num_train_epochs=planned_epochs(state),
                 started_at=time.time(),
             )
         )

@@ -14,7 +14,7 @@ from .errors import FAILED, OK, USAGE
 from .lookup import NotFound, existing_or_say, find_record
 from .settings import Settings
 from .store import Forgotten, RecordStore
-from .terminal import plural
+from .words import plural
 
 
 def _target(store: RecordStore, text: str) -> tuple[str, str, bool]:

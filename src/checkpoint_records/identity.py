@@ -56,4 +56,15 @@ def idempotency_key(record_id: str, revision: int, wire_format: str, document: A
     key cannot be known before the document is, so no one can post something else under it first."""
     content = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
-    return str(uuid.uuid5(uuid.UUID(record_id), f"revision:{revision}:format:{wire_format}:sha256:{digest}"))
+    return str(
+        uuid.uuid5(_namespace_of(record_id), f"revision:{revision}:format:{wire_format}:sha256:{digest}")
+    )
+
+
+def _namespace_of(document_id: str) -> uuid.UUID:
+    """The UUID a document's derived ids hang from: its id, or one derived from it when a store holds a
+    document whose id is not a UUID (never written by this library, but read, so never a crash)."""
+    try:
+        return uuid.UUID(document_id)
+    except ValueError:
+        return uuid.uuid5(NAMESPACE, f"document:{document_id}")

@@ -9,6 +9,7 @@ of a job that did not finish, and ``formats/training_job.py`` renders a snapshot
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ class JobSnapshot(_Snapshot):
     global_step: Count = 0
     #: The planned number of optimisation steps; 0 when not known yet.
     max_steps: Count = 0
+    #: The epochs the run goes through as the Trainer counts them (from ``max_steps`` when that is set,
+    #: not the ``num_train_epochs`` argument it overrides); 0 when not known.
+    num_train_epochs: Count = 0
     training_loss: list[LossPoint] = Field(default_factory=list)
     hyper_parameters: JsonObject = Field(default_factory=dict)
     base_model: str = ""
@@ -134,6 +138,28 @@ class JobSnapshot(_Snapshot):
         """The snapshot a stored body holds, repaired if an older release stored values this one refuses
         (:func:`~.validation.read_stored`); :class:`~.validation.InvalidValue` when it cannot be."""
         return read_stored(cls, text)[0]
+
+
+#: ``kind`` of a job document in the canonical ``record`` format.
+JOB_KIND = "TrainingJob"
+
+
+class JobDocument(JobSnapshot):
+    """A job as the canonical format sends it: the snapshot as the store keeps it, every field (the loss
+    points with their steps), said to be a job by ``kind``."""
+
+    kind: Literal["TrainingJob"]
+
+
+def job_document(snapshot: JobSnapshot) -> dict[str, Any]:
+    """The :class:`JobDocument` of ``snapshot``, as JSON."""
+    return {"kind": JOB_KIND, **snapshot.model_dump(mode="json")}
+
+
+def job_from_document(data: Any) -> JobSnapshot:
+    """The snapshot a :class:`JobDocument` carries; raises pydantic's ``ValidationError`` naming the field."""
+    document = JobDocument.model_validate(data)
+    return JobSnapshot.model_validate(document.model_dump(exclude={"kind"}))
 
 
 def progress(snapshot: JobSnapshot) -> float:
@@ -241,6 +267,13 @@ def losses_from(log_history: list[dict[str, Any]], log_times: Mapping[int, float
     return points
 
 
+def planned_epochs(state: TrainerState) -> int:
+    """The epochs the Trainer runs, as it counted them at the start (from ``max_steps`` when set); 0 when
+    it does not know (an iterable dataset with ``max_steps`` makes it ``sys.maxsize``)."""
+    epochs = int(getattr(state, "num_train_epochs", 0) or 0)
+    return epochs if 0 < epochs < sys.maxsize else 0
+
+
 def job_snapshot_from_trainer(
     args: TrainingArguments,
     state: TrainerState,
@@ -265,6 +298,7 @@ def job_snapshot_from_trainer(
         base_model,
         global_step=int(state.global_step or 0),
         max_steps=int(state.max_steps or 0),
+        num_train_epochs=planned_epochs(state),
         training_loss=losses_from(list(state.log_history or []), log_times),
         **details,
     )
@@ -282,6 +316,7 @@ def job_snapshot(
     updated_at: float | None = None,
     global_step: int = 0,
     max_steps: int = 0,
+    num_train_epochs: int = 0,
     training_loss: Iterable[LossPoint] = (),
     model: Any = None,
     directory: str = "",
@@ -299,6 +334,7 @@ def job_snapshot(
         status=status,
         global_step=max(global_step, 0),
         max_steps=max(max_steps, 0),
+        num_train_epochs=max(num_train_epochs, 0),
         training_loss=list(training_loss),
         hyper_parameters={} if args is None else hyper_parameters_from(args, trainer_class_name, model),
         base_model=base_model or "",

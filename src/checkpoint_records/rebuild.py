@@ -100,7 +100,7 @@ def recover(
     if newest is not None and newest.log_history:
         known = store.log_length(job.id)
         entries = [log_entry(seq, entry) for seq, entry in enumerate(newest.log_history) if seq >= known]
-        store.append_log(job.id, [entry for entry in entries if entry is not None])
+        store.append_log(job.id, [entry for entry in entries if entry is not None], sinks=books.log_sinks)
     if newest is not None and newest.best is not None:
         books.move_best(job, newest.best, None, books.runs.get(job.id))
     if newest is not None and job.id not in books.runs and store.job(job.id) is None:

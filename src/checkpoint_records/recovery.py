@@ -16,6 +16,7 @@ may hold is a :class:`BadCheckpoint` naming the file and the field, and never st
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +76,9 @@ class FoundCheckpoint:
     #: The whole ``log_history`` of ``trainer_state.json`` (empty for accelerate folders).
     log_history: tuple[dict[str, Any], ...] = ()
     best: Best | None = None
-    #: The run's planned steps as ``trainer_state.json`` says (0: not known).
+    #: The run's planned steps and epochs as ``trainer_state.json`` says (0: not known).
     max_steps: int = 0
+    num_train_epochs: int = 0
 
 
 def checkpoint_folders(run_dir: Path) -> list[Folder]:
@@ -130,6 +132,7 @@ def read_checkpoint(folder: Folder) -> FoundCheckpoint:
         log_history=history,
         best=best_of(state, history),
         max_steps=int(state.get("max_steps") or 0),
+        num_train_epochs=_count(state.get("num_train_epochs")),
     )
 
 
@@ -209,6 +212,12 @@ def accelerate_step(number: int, known: Mapping[int, int], taken: set[int]) -> i
     return guess
 
 
+def _count(value: Any) -> int:
+    """A count ``trainer_state.json`` keeps (0 when missing, odd or ``sys.maxsize``'s "unknown")."""
+    number = int(to_number(value)[0] or 0)
+    return number if 0 < number < sys.maxsize else 0
+
+
 def best_of(state: dict[str, Any], history: tuple[dict[str, Any], ...]) -> Best | None:
     """The best checkpoint ``trainer_state.json`` names, with the metric whose value matches at its step.
 
@@ -283,6 +292,7 @@ def job_from_disk(
         updated_at=written[-1][1],
         global_step=newest.step,
         max_steps=newest.max_steps,
+        num_train_epochs=newest.num_train_epochs,
         training_loss=series.bounded(),
         directory=str(run_dir.absolute()),
     )

@@ -19,7 +19,7 @@ from ..sinks import configured_sinks, record_sinks
 from ..sinks.transport import HttpTransport
 from ..storage.config import storage_config
 from ..store import RecordStore
-from ..terminal import plural
+from ..words import plural
 from .results import NAME_PATTERN, BestBy
 from .runner import Command
 from .sources import EvaluationSource, RegistryQueue, StoreQueue

@@ -26,7 +26,7 @@ from ..redaction import Redactor
 from ..sinks import DeliveryError, Rejected, RetryLater
 from ..storage.config import StorageConfig
 from ..store import ClaimedEvaluation, LostClaim
-from ..terminal import plural
+from ..words import plural
 from .checkout import NotYet, PullFailed, Skip, check_out, pull_copy
 from .results import MetricsError, error_tail, metrics_of, prominent, report_from
 from .runner import Command, Finished, run

@@ -1,8 +1,9 @@
 """``POST /v1/records``: what ``HttpSink`` sends, stored with the sender's revision, all or nothing.
 
 The body is one document or a JSON array of them (a batch, for backlogs; at most :data:`MAX_BATCH`):
-a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``TrainingJobDetail``
-(the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
+what the canonical ``record`` format sends, a checkpoint record (``kind: Checkpoint``), a job
+(``kind: TrainingJob``) or a page of a job's log (``kind: TrainingLog``), or a job's
+``TrainingJobDetail`` (the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
 not JSON, ``401`` (no valid token; with a signing secret, also a missing, wrong or stale signature),
 ``409`` for a record id already stored under another job, ``413`` past the size limit (read no further),
 ``422`` naming the invalid field (a value no document may hold: text that is not valid Unicode, nesting
@@ -32,17 +33,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..identity import is_checkpoint_id
 from ..job import (
+    JOB_KIND,
     BaseModelOption,
+    JobDocument,
     JobSnapshot,
     JobStatus,
     LossPoint,
     TaskType,
     TrainingTechnique,
+    job_from_document,
 )
 from ..logs import logger
 from ..record import CheckpointRecord
+from ..series import LOG_KIND, LogPage
 from ..signing import SignatureError, SigningSecret
-from ..store import Receipt, RecordStore, Refused, Submission
+from ..store import Receipt, ReceivedDocument, RecordStore, Refused, Submission
 from ..validation import MAX_UNIX_SECONDS, Count, InvalidValue, JsonObject, check_value, parse_json
 from .problems import Problem, describe_errors
 
@@ -54,7 +59,7 @@ QUEUE_CAPACITY = 10_000
 MAX_GROUP = 256
 RETRY_AFTER_SECONDS = 1
 
-Document = CheckpointRecord | JobSnapshot
+Document = ReceivedDocument
 #: What the writer answers a request: its receipts, or why nothing of it was stored.
 Answer = list[Receipt] | Refused
 #: The status a refusal is answered with: a key reused for another body is the Idempotency-Key draft's
@@ -148,8 +153,17 @@ def parse_documents(body: bytes) -> tuple[list[Document], bool]:
     return [parse_document(item, f"[{index}]" if batch else "") for index, item in enumerate(items)], batch
 
 
+#: The documents a body may hold, by ``kind`` (a ``TrainingJobDetail`` has none: it is told by its fields).
+_KINDS: dict[str, Any] = {
+    "Checkpoint": CheckpointRecord.model_validate,
+    JOB_KIND: job_from_document,
+    LOG_KIND: LogPage.model_validate,
+}
+
+
 def parse_document(data: Any, where: str = "") -> Document:
-    """A checkpoint record (``kind: Checkpoint``) or a ``TrainingJobDetail``; raises :class:`Problem`.
+    """A checkpoint record (``kind: Checkpoint``), a job (``kind: TrainingJob``), a page of a job's log
+    (``kind: TrainingLog``) or a ``TrainingJobDetail``; raises :class:`Problem`.
 
     What no document may hold (:func:`~..validation.check_value`) is refused before its model is
     looked at; the models then hold each field to its type and range."""
@@ -157,23 +171,26 @@ def parse_document(data: Any, where: str = "") -> Document:
         check_value(data, where)
     except InvalidValue as error:
         raise Problem(422, str(error)) from None
-    model: type[CheckpointRecord] | type[TrainingJobDetail]
-    if isinstance(data, dict) and data.get("kind") == "Checkpoint":
-        model = CheckpointRecord
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind in _KINDS:
+        parse = _KINDS[kind]
     elif isinstance(data, dict) and "training_technique" in data:
-        model = TrainingJobDetail
+        parse = TrainingJobDetail.model_validate
     else:
         raise Problem(
             422,
-            f"{where or '(document)'}: expected a checkpoint record (kind: Checkpoint) or a TrainingJobDetail",
+            f"{where or '(document)'}: expected a checkpoint record (kind: Checkpoint), a job (kind: "
+            f"{JOB_KIND}), a page of its log (kind: {LOG_KIND}) or a TrainingJobDetail",
         )
     try:
-        document = model.model_validate(data)
+        document = parse(data)
     except ValidationError as error:
         errors = [{**item, "loc": (where, *item["loc"]) if where else item["loc"]} for item in error.errors()]
         raise Problem(422, describe_errors(errors)) from None
     if isinstance(document, TrainingJobDetail):
         return snapshot_from_detail(document)
+    if not isinstance(document, CheckpointRecord):
+        return document
     if not is_checkpoint_id(
         document.id, document.metadata.job_id, document.training.step, document.training.node
     ):
@@ -335,7 +352,8 @@ def ingest_router(
                 raise Problem(401, f"the delivery's signature does not verify: {error}") from None
         documents, batch = parse_documents(body)
         key = request.headers.get("idempotency-key") or None
-        submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
+        sender = request.client.host if request.client is not None else ""
+        submission = Submission(documents, key, hashlib.sha256(body).hexdigest(), sender)
         try:
             answer = await writer.submit(submission)
         except Overloaded:
@@ -367,13 +385,15 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_ONE = {"oneOf": [_ref("CheckpointRecord"), _ref("TrainingJobDetail")]}
+_ONE = {
+    "oneOf": [_ref(model.__name__) for model in (CheckpointRecord, JobDocument, LogPage, TrainingJobDetail)]
+}
 _BODY = {"oneOf": [_ONE, {"type": "array", "items": _ONE, "minItems": 1, "maxItems": MAX_BATCH}]}
 _RECEIPT = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "kind": {"enum": ["record", "job"]},
+        "kind": {"enum": ["record", "job", "log"]},
         "revision": {"type": "integer"},
         "stored": {"type": "boolean"},
     },
@@ -394,4 +414,4 @@ _PROBLEM_RESPONSE: dict[str, Any] = {
     "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}},
 }
 #: Models the OpenAPI document describes besides those of the routes' own signatures.
-DOCUMENT_MODELS: Sequence[type[BaseModel]] = (CheckpointRecord, TrainingJobDetail)
+DOCUMENT_MODELS: Sequence[type[BaseModel]] = (CheckpointRecord, JobDocument, LogPage, TrainingJobDetail)

@@ -13,7 +13,7 @@ failed) has no files to use, and neither object has a field to say so.
 | ``model``                 | the base model (the job's, else its newest checkpoint's)                     |
 | ``created_at``/``finished_at`` | the job's creation, and its last update once finished (Unix seconds)   |
 | ``fine_tuned_model``      | the model name of the job's last checkpoint that is available and ready     |
-| ``hyperparameters``       | total batch size; ``n_epochs`` (an integer): ``num_train_epochs``, or for a run ``max_steps`` planned the epochs it takes, a partial one counted whole (3.75 -> 4) |
+| ``hyperparameters``       | total batch size; ``n_epochs`` (an integer): the epochs the Trainer runs (its own count, which ``max_steps`` sets), else ``num_train_epochs`` when whole, or for a run ``max_steps`` planned the epochs it takes, a partial one counted whole (3.75 -> 4) |
 | ``metadata``              | ``job_id`` and ``job_name``: the canonical id and name                      |
 """
 
@@ -78,7 +78,7 @@ def fine_tuning_job(
         "hyperparameters": {
             "batch_size": hyper.get("total_train_batch_size", "auto"),
             "learning_rate_multiplier": "auto",
-            "n_epochs": n_epochs(hyper, newest),
+            "n_epochs": n_epochs(hyper, newest, snapshot.num_train_epochs if snapshot is not None else 0),
         },
         "method": {
             "type": "reinforcement" if snapshot and snapshot.training_technique == "GRPO" else "supervised"
@@ -94,11 +94,16 @@ def fine_tuning_job(
     }
 
 
-def n_epochs(hyper: dict[str, Any], newest: CheckpointRecord | None) -> int | Literal["auto"]:
-    """``n_epochs``, an integer in OpenAI's API (or ``"auto"``): ``num_train_epochs`` when the run was
-    planned in epochs; when ``max_steps`` planned it, the epochs those steps take, a partial one counted
+def n_epochs(
+    hyper: dict[str, Any], newest: CheckpointRecord | None, trainer_epochs: int = 0
+) -> int | Literal["auto"]:
+    """``n_epochs``, an integer in OpenAI's API (or ``"auto"``): the epochs the Trainer runs when the job
+    said (``trainer_epochs``, its own count, which ``max_steps`` sets); else ``num_train_epochs`` when the
+    run was planned in epochs; when ``max_steps`` planned it, the epochs those steps take, a partial one counted
     as the Trainer counts it (3.75 -> 4), from the newest checkpoint's steps per epoch. The exact epoch
     a checkpoint reached is its ``training.epoch``."""
+    if trainer_epochs > 0:
+        return trainer_epochs
     max_steps, epochs = hyper.get("max_steps"), hyper.get("num_train_epochs")
     if isinstance(max_steps, int) and max_steps > 0:
         if newest is None or not newest.training.epoch or newest.training.step <= 0:

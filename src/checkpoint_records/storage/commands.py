@@ -11,7 +11,7 @@ from ..lookup import NotFound, find_record
 from ..settings import Settings
 from ..sinks import configured_sinks, record_sinks
 from ..store import RecordStore
-from ..terminal import plural
+from ..words import plural
 from .config import storage_config
 from .uploads import Uploads
 from .verify import Verification, pull, verify_local, verify_remote

@@ -15,6 +15,7 @@ _RECORD_ROWS = (
     ("uploads", "record_id"),
     ("evaluations", "record_id"),
     ("record_revisions", "id"),
+    ("received_from", "id"),
     ("records", "id"),
 )
 
@@ -31,7 +32,8 @@ class Forgotten:
 
 
 class Forgetting(Database):
-    """Deletes a job (its snapshot, records, log and their queues) or one record (and its queues)."""
+    """Deletes a job (its snapshot, records, log and its pages, where each came from, and their queues) or
+    one record (and its queues)."""
 
     def forget_job(self, job_id: str) -> Forgotten:
         """Remove the job ``job_id`` and all it holds."""
@@ -40,9 +42,15 @@ class Forgetting(Database):
                 row[0] for row in connection.execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
             ]
             counts = _forget_records(connection, record_ids)
-            counts["outbox"] += connection.execute(
-                "DELETE FROM outbox WHERE record_id = ?", (job_id,)
-            ).rowcount
+            pages = [
+                row[0] for row in connection.execute("SELECT id FROM log_pages WHERE job_id = ?", (job_id,))
+            ]
+            for document_id in [job_id, *pages]:  # the job and the pages of its log travel too
+                counts["outbox"] += connection.execute(
+                    "DELETE FROM outbox WHERE record_id = ?", (document_id,)
+                ).rowcount
+                connection.execute("DELETE FROM received_from WHERE id = ?", (document_id,))
+            connection.execute("DELETE FROM log_pages WHERE job_id = ?", (job_id,))
             log = connection.execute("DELETE FROM log_entries WHERE job_id = ?", (job_id,)).rowcount
             connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return Forgotten(counts["records"], counts["outbox"], counts["uploads"], counts["evaluations"], log)

@@ -124,6 +124,21 @@ class Queries(Database):
         rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
         return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
+    def document_ids(self, job_ids: list[str]) -> list[str]:
+        """The ids of every document of ``job_ids`` the store holds: their records, jobs and log pages."""
+        rows = self.read().execute(
+            "WITH wanted AS (SELECT value FROM json_each(?))"
+            " SELECT id FROM records WHERE job_id IN wanted UNION SELECT id FROM jobs WHERE id IN wanted"
+            " UNION SELECT id FROM log_pages WHERE job_id IN wanted",
+            (json.dumps(job_ids),),
+        )
+        return [document_id for (document_id,) in rows]
+
+    def log_page_place(self, page_id: str) -> tuple[str, int] | None:
+        """The job and page number of the log page ``page_id``, or None."""
+        row = self.read().execute("SELECT job_id, page FROM log_pages WHERE id = ?", (page_id,)).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
     def record_ids(self, job_id: str) -> list[str]:
         rows = self.read().execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
         return [record_id for (record_id,) in rows]
