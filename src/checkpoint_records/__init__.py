@@ -22,10 +22,13 @@ Where things are:
   page revised and queued when its entries change; ``store/pages.py`` reads and receives pages),
   ``store/received.py`` what the registry received and from where, ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
-  ``store/database.py`` owns the connections; no SQL outside ``store/``.
+  ``store/database.py`` owns the connections, ``store/forget.py`` removes a job or a record with all it
+  holds; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
-  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
-  ``page/`` for a browser. The canonical format (``record``) sends records, jobs and log pages alike.
+  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py`` and
+  ``delivery_commands.py``, with ``lookup.py`` for what a typed name names and ``forget.py`` for
+  ``forget``; one plural, ``words.py``, one time format); ``page/`` for a browser. The canonical format (``record``)
+  sends records, jobs and log pages alike.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
@@ -38,7 +41,8 @@ Where things are:
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
   evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the
   command, ``results.py`` reads the metrics and revises the record, ``worker.py`` ties them together).
-- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients (errors:
+  ``server/problems.py``, RFC 7807, and OpenAI's own error object on the OpenAI-shaped routes);
   ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
   signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere;
   ``page/``, its web page, is given the server's ``Auth`` (it never imports the server).

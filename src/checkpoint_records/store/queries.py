@@ -144,12 +144,19 @@ class Queries(Database):
         return [record_id for (record_id,) in rows]
 
     def records_newest_first(
-        self, job_id: str | None, limit: int, before: CheckpointRecord | None = None
+        self,
+        job_id: str | None,
+        limit: int,
+        before: CheckpointRecord | None = None,
+        available_only: bool = False,
     ) -> list[StoredRecord]:
         """Up to ``limit`` records of ``job_id`` (of every job when None), highest step first, after
-        ``before`` in that order."""
+        ``before`` in that order; ``available_only``: leave out those whose files are gone (rotated
+        away) or never were (failed)."""
         conditions: list[str] = []
         params: list[Any] = []
+        if available_only:
+            conditions.append(f"{body_field('$.status.status')} = 'available'")
         if job_id is not None:
             conditions.append("job_id = ?")
             params.append(job_id)
