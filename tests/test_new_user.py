@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from checkpoint_records.cli import BROKEN_PIPE, main
 from checkpoint_records.formats.openai import fine_tuning_job_id
+from checkpoint_records.history import LogEntry
 from checkpoint_records.record import CheckpointRecord
 from checkpoint_records.server.app import create_app
 from checkpoint_records.server.openai_api import n_epochs
@@ -186,11 +187,15 @@ def test_forget_needs_yes_without_a_terminal(store: RecordStore) -> None:
 
 
 def test_forget_removes_a_job_with_all_it_holds_or_one_record(store: RecordStore) -> None:
-    store.put(make_record(4), sinks=["https://registry.invalid/v1/records"])
+    sink, job_id = "https://registry.invalid/v1/records", make_record(1).metadata.job_id
+    store.put(make_record(4), sinks=[sink])
+    store.append_log(job_id, [LogEntry(seq=0, step=1, values={"loss": 1.0, "step": 1})], sinks=[sink])
+    assert store.log_version(job_id) == (1, 1)  # a page of the log, queued for the sink
     done = cli("forget", "job", "--yes")
-    assert done.returncode == 0 and "4 records, 1 delivery" in done.stderr, done
+    assert done.returncode == 0 and "4 records, 2 deliveries" in done.stderr, done
     assert cli("list", "--job", "job").returncode == 1
-    assert store.outbox.deliveries() == [] and make_record(1).metadata.job_id not in store.job_ids()
+    assert store.outbox.deliveries() == [] and job_id not in store.job_ids()
+    assert store.log_version(job_id) == (0, 0) and store.log_series(job_id) == []
     assert cli("forget", "other-checkpoint-1", "--yes").returncode == 0
     assert [stored.record.name for stored in store.records()] == ["other-checkpoint-2"]
 
