@@ -3,7 +3,10 @@ the commit, a run without the callback), recorded after the fact from their own 
 
 Called at the job's next ``on_train_begin`` (in the background), by ``checkpoint-records flush`` and by
 ``checkpoint-records import``; the records get the ids a live save would have given them, so recovering
-twice, or a live save later, adds no duplicate.
+twice, or a live save later, adds no duplicate, and a folder any job's record already describes is left
+as it is (one checkpoint folder is one record). A rebuilt record carries what the disk and the store
+know: the base model (the job's, else the adapter's or ``config.json``'s), the architecture, how many
+processes wrote it (their ``rng_state_<rank>.pth``), the eval loss the run selected by.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .job import JobIdentity
 from .logs import logger
 from .record import CheckpointRecord
 from .recovery import FoundCheckpoint, checkpoint_folders, job_from_disk, modified_at, read_checkpoint
+from .store import StoredRecord
 
 
 def recover(
@@ -38,12 +42,30 @@ def recover(
     ]
     records = store.records(job.id)
     recorded = {stored.record.spec.directory for stored in records}
+    missing = [
+        (directory, step)
+        for directory, step in folders
+        if str(directory.absolute()) not in recorded and not store.get(checkpoint_id_for(job.id, step))
+    ]
+    if missing:  # recorded by another job (a live run imported under another name): left as it is
+        elsewhere = store.recorded_directories([str(directory.absolute()) for directory, _ in missing])
+        missing = [
+            (directory, step) for directory, step in missing if str(directory.absolute()) not in elsewhere
+        ]
+    base_model = _known_base_model(books, job, records)
     built = []
-    for directory, step in folders:
-        if str(directory.absolute()) in recorded or store.get(checkpoint_id_for(job.id, step)):
-            continue
+    for directory, step in missing:
         found = read_checkpoint(directory, step)
-        record = books.build(directory, job, found.step, found.epoch, found.logged, recovered=True)
+        record = books.build(
+            directory,
+            job,
+            found.step,
+            found.epoch,
+            found.logged,
+            base_model=base_model,
+            world_size=None,
+            recovered=True,
+        )
         built.append(with_best(record, found.best) if found.best else record)
     # To the sinks configured here and to those the job's other records went to (the run that died
     # had its own); one disk flush for them all: the last commit's fsync makes the earlier ones durable.
@@ -72,6 +94,17 @@ def recover(
         )
         books.delivery.wake()
     return recovered
+
+
+def _known_base_model(books: Bookkeeper, job: JobIdentity, records: list[StoredRecord]) -> str | None:
+    """The base model the store knows for ``job`` (its document's, else its newest record's): what the live
+    run knew, so it comes first, as in a live save; without it the checkpoint's own files say
+    (:func:`~.build.build_record`: an adapter's base, ``config.json``'s ``_name_or_path``)."""
+    stored_job = books.store.job(job.id)
+    if stored_job is not None and stored_job.job.base_model:
+        return stored_job.job.base_model
+    models = [stored.record.training.model for stored in records if stored.record.training.model]
+    return models[-1] if models else None
 
 
 def _job_from_disk(

@@ -4,8 +4,10 @@ Every Trainer checkpoint carries ``trainer_state.json`` (global step, epoch, the
 step, the best checkpoint so far) beside its files, so a record that was never stored (the process died
 between the save and the commit; a run that never had the callback) can be rebuilt after the fact, with
 the id a live save would have given it. accelerate ``save_state`` folders (``checkpoints/checkpoint_<n>``)
-carry no such file: their step is the folder's number. A run known only from disk (imported, or
-recovered with no job in the store) gets its job document from the same files (:func:`job_from_disk`).
+carry no such file: their step is the folder's number. A Trainer subclass that names its folders its own
+way still writes ``trainer_state.json`` into each (resuming needs it): any folder holding one is a
+checkpoint, at the step it says. A run known only from disk (imported, or recovered with no job in the
+store) gets its job document from the same files (:func:`job_from_disk`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from .build import Best
 from .collect import read_json_object
-from .history import LoggedMetrics, log_entry, metrics_at_step, step_of
+from .history import LoggedMetrics, log_entry, metrics_at_step, selected_loss, step_of
 from .job import JobIdentity, JobSnapshot, LossSeries, job_snapshot
 from .values import to_number
 
@@ -45,18 +47,39 @@ class FoundCheckpoint:
 
 def checkpoint_folders(run_dir: Path) -> list[tuple[Path, int]]:
     """The checkpoint folders of a run directory with their step, oldest first: the Trainer's
-    ``checkpoint-<step>`` and accelerate's ``checkpoints/checkpoint_<n>``."""
+    ``checkpoint-<step>``, accelerate's ``checkpoints/checkpoint_<n>``, and any other folder holding a
+    ``trainer_state.json`` (a Trainer subclass's own names), at its ``global_step``."""
     found = []
     for parent, pattern in ((run_dir, _TRAINER_FOLDER), (run_dir / "checkpoints", _ACCELERATE_FOLDER)):
-        try:
-            entries = list(parent.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
+        for entry in _folders(parent):
             match = pattern.fullmatch(entry.name)
-            if match and entry.is_dir():
+            if match:
                 found.append((entry, int(match.group(1))))
-    return sorted(found, key=lambda item: item[1])
+            elif parent == run_dir:
+                step = _state_step(entry)
+                if step is not None:
+                    found.append((entry, step))
+    return sorted(found, key=lambda item: (item[1], item[0].name))
+
+
+def written_folder(run_dir: Path, step: int) -> Path | None:
+    """The folder in ``run_dir`` a Trainer wrote for the save at ``step`` under a name of its own: the
+    newest one whose ``trainer_state.json`` is at that step; None when there is none (rotated away)."""
+    written = [entry for entry in _folders(run_dir) if _state_step(entry) == step]
+    return max(written, key=modified_at) if written else None
+
+
+def _folders(parent: Path) -> list[Path]:
+    try:
+        return [entry for entry in parent.iterdir() if entry.is_dir()]
+    except OSError:
+        return []
+
+
+def _state_step(directory: Path) -> int | None:
+    """The ``global_step`` of a folder's ``trainer_state.json``; None without one."""
+    state = read_json_object(directory / TRAINER_STATE)
+    return None if state is None else step_of({"step": state.get("global_step")})
 
 
 def read_checkpoint(directory: Path, step: int) -> FoundCheckpoint:
@@ -68,13 +91,14 @@ def read_checkpoint(directory: Path, step: int) -> FoundCheckpoint:
     global_step = step_of({"step": state.get("global_step")})
     step = step if global_step is None else global_step
     epoch, _ = to_number(state.get("epoch"))
+    best = best_of(state, history)
     return FoundCheckpoint(
         directory=directory,
         step=step,
         epoch=None if epoch is None else float(epoch),
-        logged=metrics_at_step(history, step),
+        logged=metrics_at_step(history, step, selected_loss(best.metric if best else None)),
         log_history=history,
-        best=best_of(state, history),
+        best=best,
         max_steps=max(int(to_number(state.get("max_steps"))[0] or 0), 0),
     )
 

@@ -25,6 +25,16 @@ class JobLog(Database):
                 [(job_id, e.seq, e.step, e.loss, e.eval_loss, e.logged_at, e.body()) for e in entries],
             )
 
+    def log_times(self, job_id: str, start: int, stop: int) -> dict[int, tuple[int, float]]:
+        """When the stored entries at positions ``start`` to ``stop - 1`` were logged (those whose time is
+        known), with their step: a resumed run hands over entries logged before the crash again, untimed."""
+        rows = self.read().execute(
+            "SELECT seq, step, logged_at FROM log_entries"
+            " WHERE job_id = ? AND seq >= ? AND seq < ? AND logged_at IS NOT NULL",
+            (job_id, start, stop),
+        )
+        return {seq: (step, logged_at) for seq, step, logged_at in rows}
+
     def truncate_log(self, job_id: str, keep: int) -> None:
         """Forget entries from position ``keep`` on: a resumed run logs them again from its checkpoint."""
         with self.transaction(durable=False) as connection:
