@@ -42,6 +42,9 @@ def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
             resumed = killed_run(output, env, "--resume")
             assert resumed.returncode == 0, resumed.stderr[-2000:]
             expected = [2, 4, 6]
+            # The steps logged before the crash are in the store: the job's loss series keeps them.
+            (job,) = RecordStore(isolated_store).jobs()
+            assert [point.step for point in job.job.training_loss] == [1, 2, 3, 4, 5, 6]
         elif recovery == "flush":
             bare = cli("flush")  # no sink configured here: recorded, queued to the sink the run had
             assert "recorded 1 checkpoint from disk" in bare.stderr and "out-checkpoint-4" in bare.stderr

@@ -284,7 +284,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             print(f"no checkpoint-<step> or checkpoints/checkpoint_<n> folders in {path}", file=sys.stderr)
             missing += 1
             continue
-        job = recorder.job_for(str(path), args.run_name)
+        job = recorder.job_of(path, args.run_name)  # a run recorded live keeps its job
         imported = recorder.recover(path, job)
         print(f"{path}: imported {plural(len(imported), 'checkpoint')} as job {job.name}", file=sys.stderr)
     if missing:

@@ -15,12 +15,19 @@ from pathlib import Path
 
 from .bookkeeper import Bookkeeper
 from .build import with_best
-from .history import log_entry
 from .identity import checkpoint_id_for
 from .job import JobIdentity
 from .logs import logger
 from .record import CheckpointRecord
-from .recovery import FoundCheckpoint, checkpoint_folders, job_from_disk, modified_at, read_checkpoint
+from .recovery import (
+    FoundCheckpoint,
+    checkpoint_folders,
+    job_from_disk,
+    modified_at,
+    read_checkpoint,
+    timed_log,
+    written_times,
+)
 from .store import StoredRecord
 
 
@@ -76,11 +83,11 @@ def recover(
         books.store_record(record, durable=index == len(built) - 1, sinks=sorted(sinks))
         for index, record in enumerate(built)
     ]
-    newest = read_checkpoint(*folders[-1]) if folders else None
-    if newest is not None and newest.log_history:
-        known = store.log_length(job.id)
-        entries = [log_entry(seq, entry) for seq, entry in enumerate(newest.log_history) if seq >= known]
-        store.append_log(job.id, [entry for entry in entries if entry is not None])
+    theirs = bool(records or recovered) or job.id in books.runs
+    newest = read_checkpoint(*folders[-1]) if folders and theirs else None  # else another job's folders
+    if newest is not None and newest.log_history:  # what the run logged before it died, kept with a time
+        written = written_times(folders)
+        store.append_log(job.id, timed_log(newest.log_history, written, start=store.log_length(job.id)))
     if newest is not None and newest.best is not None:
         books.move_best(job, newest.best, None, books.runs.get(job.id))
     if newest is not None and job.id not in books.runs and store.job(job.id) is None:
@@ -118,7 +125,7 @@ def _job_from_disk(
     would have, so ``jobs``, the page and the job sinks know it."""
     stored = books.store.records(job.id)
     last = max(stored, key=lambda each: each.record.training.step, default=None)
-    written = [(step, modified_at(directory)) for directory, step in folders]
+    written = written_times(folders)
     base_model = last.record.training.model if last is not None else None
     books.put_job(job_from_disk(job, run_dir, newest, written, base_model or None))
 

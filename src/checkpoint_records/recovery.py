@@ -21,7 +21,7 @@ from typing import Any
 
 from .build import Best
 from .collect import read_json_object
-from .history import LoggedMetrics, log_entry, metrics_at_step, selected_loss, step_of
+from .history import LogEntry, LoggedMetrics, log_entry, metrics_at_step, selected_loss, step_of
 from .job import JobIdentity, JobSnapshot, LossSeries, job_snapshot
 from .values import to_number
 
@@ -140,6 +140,28 @@ def modified_at(directory: Path) -> float:
     return 0.0
 
 
+def written_times(folders: Sequence[tuple[Path, int]]) -> list[tuple[int, float]]:
+    """Each checkpoint folder's step and when it was written (:func:`modified_at`), in the same order."""
+    return [(step, modified_at(directory)) for directory, step in folders]
+
+
+def timed_log(
+    log_history: Sequence[dict[str, Any]], written: Sequence[tuple[int, float]], start: int = 0
+) -> list[LogEntry]:
+    """The entries of a checkpoint's ``log_history`` from position ``start`` on, as the store keeps them.
+    ``log_history`` keeps no times: each entry gets the time the first checkpoint holding it was written
+    (``written``: each checkpoint's step and :func:`modified_at`, oldest first, not empty), so a loss
+    series rebuilt from disk keeps its points, in order."""
+    steps = [step for step, _ in written]
+    entries = []
+    for seq in range(start, len(log_history)):
+        step = step_of(log_history[seq])
+        if step is not None:
+            when = written[min(bisect_left(steps, step), len(steps) - 1)][1]
+            entries.append(log_entry(seq, log_history[seq], when))
+    return [entry for entry in entries if entry is not None]
+
+
 def job_from_disk(
     job: JobIdentity,
     run_dir: Path,
@@ -152,19 +174,13 @@ def job_from_disk(
 
     ``Success`` when the newest checkpoint reached the run's ``max_steps``; otherwise ``Cancelled``: the
     files cannot tell a run that failed, was stopped, or saved its last step nowhere. ``log_history``
-    keeps no times, so each loss point gets the time the first checkpoint holding it was written; the job
+    keeps no times, so each loss point gets one from :func:`timed_log`; the job
     was created when its oldest checkpoint still on disk was written and updated with the newest's.
     """
-    steps = [step for step, _ in written]
     series = LossSeries()
-    for checkpoint_step in steps:
+    for checkpoint_step, _ in written:
         series.add((), checkpoint_step=checkpoint_step)
-    entries = []
-    for seq, logged in enumerate(newest.log_history):
-        step = step_of(logged)
-        if step is not None:
-            entries.append(log_entry(seq, logged, written[min(bisect_left(steps, step), len(steps) - 1)][1]))
-    series.add(entry for entry in entries if entry is not None)
+    series.add(timed_log(newest.log_history, written))
     finished = 0 < newest.max_steps <= newest.step
     return job_snapshot(
         None,
