@@ -159,7 +159,9 @@ def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_fa
         6: "available",
     }
     gone = by_step[2]
-    assert gone.training.inference_ready_reasons == [rotated_away(gone.spec.directory)] and not gone.status.files
+    assert (
+        gone.training.inference_ready_reasons == [rotated_away(gone.spec.directory)] and not gone.status.files
+    )
     assert gone.training.train_loss is not None and gone.training.step == 2
 
 
