@@ -38,17 +38,11 @@ from checkpoint_records.history import metrics_at_step
 from checkpoint_records.record import CheckpointRecord
 from commands import cli
 from schema_files import validate
+from stored_records import by_step, without_recovery_fields
 from tiny import TinyTextDataset, save_tiny_pretrained, tiny_model, tiny_tokenizer
 from trainer_runs import tiny_args, tiny_trainer
 
 pytestmark = pytest.mark.compat
-
-
-def by_step(home: Path) -> dict[int, CheckpointRecord]:
-    records = [stored.record for stored in RecordStore(home).records()]
-    steps = [record.training.step for record in records]
-    assert len(steps) == len(set(steps)), f"a checkpoint recorded twice: {steps}"
-    return {record.training.step: record for record in records}
 
 
 def held_until_training_ends(monkeypatch: pytest.MonkeyPatch) -> TrainerCallback:
@@ -240,20 +234,6 @@ def lora_model(base: Path, adapter_name: str = "default") -> Any:
         r=2, lora_alpha=4, target_modules=["c_attn"], task_type="CAUSAL_LM", fan_in_fan_out=True
     )
     return get_peft_model(model, config, adapter_name=adapter_name)
-
-
-#: What differs between a live record and the same checkpoint rebuilt from disk: it says it was
-#: recovered, and it was written at another time.
-RECOVERY_FIELDS = ("recovered", "createdAt", "updatedAt", "revision")
-
-
-def without_recovery_fields(record: CheckpointRecord) -> dict[str, Any]:
-    data = record.to_dict()
-    data["metadata"].pop("revision")
-    for key in ("createdAt", "updatedAt"):
-        data["status"].pop(key)
-    data["status"]["metadata"].pop("recovered")
-    return data
 
 
 def test_a_lora_run_imported_into_a_fresh_store_equals_the_live_record(
