@@ -39,7 +39,7 @@ from checkpoint_records.record import CheckpointRecord
 from commands import cli
 from schema_files import validate
 from stored_records import by_step, without_recovery_fields
-from tiny import TinyTextDataset, save_tiny_pretrained, tiny_model, tiny_tokenizer
+from tiny import WORDS, TinyTextDataset, save_tiny_pretrained, tiny_model, tiny_tokenizer
 from trainer_runs import tiny_args, tiny_trainer
 
 pytestmark = pytest.mark.compat
@@ -313,41 +313,17 @@ def test_a_model_type_transformers_does_not_know(tmp_path: Path, isolated_store:
 
 # --- other trainers --------------------------------------------------------------------------------------
 
+#: Four steps, a save and an evaluation every two: two records per run.
+FOUR_STEPS: dict[str, Any] = dict(max_steps=4, eval_steps=2)
+
 
 def test_trl_sft_trainer(tmp_path: Path, isolated_store: Path) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "while",
-        "checkpoints",
-        "are",
-        "saved",
-    ]
-    texts = [" ".join(words[index % 5 : index % 5 + 6]) for index in range(16)]
+    texts = [" ".join(WORDS[index % 5 : index % 5 + 6]) for index in range(16)]
     output = tmp_path / "out"
-    config = SFTConfig(
-        output_dir=str(output),
-        max_steps=4,
-        save_steps=2,
-        logging_steps=1,
-        eval_strategy="steps",
-        eval_steps=2,
-        per_device_train_batch_size=4,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        dataset_text_field="text",
-    )
+    config = tiny_args(output, SFTConfig, dataset_text_field="text", **FOUR_STEPS)
     trainer = SFTTrainer(
         model=tiny_model(),
         args=config,
@@ -374,18 +350,7 @@ def test_seq2seq_trainer(tmp_path: Path, isolated_store: Path) -> None:
         vocab_size=64, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0
     )
     output = tmp_path / "out"
-    args = Seq2SeqTrainingArguments(
-        output_dir=str(output),
-        max_steps=4,
-        save_steps=2,
-        logging_steps=1,
-        eval_strategy="steps",
-        eval_steps=2,
-        per_device_train_batch_size=4,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-    )
+    args = tiny_args(output, Seq2SeqTrainingArguments, **FOUR_STEPS)
     Seq2SeqTrainer(
         model=T5ForConditionalGeneration(config),
         args=args,

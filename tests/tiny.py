@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train_tiny import TinyTextDataset, tiny_arguments, tiny_config, tiny_model, tiny_tokenizer
+from train_tiny import WORDS, TinyTextDataset, tiny_arguments, tiny_config, tiny_model, tiny_tokenizer
 
 __all__ = [
+    "WORDS",
     "TinyTextDataset",
     "save_tiny_pretrained",
     "tiny_arguments",

@@ -19,7 +19,7 @@ Where things are:
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
-  ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
+  ``signing.py``); ``identity.py`` derives the ids, the names (never a ``/``) and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
 - evaluated: ``evaluation/`` (``checkpoint-records evaluate``): a worker that runs an evaluator on every
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
