@@ -5,9 +5,9 @@ Where things are:
 - the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
-  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
-  ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
-  the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
+  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``
+  with ``loading.py``: what can load the model, ``history.py``), builds the record (``build.py``),
+  stores it, marks rotations and the best, and keeps the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
   changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .loading import local_model_path
 from .logs import warn_once
-from .readiness import adapter_folders, local_model_path
+from .readiness import adapter_folders
 
 #: A file one process of a distributed run writes into a checkpoint, numbered by its rank.
 _RANK_FILE = re.compile(r"(?:rng_state|random_states)_(\d+)\.(?:pth|pkl)")

@@ -58,13 +58,14 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from .loading import local_model_path, model_type_reasons
+
 __all__ = [
     "LAYOUTS",
     "Readiness",
     "adapter_folders",
     "assess_readiness",
     "has_tokenizer",
-    "local_model_path",
     "needs_tokenizer",
 ]
 
@@ -170,14 +171,6 @@ def assess_readiness(
         return Readiness(False, (f"readiness could not be checked ({type(exc).__name__})",), "unknown")
 
 
-def local_model_path(name: str) -> pathlib.Path | None:
-    """The local directory a model name (``base_model_name_or_path``) points at, or None for what may be
-    a Hub id (``name`` or ``org/name``): absolute, ``./``, ``../``, ``~`` or more than one ``/``."""
-    if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", "..") or name.count("/") > 1:
-        return pathlib.Path(name).expanduser()
-    return None
-
-
 def adapter_folders(files: Iterable[str]) -> list[str]:
     """The PEFT adapters a checkpoint holds, as folder prefixes: ``""`` for ``adapter_config.json`` at the
     top, ``"<name>/"`` for one saved under its own adapter name; sorted."""
@@ -260,7 +253,7 @@ def _assess(
     else:
         reasons.append("missing config.json")
     if config is not None and known_model_types is not None:
-        reasons.extend(_model_type_reasons(config, top, known_model_types))
+        reasons.extend(model_type_reasons(config, top, known_model_types))
 
     weights_file = _selected_weights(config, files)
     accelerate = any(_ACCELERATE_FILE.match(name) for name in top)
@@ -352,42 +345,6 @@ def _adapter_reasons(folder: pathlib.Path, files: dict[str, int], checkpoint_top
         and not has_tokenizer(folder.parent, checkpoint_top)
     ):
         reasons.append(_MISSING_TOKENIZER)
-    return reasons
-
-
-def _model_type_reasons(
-    config: Mapping[str, Any], top: set[str], known_model_types: Container[str]
-) -> list[str]:
-    """Why the ``Auto*`` classes cannot load a model type transformers does not know, and what can."""
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not model_type or model_type in known_model_types:
-        return []
-    auto_map = config.get("auto_map")
-    if not isinstance(auto_map, Mapping) or not auto_map:
-        architectures = config.get("architectures")
-        own = architectures[0] if isinstance(architectures, list) and architectures else "its own class"
-        return [
-            f"model_type {model_type!r} is unknown to transformers and config.json has no auto_map: "
-            f"Auto* classes cannot load it; load it with {own}.from_pretrained"
-        ]
-    references = [
-        reference
-        for value in auto_map.values()
-        for reference in (value if isinstance(value, list) else [value])
-        if isinstance(reference, str) and reference
-    ]
-    elsewhere = sorted({reference.split("--")[0] for reference in references if "--" in reference})
-    modules = sorted(
-        {f"{reference.rsplit('.', 1)[0]}.py" for reference in references if "--" not in reference}
-    )
-    reasons = [
-        f"model_type {model_type!r} is not a transformers model type: it loads only with "
-        f"trust_remote_code=True (auto_map: {', '.join(sorted(auto_map))})"
-    ]
-    reasons.extend(
-        f"auto_map's code {module} is not in the checkpoint" for module in modules if module not in top
-    )
-    reasons.extend(f"auto_map's code comes from {repository}, not the checkpoint" for repository in elsewhere)
     return reasons
 
 
