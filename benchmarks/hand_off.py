@@ -233,7 +233,7 @@ def import_rate(count: int, workdir: Path) -> tuple[float, int]:
         checkpoint(output, step, tiny_weights, log)
     recorder = CheckpointRecorder(store=workdir / "import-store", sinks=[])
     start = time.perf_counter()
-    recorded = recorder.recover(output)
+    recorded = recorder.recover(output).records
     elapsed = time.perf_counter() - start
     recorder.close()
     return len(recorded) / elapsed, len(recorded)

@@ -1,4 +1,5 @@
-"""Running the CLI, the killable training script and launched multi-process runs as real subprocesses.
+"""Running the CLI, the killable training script and launched multi-process runs as real subprocesses,
+and what their runs stored.
 
 A training run is a process tree (a launcher, its ranks, their DataLoader workers): it runs in a session
 of its own, and past its time limit the whole tree is killed and the test fails saying which command hung
@@ -15,7 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from checkpoint_records import RecordStore
+
 TESTS = Path(__file__).resolve().parent
+#: The start of what ``checkpoint-records run`` says, once, whatever the number of processes.
+ANNOUNCEMENT = "checkpoint-records: recording every Trainer's checkpoints in "
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,3 +77,14 @@ def kill_tree(process: subprocess.Popen[str]) -> None:
     for (so the group id cannot have been reused)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def stored_names(home: Path) -> list[str]:
+    """The names of the records in the store at ``home``, each recorded once."""
+    stored = RecordStore(home).records()
+    assert all(item.revision == 1 for item in stored), "a checkpoint was recorded twice"
+    return sorted(item.record.name for item in stored)
+
+
+def job_statuses(home: Path) -> list[str]:
+    return [stored.job.status for stored in RecordStore(home).jobs()]

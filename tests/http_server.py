@@ -57,6 +57,14 @@ def first_then(count: int, failing: Reply, then: Reply | None = None) -> Script:
     return lambda index, request: failing if index < count else (then or Reply())
 
 
+#: What the canonical format sends besides records (a job, a page of its log).
+_OTHER_KINDS = ("TrainingJob", "TrainingLog")
+
+
+def _not_a_record(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("kind") in _OTHER_KINDS
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -72,8 +80,13 @@ class Receiver:
         port: int | None = None,
         path: str = "/v1/checkpoints",
         tls: ssl.SSLContext | None = None,
+        records_only: bool = True,
     ):
         self.script = script or always(Reply())
+        #: An endpoint of records, as most are: the job and the log pages the canonical format sends to
+        #: the same URL are answered 200 and kept apart (``others``), so scripts and counts see records.
+        self.records_only = records_only
+        self.others: list[Received] = []
         self.port = port or free_port()
         self.tls = tls
         self.url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{self.port}{path}"
@@ -142,6 +155,13 @@ class Receiver:
                     payload = json.loads(raw)
                 except ValueError:
                     payload = raw.decode("utf-8", errors="replace")
+                if receiver.records_only and _not_a_record(payload):
+                    with receiver._lock:
+                        receiver.others.append(
+                            Received(self.path, dict(self.headers), payload, 200, time.time(), raw)
+                        )
+                    self._answer(Reply())
+                    return
                 with receiver._lock:
                     index = len(receiver.requests)
                 probe = Received(self.path, dict(self.headers), payload, 0, time.time())
@@ -164,6 +184,9 @@ class Receiver:
                     receiver._release.wait()
                     self.close_connection = True
                     return
+                self._answer(reply)
+
+            def _answer(self, reply: Reply) -> None:
                 self.send_response(reply.status, reply.reason)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

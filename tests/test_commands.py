@@ -79,7 +79,8 @@ def test_list_has_status_best_and_a_short_delivery_column_and_a_job_filter(isola
 
     long_error = "HTTP 400 Bad Request: " + "a very long reason " * 30
     store.outbox.settle([Outcome(claim, "dead", 0.0, long_error)])
-    lines = cli("list").stdout.splitlines()
+    configured = {"CHECKPOINT_RECORDS_SINKS": "https://a.example/x,openai+https://b.example/y"}
+    lines = cli("list", env=configured).stdout.splitlines()
     assert lines[0].split()[:5] == ["NAME", "STEP", "STATUS", "READY", "BEST"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert rows["alpha-checkpoint-2"].endswith("0/1 sent, 1 pending")
@@ -87,6 +88,10 @@ def test_list_has_status_best_and_a_short_delivery_column_and_a_job_filter(isola
     assert " 1.0000@3 " in rows["alpha-checkpoint-4"]  # logged at step 3, not the checkpoint's 4
     assert " 1.0000 " in rows["alpha-checkpoint-2"] and "@" not in rows["alpha-checkpoint-2"]
     assert rows["beta-checkpoint-2"].endswith("0/2 sent, 1 pending, 1 dead")
+    unconfigured = cli("list")  # a shell not given the sinks: what waits for them is said apart
+    rows = {line.split()[0]: line for line in unconfigured.stdout.splitlines()[1:]}
+    assert rows["beta-checkpoint-2"].endswith("0/2 sent, 1 dead, 1 not configured")
+    assert "not configured here, with deliveries waiting: https://a.example/x" in unconfigured.stderr
     assert all(" available " in row for row in rows.values())
     assert max(len(line) for line in lines) <= 120 and "very long" not in "".join(lines)
     inspected = cli("inspect", "beta-checkpoint-2").stdout

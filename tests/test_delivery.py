@@ -35,11 +35,12 @@ def train(tmp_path: Path, *sinks: HttpSink, flush_timeout: float = 5.0) -> Check
 
 
 def deliveries(store: Path, settled: bool = False) -> list[Delivery]:
-    """The outbox; with ``settled``, once the background lanes have written down what they did."""
+    """The records' deliveries in the outbox (not the job's, nor its log's); with ``settled``, once the
+    background lanes have written down what they did."""
     if settled:
         outbox = RecordStore(store).outbox
         wait_until(lambda: not outbox.counts()["pending"], 30, "deliveries still pending in the outbox")
-    return RecordStore(store).outbox.deliveries()
+    return [delivery for delivery in RecordStore(store).outbox.deliveries() if delivery.kind == "record"]
 
 
 def test_every_record_arrives_as_stored_with_its_headers(tmp_path: Path, isolated_store: Path) -> None:
@@ -63,9 +64,11 @@ def test_endpoint_down_for_the_whole_run_then_flushed(tmp_path: Path, isolated_s
     receiver = Receiver()  # not started: connection refused
     train(tmp_path, HttpSink(receiver.url), flush_timeout=1.0)  # enough to store all three, not to deliver
     assert {delivery.state for delivery in deliveries(isolated_store)} == {"pending"}
-    assert "pending" in cli("list").stdout
+    assert "0/1 sent, 1 pending" in cli("list", env={"CHECKPOINT_RECORDS_SINKS": receiver.url}).stdout
+    assert "0/1 sent, 1 not configured" in cli("list").stdout  # this shell was not given the sink
     failed = cli("flush", "--sink", receiver.url, "--timeout", "1")
-    assert failed.returncode == 1 and "still pending 3" in failed.stderr, failed.stderr
+    # three records, the job and the one page of its log
+    assert failed.returncode == 1 and "still pending 5" in failed.stderr, failed.stderr
     with receiver:
         flushed = cli("flush", "--sink", receiver.url)
         assert flushed.returncode == 0, flushed.stderr
@@ -73,6 +76,8 @@ def test_endpoint_down_for_the_whole_run_then_flushed(tmp_path: Path, isolated_s
         assert cli("flush", "--sink", receiver.url).returncode == 0  # nothing left, nothing sent again
     assert {payload["metadata"]["name"] for payload in receiver.accepted_payloads()} == NAMES
     assert len(receiver.requests) == 3
+    # the job and its log, each revised at every save while the endpoint was down, go out once, as they are
+    assert sorted(request.payload["kind"] for request in receiver.others) == ["TrainingJob", "TrainingLog"]
     receiver.assert_idempotent()
 
 

@@ -131,7 +131,7 @@ def test_results_go_to_every_sink_the_record_went_to(run: Run, tmp_path: Path) -
         assert done.returncode == 0, done.stderr
         # The first revisions may have gone out before the results superseded them: what counts is
         # that every result went out, to both, once the worker is done.
-        assert store.outbox.counts(sinks) == {"pending": 0, "delivered": 6, "dead": 0}
+        assert store.outbox.counts(sinks) == {"pending": 0, "delivered": 6, "dead": 0, "dropped": 0}
     results = {stored.record.id: stored.record.status.evaluations["plain"] for stored in store.records()}
     evaluated = [p for p in canonical.accepted_payloads() if p["status"].get("evaluations")]
     assert sorted(p["metadata"]["id"] for p in evaluated) == sorted(results)

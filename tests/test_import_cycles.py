@@ -147,7 +147,7 @@ def test_the_graph_is_read_from_the_source() -> None:
     assert "checkpoint_records.bookkeeper" in graph["checkpoint_records.recorder"]  # from .bookkeeper import
     assert "checkpoint_records.lifecycle" in graph["checkpoint_records.recorder"]  # from . import lifecycle
     assert "checkpoint_records.store" in graph["checkpoint_records.storage.uploads"]  # from ..store import
-    assert "checkpoint_records.recorder" in graph["checkpoint_records.cli"]  # inside a function
+    assert "checkpoint_records.recorder" in graph["checkpoint_records.delivery_commands"]  # inside a function
     assert "checkpoint_records.server" not in graph["checkpoint_records.page.routes"]  # TYPE_CHECKING only
     assert parts_graph(graph)["checkpoint_records.server"] >= {"checkpoint_records.page"}
 

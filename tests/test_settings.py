@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from checkpoint_records import CheckpointRecordCallback, CheckpointRecorder, ConfigurationError, RecordStore
-from checkpoint_records.settings import TABLE, Overrides, Settings, mlflow_environment, resolve_settings
+from checkpoint_records.settings import (
+    TABLE,
+    Overrides,
+    Settings,
+    mlflow_environment,
+    resolve_settings,
+    setting_from_environment,
+)
 from checkpoint_records.signing import SigningSecret
 from checkpoint_records.sinks import HttpSink
 from checkpoint_records.storage import StorageConfig
@@ -55,6 +62,7 @@ READ_AS: dict[str, tuple[str, object]] = {
     "CHECKPOINT_RECORDS_NAME_TEMPLATE": ("{job_name}@{step}", "{job_name}@{step}"),
     "CHECKPOINT_RECORDS_FLUSH_TIMEOUT": ("2.5", 2.5),
     "CHECKPOINT_RECORDS_RECORD_EVERY_NODE": ("1", True),
+    "CHECKPOINT_RECORDS_ATTACH": ("1", True),
     "CHECKPOINT_RECORDS_STORAGE": ("s3://bucket/prefix", "s3://bucket/prefix"),
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": ("mirror", "mirror"),
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": ("8", 8),
@@ -67,6 +75,7 @@ REFUSED = {
     "CHECKPOINT_RECORDS_NAME_TEMPLATE": "{job_name}",
     "CHECKPOINT_RECORDS_FLUSH_TIMEOUT": "soon",
     "CHECKPOINT_RECORDS_RECORD_EVERY_NODE": "2",
+    "CHECKPOINT_RECORDS_ATTACH": "maybe",
     "CHECKPOINT_RECORDS_STORAGE": "bucket/prefix",
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": "forever",
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": "0",
@@ -83,6 +92,8 @@ def test_every_variable_of_the_table_is_read_and_parsed() -> None:
         text, expected = READ_AS[row.variable]
         assert expected != row.default_in({"HOME": "/h"}), row.variable  # the variable made a difference
         assert getattr(resolve_settings({"HOME": "/h", row.variable: text}), row.name) == expected
+        # the start-up hook reads one setting alone, by the same row
+        assert setting_from_environment(row.name, {"HOME": "/h", row.variable: text}) == expected
         if row.variable in REFUSED:
             with pytest.raises(ConfigurationError, match=row.variable):
                 resolve_settings({"HOME": "/h", row.variable: REFUSED[row.variable]})

@@ -2,25 +2,38 @@
 
 Where things are:
 
-- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series).
+- the record: ``record.py`` (the model); ``job.py`` the job it belongs to (identity, status, loss series,
+  and ``JobDocument``, the job as the canonical format sends it); ``series.py`` the job's logged series on
+  the wire, in pages with their own revisions (``LogPage``); ``validation.py`` what any of them may hold
+  (valid Unicode, bounded nesting and integers, real times, contained file paths), checked at ingest,
+  bounded where we build, repaired where the store reads.
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
   a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``
   with ``loading.py``: what can load the model, ``history.py``), builds the record (``build.py``),
   stores it, marks rotations and the best, and keeps the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
+- attached with no line of code: ``startup.py``, run in every Python process by the wheel's
+  ``checkpoint_records.pth`` (it imports nothing and waits for ``transformers.trainer``), then
+  ``attach.py`` (``report_to="checkpoint-records"``, one callback per Trainer); ``run_command.py`` is
+  ``checkpoint-records run -- COMMAND``.
 - stored: ``store/`` (one SQLite file): ``store/documents.py`` writes records and jobs (a stored record
-  changes only through the atomic ``RecordStore.update_record``), ``store/outbox.py``,
+  changes only through the atomic ``RecordStore.update_record``), ``store/log.py`` the job's log (each
+  page revised and queued when its entries change; ``store/pages.py`` reads and receives pages),
+  ``store/received.py`` what the registry received and from where, ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
   ``store/database.py`` owns the connections; no SQL outside ``store/``.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
   ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
-  ``page/`` for a browser.
+  ``page/`` for a browser. The canonical format (``record``) sends records, jobs and log pages alike.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
   ``signing.py``); ``identity.py`` derives the ids, the names (never a ``/``) and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
+  ``delivery_commands.py`` is ``flush`` (which first queues what a sink was never sent: backfill),
+  ``resend``, ``import`` and ``outbox`` (move or drop a gone sink's deliveries); ``lookup.py`` finds
+  what a command names.
 - evaluated: ``evaluation/`` (``checkpoint-records evaluate``): a worker that runs an evaluator on every
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
   evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the
@@ -36,10 +49,9 @@ Where things are:
 Names are imported on first use, so the command-line tool starts without importing transformers.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+# Nothing is imported here at run time, not even typing: every Python process of an environment that has
+# the package runs its start-up hook (``startup.py``), and importing this package must cost it nothing.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which type checkers read by its name
 
 #: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
@@ -99,9 +111,11 @@ if TYPE_CHECKING:
     from .store import RecordStore
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'checkpoint_records' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value

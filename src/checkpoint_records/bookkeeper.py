@@ -31,9 +31,10 @@ from .logs import logger
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
 from .recovery import written_folder
-from .sinks import Sink, job_sinks, record_sinks, sinks_to_notify
+from .sinks import Sink, job_sinks, log_sinks, record_sinks, sinks_to_notify
 from .storage import Uploads
 from .store import RecordStore
+from .validation import path_of
 
 
 @dataclass
@@ -62,8 +63,10 @@ class Bookkeeper:
         owner: str,
     ) -> None:
         self.store, self.delivery, self.uploads = store, delivery, uploads
-        #: The record sinks (queued a record and its revisions) and the job-level ones (``training-job``).
+        #: The record sinks (queued a record and its revisions), the job-level ones (``record``,
+        #: ``training-job``) and those sent the job's log page by page (``record``).
         self.record_sinks, self.job_sinks = record_sinks(sinks), job_sinks(sinks)
+        self.log_sinks = [sink.key for sink in log_sinks(sinks)]
         self.name_template = name_template
         #: Names the process running a job in the store, so a later run can tell an interrupted one.
         self.owner = owner
@@ -98,6 +101,7 @@ class Bookkeeper:
             job_name=begin.job.name,
             created_at=time.time() if previous is None else previous.job.created_at,
             max_steps=begin.max_steps,
+            num_train_epochs=begin.num_train_epochs,
             model=begin.model,
             directory=str(begin.directory.absolute()),
         )
@@ -110,12 +114,13 @@ class Bookkeeper:
         """The record of a save, stored and queued; the job's log, best mark, rotations and progress."""
         job = save.job
         run = self._run_of(save)
-        first = save.first_seq
-        if first is None:
-            first = self.store.log_length(job.id, before_step=save.step)
-        logged = self._timed_entries(save, job, first)
-        self.store.append_log(job.id, logged)
-        self.store.truncate_log(job.id, first + len(save.entries))  # a resumed run's log replaces the rest
+        logged = self._timed_entries(save, job)
+        # One write: a resumed run's log replaces the rest; on a full disk it waits in order, in memory.
+        # The process that reports the job sends its log.
+        sinks = self.log_sinks if run.reported else ()
+        self.store.write_log(
+            job.id, logged, save.first_seq, before_step=save.step, count=len(save.entries), sinks=sinks
+        )
         run.log.add(save.entries, up_to_step=save.step)
         run.losses.add(logged, checkpoint_step=save.step)
         best = save.best.parsed() if save.best is not None else None
@@ -177,21 +182,27 @@ class Bookkeeper:
             run = self.runs[job.id] = Run(snapshot, reported=False, log=LogAccumulator(save.loss_metric))
         return run
 
-    def _timed_entries(self, save: Save, job: JobIdentity, first: int) -> list[LogEntry]:
-        """The save's new log entries as stored, each with the time it was logged: handed over, else as
-        the store has it (a run resumed after a crash hands over again what was logged before it)."""
+    def _timed_entries(self, save: Save, job: JobIdentity) -> list[LogEntry]:
+        """The save's new log entries as :meth:`~.store.RecordStore.write_log` takes them (``seq`` counted
+        from the save's first), each with the time it was logged: handed over, else as the store has it (a
+        run resumed after a crash hands over again what was logged before it). A loop's save (no first
+        position: the store places it) hands over only new entries."""
+        base = save.first_seq or 0
         times = {
-            first + offset: save.log_times.get(first + offset, save.logged_at)
-            for offset in range(len(save.entries))
+            offset: save.log_times.get(base + offset, save.logged_at) for offset in range(len(save.entries))
         }
-        untimed = [seq for seq, when in times.items() if when is None]
-        stored = self.store.log_times(job.id, min(untimed), max(untimed) + 1) if untimed else {}
+        untimed = [base + offset for offset, when in times.items() if when is None]
+        stored = (
+            self.store.log_times(job.id, min(untimed), max(untimed) + 1)
+            if untimed and save.first_seq is not None
+            else {}
+        )
         entries = []
         for offset, values in enumerate(save.entries):
-            seq = first + offset
-            entry = log_entry(seq, values, times[seq])
-            if entry is not None and entry.logged_at is None and stored.get(seq, (None,))[0] == entry.step:
-                entry = log_entry(seq, values, stored[seq][1])
+            entry = log_entry(offset, values, times[offset])
+            known = stored.get(base + offset)
+            if entry is not None and entry.logged_at is None and known is not None and known[0] == entry.step:
+                entry = log_entry(offset, values, known[1])
             if entry is not None:
                 entries.append(entry)
         return entries
@@ -268,7 +279,7 @@ class Bookkeeper:
         keys = [sink.key for sink in self.record_sinks] if sinks is None else sinks
         stored = self.store.put(record, keys, durable=durable).record
         if stored.status.status == "available":
-            self._live[stored.id] = (Path(stored.spec.directory), rotates)
+            self._live[stored.id] = (path_of(stored.spec.directory), rotates)
         self.uploads.enqueue(stored)  # hard links and one short transaction; sent by the upload lane
         return stored
 
@@ -297,7 +308,7 @@ class Bookkeeper:
             if record.status.status == "available" and (
                 node == self.node or node.startswith(f"{self.node}/")
             ):
-                self._live[record.id] = (Path(record.spec.directory), rotates)
+                self._live[record.id] = (path_of(record.spec.directory), rotates)
 
     def record_rotations(self) -> None:
         """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates."""

@@ -17,6 +17,7 @@ from .record import (
     RecordStatus,
     TrainingMetadata,
 )
+from .validation import escape_text
 from .values import to_number
 
 
@@ -62,7 +63,7 @@ def build_record(
 ) -> CheckpointRecord:
     logged = context.logged
     epoch, _ = to_number(context.epoch)
-    directory = str(scanned.directory.absolute())
+    directory = escape_text(str(scanned.directory.absolute()))  # a run directory may not be UTF-8
     status: CheckpointStatus = "available" if scanned.exists else "failed"
     reasons = list(readiness.reasons) if scanned.exists else [not_found(directory)]
     return CheckpointRecord(

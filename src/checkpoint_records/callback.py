@@ -16,7 +16,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .distributed import trainer_role, wait_for_everyone
 from .handoff import Begin, BestSoFar, Save, base_model_name, model_architecture
 from .history import selected_loss
-from .job import JobIdentity
+from .job import JobIdentity, planned_epochs
 from .logs import never_raises
 from .record import CheckpointRecord
 from .recorder import CheckpointRecorder
@@ -112,6 +112,7 @@ class CheckpointRecordCallback(TrainerCallback):
                 model=model,
                 base_model=base_model_name(model, args.hub_model_id),
                 max_steps=int(state.max_steps or 0),
+                num_train_epochs=planned_epochs(state),
                 loss_metric=selected_loss(args.metric_for_best_model),
                 rotates=bool(args.save_total_limit),
                 started_at=time.time(),

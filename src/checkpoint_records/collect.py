@@ -17,6 +17,7 @@ from typing import Any
 from .loading import local_model_path
 from .logs import warn_once
 from .readiness import adapter_folders
+from .validation import escape_text, escaped
 
 #: A file one process of a distributed run writes into a checkpoint, numbered by its rank.
 _RANK_FILE = re.compile(r"(?:rng_state|random_states)_(\d+)\.(?:pth|pkl)")
@@ -55,7 +56,7 @@ def scan_checkpoint(directory: Path) -> ScannedCheckpoint:
         except OSError:
             continue
         for entry in entries:
-            name = text_name(entry.name)
+            name = escape_text(entry.name)
             if name != entry.name:
                 escaped.append(name)
             relative = f"{prefix}{name}"
@@ -77,24 +78,15 @@ def scan_checkpoint(directory: Path) -> ScannedCheckpoint:
     return ScannedCheckpoint(directory=directory, files=dict(sorted(files.items())))
 
 
-def text_name(name: str) -> str:
-    """A file name as valid text: the bytes that are not UTF-8 (kept by Python as lone surrogates,
-    which no JSON encoder or terminal takes) become backslash escapes."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", errors="backslashreplace")
-    return name
-
-
 def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A small JSON object file, or ``None`` when it is absent, unreadable or not an object."""
+    """A small JSON object file, or ``None`` when it is absent, unreadable or not an object; its text
+    valid Unicode (a ``\\udcff`` escape comes back escaped)."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # absent, not JSON, or nested too deep to parse
         return None
-    return data if isinstance(data, dict) else None
+    return escaped(data) if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def document_name(body: str) -> str:
     """How logs name a stored document: a record's ``metadata.name``, a job's ``job NAME``."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "a document the store cannot read"
     metadata = data.get("metadata") if isinstance(data, dict) else None
     if isinstance(metadata, dict) and "name" in metadata:
@@ -70,7 +70,6 @@ class _DeliveryLane(Lane):
 
     def work(self) -> float | None:
         """Send one batch; how long to pause (after a retryable failure), or None when nothing was due."""
-        self.store.write_kept()  # what a full disk kept in memory, should no save come to do it
         self.lease.taken()
         claims = self.store.outbox.claim_due(self.sink.key, self.owner, self.lease.seconds, BATCH)
         if not claims:

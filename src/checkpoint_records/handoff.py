@@ -116,6 +116,8 @@ class Begin:
     model: Any = None
     base_model: str | None = None
     max_steps: int = 0
+    #: The epochs the Trainer runs (``state.num_train_epochs``); 0 when not known.
+    num_train_epochs: int = 0
     loss_metric: str | None = None
     rotates: bool = False
     #: Unix time of the hand-off: checkpoints written since are this run's, recorded live, not recovered.

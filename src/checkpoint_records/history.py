@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .validation import INT64_MAX, escape_text
 from .values import JsonScalar, to_json_scalar, to_number
 
 #: Bookkeeping keys of log entries, not metrics.
@@ -92,9 +93,10 @@ class LogAccumulator:
             non_finite["evalLoss"] = spelling
         metrics: dict[str, JsonScalar] = {}
         for key, value in sorted(self._latest.items()):
-            metrics[key], spelling = to_json_scalar(value)
+            name = escape_text(str(key))  # a metric named after a file whose name is not UTF-8
+            metrics[name], spelling = to_json_scalar(value)
             if spelling:
-                non_finite[key] = spelling
+                non_finite[name] = spelling
         known_train = self._train[0] is not None
         known_eval = self._eval[0] is not None
         return LoggedMetrics(
@@ -120,8 +122,11 @@ def metrics_at_step(
 
 
 def step_of(entry: Mapping[str, Any]) -> int | None:
+    """The entry's step: an integer from 0 to 2^63 - 1 (a store holds no other), else None."""
     number, _ = to_number(entry.get("step"))
-    return None if number is None else int(number)
+    if number is None or not 0 <= number <= INT64_MAX:
+        return None
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ def log_entry(seq: int, entry: Mapping[str, Any], logged_at: float | None = None
     step = step_of(entry)
     if step is None:
         return None
-    values = {str(key): to_json_scalar(value)[0] for key, value in entry.items()}
+    values = {escape_text(str(key)): to_json_scalar(value)[0] for key, value in entry.items()}
     values["step"] = step
     return LogEntry(seq=seq, step=step, values=values, logged_at=logged_at)
 

@@ -14,6 +14,8 @@ import os
 import uuid
 from typing import Any
 
+from .validation import escape_text
+
 #: Namespace of every id this library derives (a fixed, random UUID).
 NAMESPACE = uuid.UUID("5d3c4f0e-8f7a-4c55-9a59-1b3f4f0d2c61")
 
@@ -27,8 +29,9 @@ def job_id_for(key: str) -> str:
 
 
 def default_job_key(output_dir: str, run_name: str | None) -> str:
-    """What identifies a Trainer job across resumes: where it writes and what it is called."""
-    return f"{os.path.abspath(output_dir)}::{run_name or ''}"
+    """What identifies a Trainer job across resumes: where it writes and what it is called (as valid
+    text: a directory whose name is not UTF-8 is named with backslash escapes, as records name it)."""
+    return escape_text(f"{os.path.abspath(output_dir)}::{run_name or ''}")
 
 
 def given_run_name(output_dir: str, run_name: str | None) -> str | None:
@@ -66,4 +69,15 @@ def idempotency_key(record_id: str, revision: int, wire_format: str, document: A
     key cannot be known before the document is, so no one can post something else under it first."""
     content = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
-    return str(uuid.uuid5(uuid.UUID(record_id), f"revision:{revision}:format:{wire_format}:sha256:{digest}"))
+    return str(
+        uuid.uuid5(_namespace_of(record_id), f"revision:{revision}:format:{wire_format}:sha256:{digest}")
+    )
+
+
+def _namespace_of(document_id: str) -> uuid.UUID:
+    """The UUID a document's derived ids hang from: its id, or one derived from it when a store holds a
+    document whose id is not a UUID (never written by this library, but read, so never a crash)."""
+    try:
+        return uuid.UUID(document_id)
+    except ValueError:
+        return uuid.uuid5(NAMESPACE, f"document:{document_id}")

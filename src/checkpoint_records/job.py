@@ -9,6 +9,7 @@ of a job that did not finish, and ``formats/training_job.py`` renders a snapshot
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .history import LogEntry, downsample
+from .validation import (
+    MAX_DEPTH,
+    TOO_DEEP,
+    Count,
+    Int64,
+    JsonObject,
+    UnixTime,
+    bounded,
+    escape_text,
+    read_stored,
+)
 from .values import to_json_scalar, to_number
 
 if TYPE_CHECKING:
@@ -72,21 +84,26 @@ MAX_LOSS_POINTS = 500
 
 @dataclass(frozen=True)
 class JobIdentity:
-    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name."""
+    """Who a job is: its deterministic id (``identity.job_id_for``) and its display name (valid text:
+    a name taken from a directory that is not UTF-8 has backslash escapes)."""
 
     id: str
     name: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", escape_text(self.name))
+
 
 class _Snapshot(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: What a document may hold is said by the field types (``validation.py``): finite numbers only.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LossPoint(_Snapshot):
-    step: int = Field(ge=0)
-    loss: float = Field(allow_inf_nan=False)
+    step: Count
+    loss: float
     #: Unix seconds when the loss was logged.
-    timestamp: float
+    timestamp: UnixTime
 
 
 class JobSnapshot(_Snapshot):
@@ -95,23 +112,54 @@ class JobSnapshot(_Snapshot):
     id: str = Field(min_length=1)
     name: str
     status: JobStatus
-    global_step: int = Field(default=0, ge=0)
+    global_step: Count = 0
     #: The planned number of optimisation steps; 0 when not known yet.
-    max_steps: int = Field(default=0, ge=0)
+    max_steps: Count = 0
+    #: The epochs the run goes through as the Trainer counts them (from ``max_steps`` when that is set,
+    #: not the ``num_train_epochs`` argument it overrides); 0 when not known.
+    num_train_epochs: Count = 0
     training_loss: list[LossPoint] = Field(default_factory=list)
-    hyper_parameters: dict[str, Any] = Field(default_factory=dict)
+    hyper_parameters: JsonObject = Field(default_factory=dict)
     base_model: str = ""
     training_technique: TrainingTechnique = "SFT"
     task_type: TaskType = "text-generation"
     base_model_option: BaseModelOption = "pre-trained"
     base_fine_tuned_model: str | None = None
-    base_fine_tuned_model_checkpoint: int | None = None
+    base_fine_tuned_model_checkpoint: Int64 | None = None
     created_by: str = ""
     #: Unix seconds.
-    created_at: float
-    updated_at: float
+    created_at: UnixTime
+    updated_at: UnixTime
     #: The run's output directory: where recovery looks for checkpoints that have no record yet.
     directory: str = ""
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSnapshot:
+        """The snapshot a stored body holds, repaired if an older release stored values this one refuses
+        (:func:`~.validation.read_stored`); :class:`~.validation.InvalidValue` when it cannot be."""
+        return read_stored(cls, text)[0]
+
+
+#: ``kind`` of a job document in the canonical ``record`` format.
+JOB_KIND = "TrainingJob"
+
+
+class JobDocument(JobSnapshot):
+    """A job as the canonical format sends it: the snapshot as the store keeps it, every field (the loss
+    points with their steps), said to be a job by ``kind``."""
+
+    kind: Literal["TrainingJob"]
+
+
+def job_document(snapshot: JobSnapshot) -> dict[str, Any]:
+    """The :class:`JobDocument` of ``snapshot``, as JSON."""
+    return {"kind": JOB_KIND, **snapshot.model_dump(mode="json")}
+
+
+def job_from_document(data: Any) -> JobSnapshot:
+    """The snapshot a :class:`JobDocument` carries; raises pydantic's ``ValidationError`` naming the field."""
+    document = JobDocument.model_validate(data)
+    return JobSnapshot.model_validate(document.model_dump(exclude={"kind"}))
 
 
 def progress(snapshot: JobSnapshot) -> float:
@@ -158,12 +206,15 @@ def task_type_for(model: Any) -> TaskType:
     return "text-generation"
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, depth: int = 1) -> Any:
+    """A hyper-parameter as JSON: enums by value, sets sorted, lists nested at most ``MAX_DEPTH`` deep."""
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, (list, tuple, set, frozenset)):
+        if depth > MAX_DEPTH:
+            return TOO_DEEP
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
-        return [_json_value(item) for item in items]
+        return [_json_value(item, depth + 1) for item in items]
     scalar, spelling = to_json_scalar(value)
     return spelling if spelling else scalar
 
@@ -196,7 +247,7 @@ def hyper_parameters_from(
             if value is not None:
                 found[field if field.startswith("lora_") else f"lora_{field}"] = _json_value(value)
     found["trainer"] = trainer if isinstance(trainer, str) else trainer.__name__
-    return dict(sorted(found.items()))
+    return bounded(dict(sorted(found.items())))  # text escaped, ints beyond 64 bits as floats
 
 
 def losses_from(log_history: list[dict[str, Any]], log_times: Mapping[int, float] | None) -> list[LossPoint]:
@@ -214,6 +265,13 @@ def losses_from(log_history: list[dict[str, Any]], log_times: Mapping[int, float
         if when is not None:
             points.append(LossPoint(step=int(step), loss=float(loss), timestamp=when))
     return points
+
+
+def planned_epochs(state: TrainerState) -> int:
+    """The epochs the Trainer runs, as it counted them at the start (from ``max_steps`` when set); 0 when
+    it does not know (an iterable dataset with ``max_steps`` makes it ``sys.maxsize``)."""
+    epochs = int(getattr(state, "num_train_epochs", 0) or 0)
+    return epochs if 0 < epochs < sys.maxsize else 0
 
 
 def job_snapshot_from_trainer(
@@ -240,6 +298,7 @@ def job_snapshot_from_trainer(
         base_model,
         global_step=int(state.global_step or 0),
         max_steps=int(state.max_steps or 0),
+        num_train_epochs=planned_epochs(state),
         training_loss=losses_from(list(state.log_history or []), log_times),
         **details,
     )
@@ -257,6 +316,7 @@ def job_snapshot(
     updated_at: float | None = None,
     global_step: int = 0,
     max_steps: int = 0,
+    num_train_epochs: int = 0,
     training_loss: Iterable[LossPoint] = (),
     model: Any = None,
     directory: str = "",
@@ -274,6 +334,7 @@ def job_snapshot(
         status=status,
         global_step=max(global_step, 0),
         max_steps=max(max_steps, 0),
+        num_train_epochs=max(num_train_epochs, 0),
         training_loss=list(training_loss),
         hyper_parameters={} if args is None else hyper_parameters_from(args, trainer_class_name, model),
         base_model=base_model or "",

@@ -64,7 +64,8 @@ class Lane(threading.Thread):
 
     def work(self) -> float | None:
         """One round: None when there was nothing to claim (the lane sleeps until something is due or it
-        is woken), 0 to go on at once, or seconds to pause (new work does not cut that short)."""
+        is woken), 0 to go on at once, or seconds to pause (new work does not cut that short). Not called
+        while a full disk keeps writes in memory: what they say (a delivery settled) must land first."""
         raise NotImplementedError
 
     def described(self, error: Exception) -> str:
@@ -98,7 +99,10 @@ class Lane(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
-                    pause = self.work()
+                    pause = self.work() if self.store.write_kept() else IDLE_POLL
+                    if pause is None:
+                        self._idle()
+                        continue
                 except Exception as error:  # a store hiccup (locked, disk full) must not end the lane
                     warn_once(
                         f"lane:{self.what}:{type(error).__name__}",
@@ -107,9 +111,7 @@ class Lane(threading.Thread):
                         self.described(error),
                     )
                     pause = IDLE_POLL
-                if pause is None:
-                    self._idle()
-                elif pause:
+                if pause:
                     self.stopping.wait(pause)
         finally:
             try:

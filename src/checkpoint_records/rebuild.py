@@ -11,6 +11,7 @@ processes wrote it (their ``rng_state_<rank>.pth``), the eval loss the run selec
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bookkeeper import Bookkeeper
@@ -20,7 +21,11 @@ from .job import JobIdentity
 from .logs import logger
 from .record import CheckpointRecord
 from .recovery import (
+    BadCheckpoint,
+    Folder,
     FoundCheckpoint,
+    accelerate_number,
+    accelerate_step,
     checkpoint_folders,
     job_from_disk,
     modified_at,
@@ -29,44 +34,72 @@ from .recovery import (
     written_times,
 )
 from .store import StoredRecord
+from .validation import escape_text, path_of
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a recovery recorded, and the checkpoints it could not (each error names the file and field)."""
+
+    records: list[CheckpointRecord] = field(default_factory=list)
+    failed: list[BadCheckpoint] = field(default_factory=list)
+
+    def __add__(self, other: Recovered) -> Recovered:
+        return Recovered(self.records + other.records, self.failed + other.failed)
 
 
 def recover(
     books: Bookkeeper, run_dir: Path, job: JobIdentity, written_before: float | None = None
-) -> list[CheckpointRecord]:
+) -> Recovered:
     """Record the checkpoints in ``run_dir`` that have no record yet, as ``job``'s, from their own files.
 
-    The step comes from ``trainer_state.json``, else the folder's number. The records say ``recovered``
-    and are queued for the record sinks. The newest checkpoint's ``trainer_state.json`` also fills the
-    job's log and names the best checkpoint. ``written_before`` (Unix time) leaves out folders written
-    since: a live run is recording them.
+    The step comes from ``trainer_state.json``, else a Trainer folder's number, else (accelerate's
+    folders count saves) :func:`~.recovery.accelerate_step`. A folder is recorded unless the store has
+    a record of that directory (or, for a Trainer folder, of its step); one whose files cannot be used is
+    in ``failed`` and the others are recorded all the same. The records say ``recovered`` and are queued
+    for the record sinks. The newest readable checkpoint's ``trainer_state.json`` also fills the job's
+    log and names the best checkpoint. ``written_before`` (Unix time) leaves out folders written since:
+    a live run is recording them.
     """
     store = books.store
     folders = [
-        (directory, step)
-        for directory, step in checkpoint_folders(run_dir)
-        if written_before is None or modified_at(directory) < written_before
+        folder
+        for folder in checkpoint_folders(run_dir)
+        if written_before is None or modified_at(folder.path) < written_before
     ]
     records = store.records(job.id)
     recorded = {stored.record.spec.directory for stored in records}
     missing = [
-        (directory, step)
-        for directory, step in folders
-        if str(directory.absolute()) not in recorded and not store.get(checkpoint_id_for(job.id, step))
+        folder
+        for folder in folders
+        if _recorded_as(folder) not in recorded
+        # a Trainer folder's name is its step: that checkpoint is recorded
+        and (folder.accelerate or not store.get(checkpoint_id_for(job.id, folder.number)))
     ]
     if missing:  # recorded by another job (a live run imported under another name): left as it is
-        elsewhere = store.recorded_directories([str(directory.absolute()) for directory, _ in missing])
-        missing = [
-            (directory, step) for directory, step in missing if str(directory.absolute()) not in elsewhere
-        ]
+        elsewhere = store.recorded_directories([_recorded_as(folder) for folder in missing])
+        missing = [folder for folder in missing if _recorded_as(folder) not in elsewhere]
     base_model = _known_base_model(books, job, records)
-    built = []
-    for directory, step in missing:
-        found = read_checkpoint(directory, step)
+    steps = _accelerate_steps(run_dir, records)
+    taken = {stored.record.training.step for stored in records}
+    built: list[CheckpointRecord] = []
+    failed: list[BadCheckpoint] = []
+    for folder in missing:
+        try:
+            found = read_checkpoint(folder)
+        except BadCheckpoint as bad:
+            failed.append(bad)
+            continue
+        step = found.step
+        if folder.accelerate and not found.stated:
+            step = steps[folder.number] = accelerate_step(folder.number, steps, taken)
+        elif found.stated and step in taken:
+            continue  # its own state names a step the job recorded from another folder
+        taken.add(step)
         record = books.build(
-            directory,
+            folder.path,
             job,
-            found.step,
+            step,
             found.epoch,
             found.logged,
             base_model=base_model,
@@ -84,10 +117,10 @@ def recover(
         for index, record in enumerate(built)
     ]
     theirs = bool(records or recovered) or job.id in books.runs
-    newest = read_checkpoint(*folders[-1]) if folders and theirs else None  # else another job's folders
+    newest = _newest(folders, failed) if theirs else None  # else another job's folders
     if newest is not None and newest.log_history:  # what the run logged before it died, kept with a time
-        written = written_times(folders)
-        store.append_log(job.id, timed_log(newest.log_history, written, start=store.log_length(job.id)))
+        entries = timed_log(newest.log_history, written_times(folders), start=store.log_length(job.id))
+        store.append_log(job.id, entries, sinks=books.log_sinks)
     if newest is not None and newest.best is not None:
         books.move_best(job, newest.best, None, books.runs.get(job.id))
     if newest is not None and job.id not in books.runs and store.job(job.id) is None:
@@ -100,7 +133,36 @@ def recover(
             ", ".join(record.name for record in recovered),
         )
         books.delivery.wake()
-    return recovered
+    return Recovered(recovered, failed)
+
+
+def _recorded_as(folder: Folder) -> str:
+    """The directory a record of ``folder`` names: absolute, escaped where not UTF-8."""
+    return escape_text(str(folder.path.absolute()))
+
+
+def _accelerate_steps(run_dir: Path, records: list[StoredRecord]) -> dict[int, int]:
+    """The steps the job recorded for its accelerate folders of ``run_dir``, by folder number."""
+    parent = (run_dir / "checkpoints").absolute()
+    steps = {}
+    for stored in records:
+        directory = path_of(stored.record.spec.directory)
+        number = accelerate_number(directory) if directory.parent == parent else None
+        if number is not None:
+            steps[number] = stored.record.training.step
+    return steps
+
+
+def _newest(folders: list[Folder], failed: list[BadCheckpoint]) -> FoundCheckpoint | None:
+    """What the newest checkpoint whose ``trainer_state.json`` can be read says (those that cannot are
+    added to ``failed``, once)."""
+    for folder in reversed(folders):
+        try:
+            return read_checkpoint(folder)
+        except BadCheckpoint as bad:
+            if all(known.directory != bad.directory for known in failed):
+                failed.append(bad)
+    return None
 
 
 def _known_base_model(books: Bookkeeper, job: JobIdentity, records: list[StoredRecord]) -> str | None:
@@ -115,11 +177,7 @@ def _known_base_model(books: Bookkeeper, job: JobIdentity, records: list[StoredR
 
 
 def _job_from_disk(
-    books: Bookkeeper,
-    run_dir: Path,
-    job: JobIdentity,
-    newest: FoundCheckpoint,
-    folders: list[tuple[Path, int]],
+    books: Bookkeeper, run_dir: Path, job: JobIdentity, newest: FoundCheckpoint, folders: list[Folder]
 ) -> None:
     """Store (and queue) the document of a job that left checkpoints but never a job: as a live run
     would have, so ``jobs``, the page and the job sinks know it."""
@@ -130,16 +188,16 @@ def _job_from_disk(
     books.put_job(job_from_disk(job, run_dir, newest, written, base_model or None))
 
 
-def recover_known(books: Bookkeeper) -> list[CheckpointRecord]:
+def recover_known(books: Bookkeeper) -> Recovered:
     """:func:`recover` every directory where the store knows a job wrote checkpoints."""
     places: dict[Path, JobIdentity] = {}
     for stored_job in books.store.jobs():
         if stored_job.job.directory:
-            places[Path(stored_job.job.directory)] = JobIdentity(stored_job.job.id, stored_job.job.name)
+            places[path_of(stored_job.job.directory)] = JobIdentity(stored_job.job.id, stored_job.job.name)
     for stored in books.store.records():
         metadata = stored.record.metadata
-        place = Path(stored.record.spec.directory).parent
+        place = path_of(stored.record.spec.directory).parent
         if place.name == "checkpoints":  # accelerate's project_dir/checkpoints/checkpoint_<n>
             place = place.parent
         places.setdefault(place, JobIdentity(metadata.job_id, metadata.job_name))
-    return [record for place, job in places.items() for record in recover(books, place, job)]
+    return sum((recover(books, place, job) for place, job in places.items()), Recovered())

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .validation import Count, Int64, IsoTime, RelativePath, read_stored
 from .values import JsonScalar
 
 #: ``status.status`` values: written and complete, written but broken/absent, rotated away since.
@@ -21,12 +22,16 @@ CheckpointStatus = Literal["available", "failed", "deleted"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    #: What a document may hold is said by the field types (``validation.py``): finite numbers only.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False
+    )
 
 
 class FileEntry(_Model):
-    path: str
-    size: int
+    #: Relative to the checkpoint's directory, and inside it.
+    path: RelativePath
+    size: Count
     #: Hex SHA-256 of the file, computed while it was uploaded to object storage (``storage=``).
     sha256: str | None = None
 
@@ -38,7 +43,7 @@ class RecordMetadata(_Model):
     owner_org_id: str = Field(default="", alias="ownerOrgID")
     job_id: str
     job_name: str
-    revision: int = 1
+    revision: Count = 1
 
 
 class RecordSpec(_Model):
@@ -51,13 +56,13 @@ class RecordSpec(_Model):
 class TrainingMetadata(_Model):
     name: str
     node: str
-    step: int = Field(ge=0)
+    step: Count
     epoch: float | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
     #: The step each loss was logged at: a checkpoint's train loss may be an earlier step's.
-    train_loss_step: int | None = None
-    eval_loss_step: int | None = None
+    train_loss_step: Count | None = None
+    eval_loss_step: Count | None = None
     #: Which logged metric ``evalLoss`` is: ``eval_loss``, or with several eval sets the one the run
     #: selects by (``metric_for_best_model`` when a loss, else the first set's ``eval_<set>_loss``).
     eval_loss_metric: str | None = None
@@ -69,7 +74,7 @@ class TrainingMetadata(_Model):
     inference_ready: bool
     inference_ready_reasons: list[str] = Field(default_factory=list)
     layout: str
-    world_size: int = 1
+    world_size: Count = 1
     #: The Trainer's best checkpoint so far (``metric_for_best_model``), by which metric and value.
     best: bool = False
     best_metric: str | None = None
@@ -104,11 +109,11 @@ class Evaluation(_Model):
     #: What the evaluator reported, finite numbers only; a NaN or infinity is in ``non_finite``.
     metrics: dict[str, float] = Field(default_factory=dict)
     non_finite: dict[str, str] = Field(default_factory=dict)
-    started_at: str | None = None
-    finished_at: str | None = None
+    started_at: IsoTime | None = None
+    finished_at: IsoTime | None = None
     #: How many times the command was started (a worker killed mid-run counts one).
-    attempts: int = 0
-    exit_code: int | None = None
+    attempts: Count = 0
+    exit_code: Int64 | None = None
     #: Why it failed or was skipped, in one line.
     reason: str | None = None
     #: The end of the command's error output, secrets masked (on failure).
@@ -120,11 +125,11 @@ class Evaluation(_Model):
 class RecordStatus(_Model):
     status: CheckpointStatus
     storage_provider_id: str = Field(default="", alias="storageProviderID")
-    size: int
+    size: Count
     files: list[FileEntry]
     metadata: TrainingMetadata
-    created_at: str
-    updated_at: str
+    created_at: IsoTime
+    updated_at: IsoTime
     upload: UploadStatus | None = None
     #: Each evaluator's result, by its name.
     evaluations: dict[str, Evaluation] = Field(default_factory=dict)
@@ -158,7 +163,9 @@ class CheckpointRecord(_Model):
 
     @classmethod
     def from_json(cls, text: str) -> CheckpointRecord:
-        return cls.model_validate_json(text)
+        """The record a stored body holds, repaired if an older release stored values this one refuses
+        (:func:`~.validation.read_stored`); :class:`~.validation.InvalidValue` when it cannot be."""
+        return read_stored(cls, text)[0]
 
 
 def utc_now_iso() -> str:

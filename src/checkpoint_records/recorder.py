@@ -40,6 +40,7 @@ from .settings import (
 from .sinks import configured_sinks, record_sinks
 from .storage import Uploads, storage_config
 from .store import RecordStore, claim_owner
+from .validation import escape_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -113,7 +114,7 @@ class CheckpointRecorder:
         """The job whose checkpoints ``run_dir`` holds: as configured or named (``run_name``), else the
         one the store knows wrote there (a run recorded live, imported later), else derived from it."""
         if self.job_id is None and given_run_name(str(run_dir), run_name) is None:
-            writers = self.store.jobs_writing_to(os.path.abspath(run_dir))
+            writers = self.store.jobs_writing_to(escape_text(os.path.abspath(run_dir)))
             if writers:
                 job_id, name = writers[0]
                 return JobIdentity(id=job_id, name=name)
@@ -250,7 +251,11 @@ class CheckpointRecorder:
     def _begin(self, begin: Begin) -> None:
         self.books.begin(begin)
         if begin.started_at is not None:  # what a crash left on disk without a record
-            rebuild.recover(self.books, begin.directory, begin.job, written_before=begin.started_at)
+            recovered = rebuild.recover(
+                self.books, begin.directory, begin.job, written_before=begin.started_at
+            )
+            for bad in recovered.failed:
+                logger.warning("checkpoint-records: a checkpoint on disk cannot be recorded: %s", bad)
 
     # -- recovery: the checkpoint on disk is the source of truth --------------------------------------
 
@@ -259,12 +264,13 @@ class CheckpointRecorder:
         run_dir: str | os.PathLike[str],
         job: JobIdentity | None = None,
         written_before: float | None = None,
-    ) -> list[CheckpointRecord]:
+    ) -> rebuild.Recovered:
         """Record the checkpoints in ``run_dir`` that have no record yet, from their own files
-        (:func:`.rebuild.recover`), as ``job``'s (default: :meth:`job_of` ``run_dir``)."""
+        (:func:`.rebuild.recover`), as ``job``'s (default: :meth:`job_of` ``run_dir``): the records, and
+        the checkpoints that could not be (each error names the file and the field)."""
         path = Path(run_dir)
         return rebuild.recover(self.books, path, job or self.job_of(path), written_before)
 
-    def recover_known(self) -> list[CheckpointRecord]:
+    def recover_known(self) -> rebuild.Recovered:
         """:meth:`recover` every directory where the store knows a job wrote checkpoints."""
         return rebuild.recover_known(self.books)

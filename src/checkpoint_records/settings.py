@@ -349,6 +349,12 @@ class Settings:
     record_every_node: bool = setting(
         parse_bool, "1 to record every node's copy when save_on_each_node=True", default=False
     )
+    attach: bool = setting(
+        parse_bool,
+        "1: every transformers Trainer of this process and of the processes it starts gets a callback "
+        "(what `checkpoint-records run` sets)",
+        default=False,
+    )
     storage: str | StorageConfig | None = setting(
         _storage,
         "fsspec URL the checkpoints' files are uploaded to, e.g. s3://bucket/prefix (storage extra)",
@@ -419,6 +425,7 @@ class Overrides(TypedDict, total=False):
     name_template: str | None
     flush_timeout: float | str | None
     record_every_node: bool | str | None
+    attach: bool | str | None
     storage: str | StorageConfig | None
     storage_options: Mapping[str, Any] | None
     storage_retention: Retention | str | None
@@ -477,6 +484,29 @@ def resolve_settings(env: Mapping[str, str] | None = None, /, **overrides: Unpac
             value = row.read(row.variable, env[row.variable])
         values[row.name] = row.default_in(env) if value is None else value
     return Settings(**values)
+
+
+def setting_from_environment(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """The one setting ``name`` (a field of :class:`Settings`), from its variable, else its default,
+    without looking at the others: for the start-up hook, which runs in processes that use no other."""
+    env = os.environ if env is None else env
+    row = next(row for row in TABLE if row.name == name)
+    value = None if row.variable is None else row.read(row.variable, env.get(row.variable))
+    return row.default_in(env) if value is None else value
+
+
+def as_variables(settings: Settings, names: Iterable[str]) -> dict[str, str]:
+    """The ``CHECKPOINT_RECORDS_*`` variables that give another process the settings ``names`` as they
+    are resolved here (a path made absolute, a list as comma-separated text): how ``checkpoint-records
+    run`` hands its options to the command it runs."""
+    variables = {}
+    for row in TABLE:
+        if row.name in names and row.variable is not None:
+            value = getattr(settings, row.name)
+            if isinstance(value, Path):
+                value = value.absolute()
+            variables[row.variable] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return variables
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Not a wire format: what a platform receives is rendered by ``formats/``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .evaluation.results import headline
 from .record import CheckpointRecord
-from .store import Delivery
+from .store import Delivery, DeliveryState
 
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
@@ -53,6 +53,11 @@ def _loss(value: float | None, logged_at: int | None, step: int) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if logged_at in (None, step) else f"{value:.4f}@{logged_at}"
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as a short UTC time for people: ``2026-11-23 15:04:05Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _created(timestamp: str) -> str:
@@ -122,35 +127,56 @@ def _evaluation(record: CheckpointRecord, name: str) -> str:
     return "-" if found is None else headline(found)
 
 
-def delivery_state(delivery: Delivery, now: float) -> str:
-    """One delivery in full: ``delivered``, ``pending (next in 12s, 3 attempts: why)``, ``dead: why``."""
+def delivery_state(delivery: Delivery, now: float, configured: Collection[str] | None = None) -> str:
+    """One delivery in full: ``delivered``, ``pending (next in 12s, 3 attempts: why)``, ``dead: why``,
+    ``dropped``; with ``configured`` (the sinks configured here), what to do about one whose sink is not."""
     if delivery.state == "delivered":
         return "delivered"
+    if delivery.state == "dropped":
+        return f"dropped (by `outbox drop`; `{_MOVE} {delivery.sink} NEW` sends it elsewhere)"
     if delivery.state == "dead":
-        return f"dead: {delivery.last_error}"
-    wait = max(delivery.next_attempt_at - now, 0.0)
-    detail = f"next in {wait:.0f}s" if wait >= 1 else "due now"
-    if delivery.attempts:
-        detail += f", {plural(delivery.attempts, 'attempt')}: {delivery.last_error}"
-    return f"pending ({detail})"
+        said = f"dead: {delivery.last_error}"
+    else:
+        wait = max(delivery.next_attempt_at - now, 0.0)
+        detail = f"next in {wait:.0f}s" if wait >= 1 else "due now"
+        if delivery.attempts:
+            detail += f", {plural(delivery.attempts, 'attempt')}: {delivery.last_error}"
+        said = f"pending ({detail})"
+    if configured is not None and delivery.sink not in configured:
+        said += f"; {UNCONFIGURED} here: `{_MOVE} {delivery.sink} NEW` or `outbox drop {delivery.sink}`"
+    return said
 
 
-def delivery_summary(deliveries: Sequence[Delivery]) -> str:
+#: What ``list`` and ``inspect`` call a sink that deliveries wait for but this command was not given.
+UNCONFIGURED = "not configured"
+_MOVE = "checkpoint-records outbox move"
+
+
+def delivery_summary(
+    deliveries: Sequence[Delivery], configured: Collection[str] | None = None, received: bool = False
+) -> str:
     """Every sink's delivery of one record in a few words for ``list``: the reasons are in ``inspect``.
 
-    ``local`` (no sink), ``delivered`` (every sink), else how many sinks have it and what the others
-    are waiting for: ``1/2 sent, 1 dead``.
+    ``local`` (no sink, and recorded here), ``received`` (sent here by another node, and sent nowhere
+    from here), ``delivered`` (every sink), else how many sinks have it and what the others are waiting
+    for: ``1/2 sent, 1 dead``; with ``configured`` (the sinks configured here), those pending for another
+    sink are counted apart (``1 not configured``).
     """
     if not deliveries:
-        return "local"
+        return "received" if received else "local"
     delivered = sum(delivery.state == "delivered" for delivery in deliveries)
     if delivered == len(deliveries):
         return "delivered"
+    elsewhere = [
+        d for d in deliveries if configured is not None and d.sink not in configured and d.state == "pending"
+    ]
     waiting = [
         f"{count} {state}"
-        for state in ("pending", "dead")
-        if (count := sum(delivery.state == state for delivery in deliveries))
+        for state in ("pending", "dead", "dropped")
+        if (count := sum(d.state == state and d not in elsewhere for d in deliveries))
     ]
+    if elsewhere:
+        waiting.append(f"{len(elsewhere)} {UNCONFIGURED}")
     return f"{delivered}/{len(deliveries)} sent, {', '.join(waiting)}"
 
 
@@ -166,6 +192,16 @@ def _table(lines: Sequence[Sequence[str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def outbox_table(sinks: Mapping[str, Mapping[DeliveryState, int]], configured: Collection[str]) -> str:
+    """One line per sink of the outbox: its deliveries by state, and whether it is configured here."""
+    states: tuple[DeliveryState, ...] = ("pending", "delivered", "dead", "dropped")
+    lines = [["SINK", *(state.upper() for state in states), "HERE"]]
+    for sink, counts in sorted(sinks.items()):
+        here = "configured" if sink in configured else UNCONFIGURED
+        lines.append([sink, *(str(counts.get(state, 0)) for state in states), here])
+    return _table(lines)
 
 
 def jobs_table(details: Sequence[dict[str, Any]]) -> str:

@@ -17,6 +17,7 @@ from ..readiness import assess_readiness
 from ..record import CheckpointRecord
 from ..storage.config import StorageConfig
 from ..storage.verify import pull
+from ..validation import path_of
 
 
 class Skip(Exception):
@@ -48,11 +49,11 @@ def _upload_state(record: CheckpointRecord) -> str | None:
 
 def local_copy(record: CheckpointRecord) -> Path | None:
     """The record's directory, when it is here with every file of its recorded size."""
-    directory = Path(record.spec.directory)
+    directory = path_of(record.spec.directory)
     if record.status.status != "available" or not directory.is_dir():
         return None
     for entry in record.status.files:
-        path = directory / entry.path
+        path = directory / path_of(entry.path)
         if not path.is_file() or path.stat().st_size != entry.size:
             return None
     return directory

@@ -18,6 +18,8 @@ class WireFormat(ABC):
     #: True when its sinks get the job's snapshots (lifecycle, progress); ``render_stored`` then gets
     #: both kinds of stored document when ``renders_records`` is true as well.
     renders_jobs = False
+    #: True when its sinks get the job's logged series too, page by page (:mod:`..series`).
+    renders_logs = False
 
     @abstractmethod
     def render(self, record: CheckpointRecord) -> dict[str, Any]:

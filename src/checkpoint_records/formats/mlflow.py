@@ -185,7 +185,6 @@ class MlflowDocuments(WireFormat):
         return model_document(record)
 
     def render_stored(self, body: str) -> dict[str, Any]:
-        data = json.loads(body)
-        if data.get("kind") == "Checkpoint":
-            return model_document(CheckpointRecord.model_validate(data))
-        return run_document(JobSnapshot.model_validate(data))
+        if json.loads(body).get("kind") == "Checkpoint":  # read as stored, repaired if an older release
+            return model_document(CheckpointRecord.from_json(body))
+        return run_document(JobSnapshot.from_json(body))

@@ -112,4 +112,4 @@ class TrainingJobFormat(WireFormat):
         return render_job(snapshot)
 
     def render_stored(self, body: str) -> dict[str, Any]:
-        return render_job(JobSnapshot.model_validate_json(body))
+        return render_job(JobSnapshot.from_json(body))

@@ -158,6 +158,7 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             store.outbox.deliveries(record_id),
             store.record_revisions(record_id),
             live_upload_status(store, stored.record),
+            store.origins([record_id]).get(record_id),
         )
         return page("checkpoint.html", request, view=view)
 
@@ -169,9 +170,10 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
             return None
         stored, stats = found
         records = store.records(job_id) if newest is None else store.records_newest_first(job_id, newest)
-        deliveries = store.outbox.deliveries_of([entry.record.id for entry in records])
+        record_ids = [entry.record.id for entry in records]
+        deliveries = store.outbox.deliveries_of(record_ids)
         uploads = live_upload_statuses(store, [entry.record for entry in records])
-        return views.job_view(job_id, stored, stats, records, deliveries, uploads)
+        return views.job_view(job_id, stored, stats, records, deliveries, uploads, store.origins(record_ids))
 
     def chart_view(job_id: str) -> dict[str, Any] | None:
         found = job_of(job_id)
@@ -186,12 +188,14 @@ def page_router(store: RecordStore, auth: Auth) -> APIRouter:
         return None if stored is None and stats is None else (stored, stats)
 
     def curves_of(job_id: str, stats: CheckpointStats | None) -> dict[str, list[list[float]]]:
-        return curves_at(job_id, store.log_length(job_id), stats.checkpoints if stats is not None else 0)
+        return curves_at(job_id, store.log_version(job_id), stats.checkpoints if stats is not None else 0)
 
     @functools.lru_cache(maxsize=32)
-    def curves_at(job_id: str, log_length: int, checkpoints: int) -> dict[str, list[list[float]]]:
-        """The job's downsampled curves, computed again only once its log or checkpoints grew: a page
-        that follows a long run asks every few seconds, and reading 100,000 steps is the costly part."""
+    def curves_at(job_id: str, log: tuple[int, int], checkpoints: int) -> dict[str, list[list[float]]]:
+        """The job's downsampled curves, computed again only once its log changed (``log``: its
+        :meth:`~..store.RecordStore.log_version`, written here or received in any order) or its checkpoints
+        grew: a page that follows a long run asks every few seconds, and reading 100,000 steps is the
+        costly part."""
         train = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="loss")
         evaluation = store.log_series(job_id, max_points=views.MAX_CHART_POINTS, having="eval_loss")
         return views.curves(train, evaluation)

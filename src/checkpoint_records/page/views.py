@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -17,16 +17,11 @@ from ..formats import get_format, known_formats
 from ..formats.training_job import progress
 from ..record import CheckpointRecord, Evaluation, UploadStatus
 from ..storage.progress import describe
-from ..store import CheckpointStats, Delivery, RecordRevision, StoredJob, StoredRecord
-from ..terminal import delivery_summary, human_size
+from ..store import CheckpointStats, Delivery, Origin, RecordRevision, StoredJob, StoredRecord
+from ..terminal import delivery_summary, human_size, iso_time
 
 #: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
 MAX_CHART_POINTS = 1500
-
-
-def iso_time(seconds: float) -> str:
-    """Unix seconds as a short UTC time for people: ``2026-11-23 15:04:05Z``."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def short_time(text: str) -> str:
@@ -77,11 +72,24 @@ def marker(record: CheckpointRecord) -> dict[str, Any]:
     }
 
 
+def storage_words(record: CheckpointRecord, upload: UploadStatus | None, origin: Origin | None) -> str:
+    """Where a checkpoint's files are, in a few words: its upload as it stands (as the sender reported it,
+    for a received record), else on the node that wrote them: this machine's disk (``local``), or the
+    sender's."""
+    if upload is not None:
+        return describe(upload)
+    return "local" if origin is None else f"on {record.training.node}, not uploaded"
+
+
 def checkpoint_row(
-    record: CheckpointRecord, deliveries: Sequence[Delivery], upload: UploadStatus | None
+    record: CheckpointRecord,
+    deliveries: Sequence[Delivery],
+    upload: UploadStatus | None,
+    origin: Origin | None = None,
 ) -> dict[str, Any]:
     """One checkpoint as the job's table shows it: its marker's facts and the rest (``upload``: where its
-    upload stands now, which may be ahead of what the record says)."""
+    upload stands now, which may be ahead of what the record says; ``origin``: where a received one came
+    from)."""
     return {
         **marker(record),
         "epoch": record.training.epoch,
@@ -90,7 +98,8 @@ def checkpoint_row(
         "best": record.training.best,
         "size": record.status.size,
         "upload": upload_state(upload),
-        "delivery": delivery_summary(deliveries),
+        "storage": storage_words(record, upload, origin),
+        "delivery": delivery_summary(deliveries, received=origin is not None),
         "updated": short_time(record.status.updated_at),
     }
 
@@ -163,9 +172,13 @@ def job_view(
     records: Sequence[StoredRecord],
     deliveries: Mapping[str, Sequence[Delivery]],
     uploads: Mapping[str, UploadStatus | None],
+    origins: Mapping[str, Origin],
 ) -> dict[str, Any]:
     """The job's page: its summary and its checkpoints' table rows, oldest step first."""
-    rows = [checkpoint_row(r, deliveries.get(r.id, ()), uploads.get(r.id)) for r in _by_step(records)]
+    rows = [
+        checkpoint_row(r, deliveries.get(r.id, ()), uploads.get(r.id), origins.get(r.id))
+        for r in _by_step(records)
+    ]
     return {"job": job_summary(job_id, stored, stats), "checkpoints": rows}
 
 
@@ -257,10 +270,12 @@ def checkpoint_view(
     deliveries: Sequence[Delivery],
     revisions: Sequence[RecordRevision],
     upload: UploadStatus | None,
+    origin: Origin | None = None,
 ) -> dict[str, Any]:
-    """Everything the checkpoint's page shows, beyond the row of the job's table."""
+    """Everything the checkpoint's page shows, beyond the row of the job's table (``origin``: where a
+    received record came from)."""
     record = stored.record
-    row = checkpoint_row(record, deliveries, upload)
+    row = checkpoint_row(record, deliveries, upload, origin)
     metadata = record.training
     return {
         **row,
@@ -268,6 +283,7 @@ def checkpoint_view(
         "job_name": record.metadata.job_name,
         "job_url": job_url(record.metadata.job_id),
         "revision": stored.revision,
+        "received": None if origin is None else received_view(record, origin),
         "history": history(revisions),
         "facts": [
             ("Status", record.status.status),
@@ -300,6 +316,17 @@ def checkpoint_view(
         "files": [(entry.path, human_size(entry.size), entry.size) for entry in record.status.files],
         "deliveries": [(d.sink, d.state, d.attempts, d.last_error or "") for d in deliveries],
         "wire": wire_documents(record),
+    }
+
+
+def received_view(record: CheckpointRecord, origin: Origin) -> dict[str, Any]:
+    """Where a received record came from: the node that recorded it, the address that sent it, when."""
+    return {
+        "node": record.training.node,
+        "sender": origin.sender or "an unknown address",
+        "when": iso_time(origin.received_at),
+        "revision": origin.revision,
+        "directory": record.spec.directory,
     }
 
 

@@ -1,13 +1,17 @@
 """``POST /v1/records``: what ``HttpSink`` sends, stored with the sender's revision, all or nothing.
 
 The body is one document or a JSON array of them (a batch, for backlogs; at most :data:`MAX_BATCH`):
-a checkpoint record (the ``record`` format: ``kind: Checkpoint``) or a job's ``TrainingJobDetail``
-(the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
+what the canonical ``record`` format sends, a checkpoint record (``kind: Checkpoint``), a job
+(``kind: TrainingJob``) or a page of a job's log (``kind: TrainingLog``), or a job's
+``TrainingJobDetail`` (the ``training-job`` format). Answers: ``200`` with a receipt per document, ``400`` for a body that is
 not JSON, ``401`` (no valid token; with a signing secret, also a missing, wrong or stale signature),
 ``409`` for a record id already stored under another job, ``413`` past the size limit (read no further),
-``422`` naming the invalid field, a reused ``Idempotency-Key`` or a record id that its job and step do
-not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` when the store cannot
-write. Nothing is stored for any of the errors.
+``422`` naming the invalid field (a value no document may hold: text that is not valid Unicode, nesting
+too deep, an integer beyond 64 bits, a number JSON cannot carry, a time that is not real, a file path
+outside the checkpoint; see :mod:`..validation`), a reused ``Idempotency-Key`` or a record id that its
+job and step do not derive, ``429`` with ``Retry-After`` while the write queue is full, ``503`` only when
+the store cannot write for now (a full disk, a lock): never for a document that can never be valid,
+which ``HttpSink`` would retry forever. Nothing is stored for any of the errors.
 
 Writes go through one thread that commits whatever requests are waiting in a single transaction
 (group commit): eight senders cost one disk flush per round, not eight.
@@ -22,24 +26,29 @@ import json
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..identity import is_checkpoint_id
 from ..job import (
+    JOB_KIND,
     BaseModelOption,
+    JobDocument,
     JobSnapshot,
     JobStatus,
     LossPoint,
     TaskType,
     TrainingTechnique,
+    job_from_document,
 )
 from ..logs import logger
 from ..record import CheckpointRecord
+from ..series import LOG_KIND, LogPage
 from ..signing import SignatureError, SigningSecret
-from ..store import Receipt, RecordStore, Refused, Submission
+from ..store import Receipt, ReceivedDocument, RecordStore, Refused, Submission
+from ..validation import MAX_UNIX_SECONDS, Count, InvalidValue, JsonObject, check_value, parse_json
 from .problems import Problem, describe_errors
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -50,7 +59,7 @@ QUEUE_CAPACITY = 10_000
 MAX_GROUP = 256
 RETRY_AFTER_SECONDS = 1
 
-Document = CheckpointRecord | JobSnapshot
+Document = ReceivedDocument
 #: What the writer answers a request: its receipts, or why nothing of it was stored.
 Answer = list[Receipt] | Refused
 #: The status a refusal is answered with: a key reused for another body is the Idempotency-Key draft's
@@ -63,8 +72,12 @@ class _Detail(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Unix seconds (``TrainingJobDetail`` has whole ones), before the year 10000.
+WholeSeconds = Annotated[int, Field(ge=0, le=int(MAX_UNIX_SECONDS))]
+
+
 class LossEntry(_Detail):
-    timestamp: int
+    timestamp: WholeSeconds
     loss: float = Field(allow_inf_nan=False)
 
 
@@ -78,18 +91,18 @@ class TrainingJobDetail(_Detail):
     base_model_option: BaseModelOption
     base_model: str
     base_fine_tuned_model: str | None = None
-    base_fine_tuned_model_checkpoint: int | None = None
+    base_fine_tuned_model_checkpoint: Count | None = None
     test_functions: list[str] | None = None
     reward: dict[str, float] | None = None
     status: JobStatus
-    progress: float = Field(ge=0, le=100)
-    train_dataset: dict[str, Any] | None = None
-    test_dataset: dict[str, Any] | None = None
+    progress: float = Field(ge=0, le=100, allow_inf_nan=False)
+    train_dataset: JsonObject | None = None
+    test_dataset: JsonObject | None = None
     training_loss: list[LossEntry]
-    hyper_parameters: dict[str, Any]
+    hyper_parameters: JsonObject
     created_by: str
-    created_at: int
-    updated_at: int
+    created_at: WholeSeconds
+    updated_at: WholeSeconds
 
 
 #: Steps a progress is kept in when the sender's ``max_steps`` is not known (hundredths of a percent).
@@ -125,16 +138,14 @@ def snapshot_from_detail(detail: TrainingJobDetail) -> JobSnapshot:
     )
 
 
-def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_documents(body: bytes) -> tuple[list[Document], bool]:
     """The documents of a request body, and whether it was a batch (an array); raises :class:`Problem`."""
     try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise Problem(400, f"the body is not valid JSON: {error}") from None
+        data = parse_json(body)
+    except InvalidValue as error:
+        if error.field:  # JSON too deep to parse: a value no document may hold
+            raise Problem(422, str(error)) from None
+        raise Problem(400, f"the body is {error.why}") from None
     batch = isinstance(data, list)
     items = data if batch else [data]
     if batch and not 0 < len(items) <= MAX_BATCH:
@@ -142,25 +153,44 @@ def parse_documents(body: bytes) -> tuple[list[Document], bool]:
     return [parse_document(item, f"[{index}]" if batch else "") for index, item in enumerate(items)], batch
 
 
+#: The documents a body may hold, by ``kind`` (a ``TrainingJobDetail`` has none: it is told by its fields).
+_KINDS: dict[str, Any] = {
+    "Checkpoint": CheckpointRecord.model_validate,
+    JOB_KIND: job_from_document,
+    LOG_KIND: LogPage.model_validate,
+}
+
+
 def parse_document(data: Any, where: str = "") -> Document:
-    """A checkpoint record (``kind: Checkpoint``) or a ``TrainingJobDetail``; raises :class:`Problem`."""
-    model: type[CheckpointRecord] | type[TrainingJobDetail]
-    if isinstance(data, dict) and data.get("kind") == "Checkpoint":
-        model = CheckpointRecord
+    """A checkpoint record (``kind: Checkpoint``), a job (``kind: TrainingJob``), a page of a job's log
+    (``kind: TrainingLog``) or a ``TrainingJobDetail``; raises :class:`Problem`.
+
+    What no document may hold (:func:`~..validation.check_value`) is refused before its model is
+    looked at; the models then hold each field to its type and range."""
+    try:
+        check_value(data, where)
+    except InvalidValue as error:
+        raise Problem(422, str(error)) from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind in _KINDS:
+        parse = _KINDS[kind]
     elif isinstance(data, dict) and "training_technique" in data:
-        model = TrainingJobDetail
+        parse = TrainingJobDetail.model_validate
     else:
         raise Problem(
             422,
-            f"{where or '(document)'}: expected a checkpoint record (kind: Checkpoint) or a TrainingJobDetail",
+            f"{where or '(document)'}: expected a checkpoint record (kind: Checkpoint), a job (kind: "
+            f"{JOB_KIND}), a page of its log (kind: {LOG_KIND}) or a TrainingJobDetail",
         )
     try:
-        document = model.model_validate(data)
+        document = parse(data)
     except ValidationError as error:
         errors = [{**item, "loc": (where, *item["loc"]) if where else item["loc"]} for item in error.errors()]
         raise Problem(422, describe_errors(errors)) from None
     if isinstance(document, TrainingJobDetail):
         return snapshot_from_detail(document)
+    if not isinstance(document, CheckpointRecord):
+        return document
     if not is_checkpoint_id(
         document.id, document.metadata.job_id, document.training.step, document.training.node
     ):
@@ -322,7 +352,8 @@ def ingest_router(
                 raise Problem(401, f"the delivery's signature does not verify: {error}") from None
         documents, batch = parse_documents(body)
         key = request.headers.get("idempotency-key") or None
-        submission = Submission(documents, key, hashlib.sha256(body).hexdigest())
+        sender = request.client.host if request.client is not None else ""
+        submission = Submission(documents, key, hashlib.sha256(body).hexdigest(), sender)
         try:
             answer = await writer.submit(submission)
         except Overloaded:
@@ -331,6 +362,9 @@ def ingest_router(
                 "the server is busy writing; retry shortly",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
+        except (ValueError, OverflowError, UnicodeError, RecursionError) as error:
+            # Validation lets none through; were one to, it can never be written: not a 503 retried forever.
+            raise Problem(422, f"the store cannot hold this document: {type(error).__name__}") from None
         except Exception as error:
             raise Problem(
                 503,
@@ -351,13 +385,15 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_ONE = {"oneOf": [_ref("CheckpointRecord"), _ref("TrainingJobDetail")]}
+_ONE = {
+    "oneOf": [_ref(model.__name__) for model in (CheckpointRecord, JobDocument, LogPage, TrainingJobDetail)]
+}
 _BODY = {"oneOf": [_ONE, {"type": "array", "items": _ONE, "minItems": 1, "maxItems": MAX_BATCH}]}
 _RECEIPT = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "kind": {"enum": ["record", "job"]},
+        "kind": {"enum": ["record", "job", "log"]},
         "revision": {"type": "integer"},
         "stored": {"type": "boolean"},
     },
@@ -378,4 +414,4 @@ _PROBLEM_RESPONSE: dict[str, Any] = {
     "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}},
 }
 #: Models the OpenAPI document describes besides those of the routes' own signatures.
-DOCUMENT_MODELS: Sequence[type[BaseModel]] = (CheckpointRecord, TrainingJobDetail)
+DOCUMENT_MODELS: Sequence[type[BaseModel]] = (CheckpointRecord, JobDocument, LogPage, TrainingJobDetail)

@@ -11,7 +11,7 @@ openai``). Pages are newest first (highest step), ``after`` is the last id of th
 | ``model``                 | the base model (the job's, else its newest checkpoint's)                     |
 | ``created_at``/``finished_at`` | the job's creation, and its last update once finished (Unix seconds)   |
 | ``fine_tuned_model``      | the model name of the job's last checkpoint that is available and ready     |
-| ``hyperparameters``       | total batch size and number of epochs when the job reported them           |
+| ``hyperparameters``       | total batch size, and the epochs the Trainer runs (its own count, which ``max_steps`` sets), else the ``num_train_epochs`` argument when whole |
 | ``metadata``              | ``job_id`` and ``job_name``: the canonical id and name                      |
 """
 
@@ -54,7 +54,8 @@ def fine_tuning_job(
     """A ``fine_tuning.job`` object for ``view``; ``newest``/``ready``: its newest and last ready checkpoint."""
     snapshot, renderer = view.snapshot, OpenAIFormat()
     hyper = snapshot.hyper_parameters if snapshot is not None else {}
-    epochs = hyper.get("num_train_epochs")
+    epochs = snapshot.num_train_epochs if snapshot is not None and snapshot.num_train_epochs else None
+    epochs = epochs or hyper.get("num_train_epochs")
     status = "running" if view.status is None else _STATUS[view.status]
     name = snapshot.name if snapshot is not None else (newest.metadata.job_name if newest else view.job_id)
     model = (snapshot.base_model if snapshot is not None else "") or (newest.training.model if newest else "")

@@ -18,6 +18,7 @@ from ..formats import DEFAULT_FORMAT
 from ..record import CheckpointRecord
 from ..redaction import public_url
 from ..settings import Settings
+from ..store import DocumentKind
 from .base import DeliveryError, Rejected, RetryLater, Sink
 from .http import HttpSink
 from .mlflow import SCHEMES as MLFLOW_SCHEMES
@@ -100,8 +101,24 @@ def record_sinks(sinks: Sequence[Sink]) -> list[Sink]:
 
 
 def job_sinks(sinks: Sequence[Sink]) -> list[Sink]:
-    """The sinks that receive job-level events (the ``training-job`` format, MLflow runs)."""
+    """The sinks that receive job-level events (the ``record`` and ``training-job`` formats, MLflow runs)."""
     return [sink for sink in sinks if sink.format.renders_jobs]
+
+
+def document_kinds(sink: Sink) -> list[DocumentKind]:
+    """The kinds of stored document ``sink`` is sent: records, jobs, pages of a job's log."""
+    wire = sink.format
+    kinds: list[tuple[DocumentKind, bool]] = [
+        ("record", wire.renders_records),
+        ("job", wire.renders_jobs),
+        ("log", wire.renders_logs),
+    ]
+    return [kind for kind, sent in kinds if sent]
+
+
+def log_sinks(sinks: Sequence[Sink]) -> list[Sink]:
+    """The sinks that receive the job's logged series, page by page (the ``record`` format)."""
+    return [sink for sink in sinks if sink.format.renders_logs]
 
 
 __all__ = [
@@ -112,8 +129,10 @@ __all__ = [
     "RetryLater",
     "Sink",
     "configured_sinks",
+    "document_kinds",
     "job_sinks",
     "known_schemes",
+    "log_sinks",
     "record_sinks",
     "sink_from_url",
     "sinks_to_notify",

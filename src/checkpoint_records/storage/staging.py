@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..validation import contained, path_of
+
 STAGING_DIR = "_checkpoint-records-staging"
 
 
@@ -26,22 +28,22 @@ def staging_dir(checkpoint: Path, record_id: str) -> Path:
 def link_files(source: Path, staging: Path, paths: list[str]) -> None:
     """Hard-link each file of ``source`` into ``staging``; a file that cannot be linked is left to copy."""
     for relative in paths:
-        target = staging / relative
+        target = contained(staging, relative)
         if target.exists():
             continue
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(source / relative, target)
+            os.link(source / path_of(relative), target)
         except OSError:
             continue  # copied by the upload lane (copy_missing), off the training thread
 
 
 def copy_missing(source: Path, staging: Path, relative: str) -> Path | None:
     """The staged file, copied from ``source`` first if it was not linked; None if it is gone from both."""
-    target = staging / relative
+    target = contained(staging, relative)
     if target.exists():
         return target
-    original = source / relative
+    original = source / path_of(relative)
     partial = target.with_name(target.name + ".partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

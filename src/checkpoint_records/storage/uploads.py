@@ -25,6 +25,7 @@ from ..lane import IDLE_POLL, Lane, backoff
 from ..logs import logger, warn_once
 from ..record import CheckpointRecord, utc_now_iso
 from ..store import Lease, RecordStore, UploadRow
+from ..validation import path_of
 from . import staging, transfer
 from .config import StorageConfig
 from .progress import remote_of, upload_status, with_upload
@@ -256,7 +257,7 @@ class Uploads:
         if self.config is None or record.status.status != "available":
             return
         try:
-            directory = Path(record.spec.directory)
+            directory = path_of(record.spec.directory)
             stage = staging.staging_dir(directory, record.id)
             staging.link_files(directory, stage, [entry.path for entry in record.status.files])
             self.store.uploads.enqueue(record, self.config.remote_dir(record.name), str(stage))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from ..record import CheckpointRecord, FileEntry
+from ..validation import contained, path_of
 from . import transfer
 from .config import StorageConfig, check_backend
 
@@ -56,10 +57,10 @@ def _verification(
 
 def verify_local(record: CheckpointRecord) -> Verification:
     """Re-hash the checkpoint's files where the record says they are."""
-    directory = Path(record.spec.directory)
+    directory = path_of(record.spec.directory)
     results: dict[str, tuple[int | None, str | None]] = {}
     for entry in record.status.files:
-        path = directory / entry.path
+        path = directory / path_of(entry.path)
         if not path.is_file():
             results[entry.path] = (None, None)
             continue
@@ -107,7 +108,14 @@ def verify_remote(record: CheckpointRecord, config: StorageConfig | None) -> Ver
 
 
 def pull(record: CheckpointRecord, directory: Path, config: StorageConfig | None) -> Verification:
-    """Download the uploaded copy into ``directory``, hashing on the way; what does not match the record."""
+    """Download the uploaded copy into ``directory``, hashing on the way; what does not match the record.
+
+    Every file lands inside ``directory``: a record naming one elsewhere (``../``, an absolute path, a
+    link out of it) is refused with :class:`~..validation.InvalidValue` before anything is written."""
+    targets = {
+        entry.path: contained(directory, entry.path, f"status.files[{index}].path")
+        for index, entry in enumerate(record.status.files)
+    }
     fs, root = remote_location(record, config)
     results: dict[str, tuple[int | None, str | None]] = {}
     for entry in record.status.files:
@@ -115,7 +123,7 @@ def pull(record: CheckpointRecord, directory: Path, config: StorageConfig | None
         if _remote_size(fs, path) is None:
             results[entry.path] = (None, None)
             continue
-        local = directory / entry.path
+        local = targets[entry.path]
         sha256 = transfer.fetch(fs, path, local)
         results[entry.path] = (local.stat().st_size, sha256)
     return _verification(record, results)

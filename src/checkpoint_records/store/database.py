@@ -23,13 +23,17 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from ..errors import ConfigurationError
 from ..logs import logger, warn_once
 from ..settings import resolve_settings
+from ..validation import InvalidValue, escape_text, read_stored
 from .schema import migrate, refuse_newer, schema_version
 
 DATABASE_NAME = "records.db"
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 _NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs", "ceph", "9p"}
 )
@@ -122,6 +126,7 @@ class Database:
         # A connection inherited through fork() must never be used: open a fresh one.
         self.home.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        connection.text_factory = _text
         network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
         _set_up(connection, self.path, None if self._replaced else "delete" if network else "wal")
         self._local.synchronous = "FULL"
@@ -167,7 +172,11 @@ class Database:
 
     def write(self, write: Callable[[], T], kept: T) -> T:
         """``write()``, after any earlier writes kept in memory; when the disk is full, keep it (and
-        return ``kept``) to be written, in order, once there is room: nothing is lost, nothing waits."""
+        return ``kept``) to be written, in order, once there is room: nothing is lost, nothing waits.
+
+        Every write of the store's documents, log and queues goes through here (claims excepted: a
+        claim that cannot be written is work not taken yet). ``write`` is applied to the store as it is
+        when it lands, so it reads what it needs inside its own transaction."""
         if self._kept:
             with self._kept_lock:
                 if not self.write_kept():
@@ -231,6 +240,44 @@ class Database:
         self._local.connection = None
 
 
+def readable(model: type[M], body: str, what: str) -> M | None:
+    """The document ``body`` holds (``what`` names it: ``record <id>``); one an older release stored with
+    values this release refuses is repaired (escaped, cut) or, when it cannot be, left out (None): said
+    once either way, so one bad row never stops a reader of the others."""
+    try:
+        document, repaired = read_stored(model, body)
+    except InvalidValue as error:
+        warn_once(
+            f"unreadable:{what}",
+            "checkpoint-records: %s in the store cannot be read (%s); it is left out of what is listed "
+            "and delivered (written by an older release?)",
+            what,
+            error,
+        )
+        return None
+    if repaired:
+        warn_once(
+            f"repaired:{what}",
+            "checkpoint-records: %s in the store holds values this release does not store (text that is "
+            "not valid Unicode, deep nesting, integers beyond 64 bits); it is read with them escaped or cut",
+            what,
+        )
+    return document
+
+
+def _text(data: bytes) -> str:
+    """A text value as SQLite holds it, valid Unicode whatever another writer left: a surrogate SQLite's
+    JSON functions decode from a ``\\udcff`` escape, or bytes that are not UTF-8, escaped."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return escape_text(data.decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError:
+        return escape_text(data.decode("utf-8", "surrogateescape"))
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """Which file ``path`` names now (device, inode), or None when there is none."""
     try:
@@ -263,6 +310,17 @@ def _set_up(
             if "locked" not in str(error) or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+
+
+def json_of(column: str = "body") -> str:
+    """SQL for a JSON ``column`` to give SQLite's JSON functions: NULL where it is not JSON SQLite can read
+    (nested past its depth, written by something else), so one such row never fails a whole list."""
+    return f"(CASE WHEN json_valid({column}) THEN {column} END)"
+
+
+def body_field(path: str, column: str = "body") -> str:
+    """SQL for the value at ``path`` in a JSON ``column`` (NULL where it is not readable JSON)."""
+    return f"json_extract({json_of(column)}, '{path}')"
 
 
 def marks(values: Sized) -> str:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..job import JobSnapshot
 from ..record import CheckpointRecord
-from .database import Database
+from ..validation import storable
+from .database import Database, readable
 from .outbox import queue_deliveries
 
 #: A revision of a record, from the one stored.
@@ -60,8 +61,10 @@ class Documents(Database):
 
         The same content again is a no-op (a re-emitted record is recognised by its deterministic id);
         changed content becomes the next revision, keeping the first ``createdAt``. On a full disk the
-        record is kept in memory until there is room (and returned as given).
+        record is kept in memory until there is room (and returned as given). Text that is not valid
+        Unicode is stored escaped (:func:`~..validation.storable`).
         """
+        record = storable(record)
         kept = StoredRecord(record, record.metadata.revision or 1)
         return self.write(lambda: self._put(record, sinks, durable), kept)
 
@@ -70,18 +73,14 @@ class Documents(Database):
             row = connection.execute(
                 "SELECT body, revision FROM records WHERE id = ?", (record.id,)
             ).fetchone()
-            if row is not None:
-                existing = CheckpointRecord.from_json(row[0])
-                if _content(existing) == _content(record):
-                    queue_deliveries(
-                        connection, sinks, record.id, row[1], replace=False
-                    )  # a sink added since
-                    return StoredRecord(existing, row[1])
-                revision = int(row[1]) + 1
-                record = _as_revision(record, revision, created_at=existing.status.created_at)
-            else:
-                revision = 1
-                record = _as_revision(record, revision, created_at=record.status.created_at)
+            existing = None if row is None else read_record(row[0], record.id)
+            if existing is not None and _content(existing) == _content(record):
+                queue_deliveries(connection, sinks, record.id, row[1], replace=False)  # a sink added since
+                return StoredRecord(existing, row[1])
+            # A new record, the next revision, or one an older release stored unreadable: replaced.
+            revision = 1 if row is None else int(row[1]) + 1
+            created_at = (existing or record).status.created_at
+            record = _as_revision(record, revision, created_at=created_at)
             write_record(connection, record, revision)
             queue_deliveries(connection, sinks, record.id, revision)
         return StoredRecord(record, revision)
@@ -124,7 +123,8 @@ class Documents(Database):
                 rows = connection.execute(
                     "SELECT id, body FROM records WHERE job_id = ?", (job_id,)
                 ).fetchall()
-                change = choose([CheckpointRecord.from_json(body) for _, body in rows])
+                records = [read_record(body, record_id) for record_id, body in rows]
+                change = choose([record for record in records if record is not None])
                 revised = [revise(connection, record_id, change, sinks) for record_id, _ in rows]
             return [stored for stored in revised if stored is not None]
 
@@ -135,29 +135,30 @@ class Documents(Database):
         row = (
             self.read()
             .execute(
-                "SELECT body, revision FROM records WHERE id = ? OR name = ? ORDER BY created_at DESC LIMIT 1",
+                "SELECT id, body, revision FROM records WHERE id = ? OR name = ?"
+                " ORDER BY created_at DESC LIMIT 1",
                 (name_or_id, name_or_id),
             )
             .fetchone()
         )
-        return None if row is None else StoredRecord(CheckpointRecord.from_json(row[0]), row[1])
+        return next(iter(stored_records([row])), None) if row is not None else None
 
     def find(self, name_or_id: str) -> list[StoredRecord]:
         """Every record with this id or name, newest first: names repeat across jobs with one run_name."""
         rows = self.read().execute(
-            "SELECT body, revision FROM records WHERE id = ? OR name = ? ORDER BY created_at DESC",
+            "SELECT id, body, revision FROM records WHERE id = ? OR name = ? ORDER BY created_at DESC",
             (name_or_id, name_or_id),
         )
-        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+        return stored_records(rows)
 
     def records(self, job_id: str | None = None) -> list[StoredRecord]:
         """All records, oldest first (optionally of one job)."""
-        query = "SELECT body, revision FROM records"
+        query = "SELECT id, body, revision FROM records"
         params: tuple[str, ...] = ()
         if job_id is not None:
             query, params = query + " WHERE job_id = ?", (job_id,)
         rows = self.read().execute(query + " ORDER BY created_at, step", params).fetchall()
-        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+        return stored_records(rows)
 
     def record_revisions(self, record_id: str) -> list[RecordRevision]:
         """The revisions of a record that this store saw written, oldest first."""
@@ -185,8 +186,10 @@ class Documents(Database):
 
         ``owner`` (see :func:`~.leases.claim_owner`) names the process running the job, so a later run
         can tell that an attempt which never finished was interrupted. Unchanged content is a no-op. On a
-        full disk it is kept in memory until there is room (revision 0 until then).
+        full disk it is kept in memory until there is room (revision 0 until then). Text that is not
+        valid Unicode is stored escaped.
         """
+        job = storable(job)
         return self.write(lambda: self._put_job(job, sinks, owner, durable), 0)
 
     def _put_job(self, job: JobSnapshot, sinks: Sequence[str], owner: str | None, durable: bool) -> int:
@@ -201,16 +204,39 @@ class Documents(Database):
         return revision
 
     def job(self, job_id: str) -> StoredJob | None:
-        row = self.read().execute("SELECT body, revision, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else StoredJob(JobSnapshot.model_validate_json(row[0]), row[1], row[2])
+        row = (
+            self.read()
+            .execute("SELECT id, body, revision, owner FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else stored_job(*row)
 
     def jobs(self) -> list[StoredJob]:
-        """Every job, oldest update first."""
-        rows = self.read().execute("SELECT body, revision, owner FROM jobs ORDER BY updated_at")
-        return [
-            StoredJob(JobSnapshot.model_validate_json(body), revision, owner)
-            for body, revision, owner in rows
-        ]
+        """Every job, oldest update first (one the store cannot read is left out, said once)."""
+        rows = self.read().execute("SELECT id, body, revision, owner FROM jobs ORDER BY updated_at")
+        return [job for job in (stored_job(*row) for row in rows) if job is not None]
+
+
+def read_record(body: str, record_id: str) -> CheckpointRecord | None:
+    """A stored record, repaired or left out (None) when an older release stored what this one refuses."""
+    return readable(CheckpointRecord, body, f"record {record_id}")
+
+
+def stored_records(rows: Iterable[tuple[str, str, int]]) -> list[StoredRecord]:
+    """The records of ``(id, body, revision)`` rows; those the store cannot read are left out, said once."""
+    found = []
+    for record_id, body, revision in rows:
+        record = read_record(body, record_id)
+        if record is not None:
+            found.append(StoredRecord(record, revision))
+    return found
+
+
+def stored_job(job_id: str, body: str, revision: int, owner: str | None) -> StoredJob | None:
+    """A job's stored snapshot, repaired or left out (None) when an older release stored what this one
+    refuses."""
+    job = readable(JobSnapshot, body, f"job {job_id}")
+    return None if job is None else StoredJob(job, revision, owner)
 
 
 def revise(
@@ -219,10 +245,10 @@ def revise(
     """Within the caller's write transaction: the record's next revision by ``change``, written and
     queued; None when there is no such record or nothing changed."""
     row = connection.execute("SELECT body, revision FROM records WHERE id = ?", (record_id,)).fetchone()
-    if row is None:
+    current = None if row is None else read_record(row[0], record_id)
+    if row is None or current is None:
         return None
-    current = CheckpointRecord.from_json(row[0])
-    changed = change(current)
+    changed = storable(change(current))
     if _content(changed) == _content(current):
         return None
     revision = int(row[1]) + 1
@@ -269,11 +295,14 @@ def _content(record: CheckpointRecord) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def _job_content(body: str) -> str:
-    """A job snapshot's content without its update time."""
-    data = json.loads(body)
-    data.pop("updated_at", None)
-    return json.dumps(data, sort_keys=True)
+def _job_content(body: str) -> str | None:
+    """A job snapshot's content without its update time (None for a body no release could have read)."""
+    try:
+        data = json.loads(body)
+        data.pop("updated_at", None)
+        return json.dumps(data, sort_keys=True)
+    except (ValueError, RecursionError, AttributeError):
+        return None
 
 
 def _as_revision(record: CheckpointRecord, revision: int, created_at: str) -> CheckpointRecord:

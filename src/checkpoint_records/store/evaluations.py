@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import CheckpointRecord
-from .database import Database
-from .documents import Change, Sinks, StoredRecord, revise
+from .database import Database, json_of
+from .documents import Change, Sinks, StoredRecord, read_record, revise
 from .leases import LeaseQueue
 
 
@@ -75,7 +75,7 @@ class EvaluationQueue(LeaseQueue):
             added = connection.execute(
                 "INSERT OR IGNORE INTO evaluations (evaluator, record_id, state, next_attempt_at, updated_at)"
                 " SELECT ?, id, 'pending', ?, ? FROM records"
-                f" WHERE rowid > ? AND rowid <= ? AND json_type(body, ?) IS NULL{jobs}",
+                f" WHERE rowid > ? AND rowid <= ? AND json_type({json_of()}, ?) IS NULL{jobs}",
                 (
                     evaluator,
                     now,
@@ -105,9 +105,16 @@ class EvaluationQueue(LeaseQueue):
             ).fetchone()
             if found is None:
                 return None
-            self._take(connection, evaluator, owner, time.time() + lease_seconds, [found[0]])
-        _, attempts, error, body = found
-        return ClaimedEvaluation(evaluator, CheckpointRecord.from_json(body), int(attempts), error)
+            record_id, attempts, error, body = found
+            record = read_record(body, record_id)
+            if record is None:  # stored by an older release, unreadable (said once): nothing to evaluate
+                connection.execute(
+                    "UPDATE evaluations SET state = 'done', updated_at = ? WHERE evaluator = ? AND record_id = ?",
+                    (time.time(), evaluator, record_id),
+                )
+                return None
+            self._take(connection, evaluator, owner, time.time() + lease_seconds, [record_id])
+        return ClaimedEvaluation(evaluator, record, int(attempts), error)
 
     def started(self, evaluator: str, record_id: str, owner: str, at: str) -> int:
         """An attempt of the command starts now (counted before it runs: a kill counts); its number."""
@@ -158,7 +165,7 @@ class EvaluationQueue(LeaseQueue):
                 connection.execute(
                     "UPDATE evaluations SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = ?,"
                     " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE evaluator = ? AND state = 'done'"
-                    " AND record_id IN (SELECT id FROM records WHERE json_extract(body, ?) = 'failed')"
+                    f" AND record_id IN (SELECT id FROM records WHERE json_extract({json_of()}, ?) = 'failed')"
                     f"{jobs}",
                     (now, now, evaluator, f'$.status.evaluations."{evaluator}".state', *params),
                 ).rowcount

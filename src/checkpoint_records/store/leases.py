@@ -106,9 +106,13 @@ class LeaseQueue:
         return {record_id for (record_id,) in rows}
 
     def release(self, key: str, owner: str) -> None:
-        """Drop ``owner``'s claims in scope ``key``."""
-        with self.database.transaction(durable=False) as connection:
-            self._drop(connection, key, owner)
+        """Drop ``owner``'s claims in scope ``key`` (after what a full disk keeps of its work)."""
+
+        def write() -> None:
+            with self.database.transaction(durable=False) as connection:
+                self._drop(connection, key, owner)
+
+        self.database.write(write, None)
 
     def release_dead(self, key: str) -> int:
         """Drop the claims in scope ``key`` of every holder on this host that is no longer running."""

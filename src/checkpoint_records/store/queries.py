@@ -7,10 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..job import JobSnapshot
 from ..record import CheckpointRecord
-from .database import Database
-from .documents import StoredJob, StoredRecord
+from .database import Database, body_field
+from .documents import StoredJob, StoredRecord, read_record, stored_job, stored_records
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,12 @@ class JobSummary:
 
 
 #: The newest checkpoint of each job, and its newest one that is available and ready for inference.
-_NEWEST_AND_READY = """
+_NEWEST_AND_READY = f"""
 SELECT value,
-    (SELECT body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
-    (SELECT body FROM records WHERE job_id = value AND json_extract(body, '$.status.status') = 'available'
-        AND json_extract(body, '$.status.metadata.inferenceReady') ORDER BY step DESC, id DESC LIMIT 1)
+    (SELECT id || ' ' || body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
+    (SELECT id || ' ' || body FROM records WHERE job_id = value
+        AND {body_field("$.status.status")} = 'available'
+        AND {body_field("$.status.metadata.inferenceReady")} ORDER BY step DESC, id DESC LIMIT 1)
 FROM json_each(?)
 """
 
@@ -54,7 +54,7 @@ class Queries(Database):
 
     def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
         """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
-        eval_loss = "json_extract(body, '$.status.metadata.evalLoss')"
+        eval_loss = body_field("$.status.metadata.evalLoss")
         only = "job_id = ?" if job_id is not None else "1"
         params = (job_id,) if job_id is not None else ()
         connection = self.read()
@@ -68,8 +68,8 @@ class Queries(Database):
             )
         }
         rows = connection.execute(
-            f"SELECT job_id, json_extract(body, '$.metadata.jobName'), COUNT(*),"
-            f" TOTAL(json_extract(body, '$.status.metadata.inferenceReady')), MIN({eval_loss}), MAX(step),"
+            f"SELECT job_id, {body_field('$.metadata.jobName')}, COUNT(*),"
+            f" TOTAL({body_field('$.status.metadata.inferenceReady')}), MIN({eval_loss}), MAX(step),"
             f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
             params,
         )
@@ -87,7 +87,7 @@ class Queries(Database):
         """The jobs ``text`` names, as ``list --job`` reads it: a job id, a job name, or a prefix of 4
         characters or more of an id."""
         rows = self.read().execute(
-            "SELECT job_id FROM records WHERE job_id = ?1 OR json_extract(body, '$.metadata.jobName') = ?1"
+            f"SELECT job_id FROM records WHERE job_id = ?1 OR {body_field('$.metadata.jobName')} = ?1"
             " OR (length(?1) >= 4 AND substr(job_id, 1, length(?1)) = ?1)"
             " UNION SELECT id FROM jobs WHERE id = ?1 OR name = ?1"
             " OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1)",
@@ -110,7 +110,7 @@ class Queries(Database):
         )
         return [
             (
-                None if body is None else StoredJob(JobSnapshot.model_validate_json(body), revision, owner),
+                None if body is None else stored_job(known, body, revision, owner),
                 JobSummary(known, checkpoints, first, last),
             )
             for known, body, revision, owner, checkpoints, first, last in rows
@@ -130,12 +130,12 @@ class Queries(Database):
         inside = directory.rstrip("/") + "/"
         connection = self.read()
         documented = connection.execute(
-            "SELECT id, name FROM jobs WHERE json_extract(body, '$.directory') = ? ORDER BY updated_at DESC",
+            f"SELECT id, name FROM jobs WHERE {body_field('$.directory')} = ? ORDER BY updated_at DESC",
             (directory,),
         ).fetchall()
         recorded = connection.execute(
-            "SELECT job_id, json_extract(body, '$.metadata.jobName') FROM records"
-            " WHERE substr(json_extract(body, '$.spec.directory'), 1, length(?1)) = ?1"
+            f"SELECT job_id, {body_field('$.metadata.jobName')} FROM records"
+            f" WHERE substr({body_field('$.spec.directory')}, 1, length(?1)) = ?1"
             " GROUP BY job_id ORDER BY MAX(updated_at) DESC",
             (inside,),
         ).fetchall()
@@ -145,11 +145,26 @@ class Queries(Database):
         """Which of ``directories`` (absolute paths) a record of any job already describes: one checkpoint
         folder is one record, whoever recorded it."""
         rows = self.read().execute(
-            "SELECT json_extract(body, '$.spec.directory') FROM records"
-            " WHERE json_extract(body, '$.spec.directory') IN (SELECT value FROM json_each(?))",
+            f"SELECT {body_field('$.spec.directory')} FROM records"
+            f" WHERE {body_field('$.spec.directory')} IN (SELECT value FROM json_each(?))",
             (json.dumps(directories),),
         )
         return {directory for (directory,) in rows}
+
+    def document_ids(self, job_ids: list[str]) -> list[str]:
+        """The ids of every document of ``job_ids`` the store holds: their records, jobs and log pages."""
+        rows = self.read().execute(
+            "WITH wanted AS (SELECT value FROM json_each(?))"
+            " SELECT id FROM records WHERE job_id IN wanted UNION SELECT id FROM jobs WHERE id IN wanted"
+            " UNION SELECT id FROM log_pages WHERE job_id IN wanted",
+            (json.dumps(job_ids),),
+        )
+        return [document_id for (document_id,) in rows]
+
+    def log_page_place(self, page_id: str) -> tuple[str, int] | None:
+        """The job and page number of the log page ``page_id``, or None."""
+        row = self.read().execute("SELECT job_id, page FROM log_pages WHERE id = ?", (page_id,)).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     def record_ids(self, job_id: str) -> list[str]:
         rows = self.read().execute("SELECT id FROM records WHERE job_id = ?", (job_id,))
@@ -170,10 +185,15 @@ class Queries(Database):
             params += [before.training.step, before.id]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self.read().execute(
-            f"SELECT body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?", [*params, limit]
+            f"SELECT id, body, revision FROM records{where} ORDER BY step DESC, id DESC LIMIT ?",
+            [*params, limit],
         )
-        return [StoredRecord(CheckpointRecord.from_json(body), revision) for body, revision in rows]
+        return stored_records(rows)
 
 
-def _parsed(body: str | None) -> CheckpointRecord | None:
-    return None if body is None else CheckpointRecord.from_json(body)
+def _parsed(row: str | None) -> CheckpointRecord | None:
+    """A record from ``id || ' ' || body``."""
+    if row is None:
+        return None
+    record_id, _, body = row.partition(" ")
+    return read_record(body, record_id)

@@ -1,5 +1,6 @@
-"""Documents the registry server received from other jobs, stored with their own revisions, and the
-idempotency keys of the requests that carried them, so a replayed request changes nothing."""
+"""Documents the registry server received from other jobs, stored with their own revisions, where they
+came from, and the idempotency keys of the requests that carried them, so a replayed request changes
+nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Literal
 
 from ..job import JobSnapshot
 from ..record import CheckpointRecord
-from .database import Database
+from ..series import LogPage
+from .database import Database, marks, readable
 from .documents import write_job, write_record
+from .pages import receive_page
 
 #: How long a received idempotency key is remembered (a sender retries for far less).
 RECEIVED_KEY_SECONDS = 7 * 24 * 3600.0
@@ -29,19 +32,36 @@ class Receipt:
     revision or a newer one (then ``revision`` is the one it holds)."""
 
     id: str
-    kind: Literal["record", "job"]
+    kind: Literal["record", "job", "log"]
     revision: int
     stored: bool
+
+
+#: What another job sends: its records, its job, the pages of its log.
+ReceivedDocument = CheckpointRecord | JobSnapshot | LogPage
 
 
 @dataclass(frozen=True)
 class Submission:
     """Documents received in one request, stored all or none; ``key`` is its ``Idempotency-Key`` and
-    ``digest`` a hash of its body, so a key reused for other content is told apart from a replay."""
+    ``digest`` a hash of its body, so a key reused for other content is told apart from a replay;
+    ``sender`` is where the request came from (the peer's address)."""
 
-    documents: Sequence[CheckpointRecord | JobSnapshot]
+    documents: Sequence[ReceivedDocument]
     key: str | None = None
     digest: str = ""
+    sender: str = ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a document the registry holds came from: the revision it holds, sent by ``sender`` (an
+    address) at ``received_at`` (Unix seconds)."""
+
+    id: str
+    revision: int
+    sender: str
+    received_at: float
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ class Refused:
 
 
 class Received(Database):
-    """The ``received_keys`` table, and the received documents' writes."""
+    """The ``received_keys`` and ``received_from`` tables, and the received documents' writes."""
 
     #: When received idempotency keys past their time were last deleted.
     _keys_purged_at = 0.0
@@ -65,11 +85,10 @@ class Received(Database):
 
         Per submission, in order: a known idempotency key with the same digest changes nothing and
         gives the receipts answered the first time; with another digest, or with a record whose id is
-        stored under another job, it is :class:`Refused` and stores nothing. A record is stored when
-        its ``metadata.revision`` is newer than the one held; a job snapshot when it is newer by update
-        time (in whole seconds, as ``TrainingJobDetail`` has it), then by a finished status over a
-        running one, then by step. Older or equal ones change nothing. Received documents are not
-        queued for any sink.
+        stored under another job, it is :class:`Refused` and stores nothing. A record, or a page of a
+        job's log, is stored when its revision is newer than the one held; a job snapshot when it is
+        newer by :func:`_job_order`. Older or equal ones change nothing. Each document stored notes where
+        it came from (:meth:`origins`). Received documents are not queued for any sink.
         """
         now = time.time()
         answers: list[list[Receipt] | Refused] = []
@@ -93,12 +112,12 @@ class Received(Database):
                         Refused("other job", f"record {taken} is already stored under another job")
                     )
                     continue
-                receipts = [
-                    _receive_record(connection, document)
-                    if isinstance(document, CheckpointRecord)
-                    else _receive_job(connection, document)
-                    for document in submission.documents
-                ]
+                receipts = [_receive(connection, document) for document in submission.documents]
+                connection.executemany(
+                    "INSERT OR REPLACE INTO received_from (id, kind, revision, sender, received_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(r.id, r.kind, r.revision, submission.sender, now) for r in receipts if r.stored],
+                )
                 if submission.key is not None:
                     connection.execute(
                         "INSERT INTO received_keys (key, digest, receipts, received_at) VALUES (?, ?, ?, ?)",
@@ -107,13 +126,24 @@ class Received(Database):
                 answers.append(receipts)
         return answers
 
+    def origins(self, ids: Sequence[str]) -> dict[str, Origin]:
+        """Where each of ``ids`` that this store received came from (those it did not receive are left
+        out: they were recorded here)."""
+        found: dict[str, Origin] = {}
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            part = list(ids[start : start + 500])
+            rows = self.read().execute(
+                f"SELECT id, revision, sender, received_at FROM received_from WHERE id IN ({marks(part)})",
+                part,
+            )
+            found.update((row[0], Origin(*row)) for row in rows)
+        return found
+
 
 _REUSED_KEY = Refused("reused key", "Idempotency-Key was already used for a different body")
 
 
-def _held_by_another_job(
-    connection: sqlite3.Connection, documents: Sequence[CheckpointRecord | JobSnapshot]
-) -> str | None:
+def _held_by_another_job(connection: sqlite3.Connection, documents: Sequence[ReceivedDocument]) -> str | None:
     """The id of the first record among ``documents`` that is stored under another job, if any."""
     for document in documents:
         if isinstance(document, CheckpointRecord):
@@ -121,6 +151,14 @@ def _held_by_another_job(
             if row is not None and row[0] != document.metadata.job_id:
                 return document.id
     return None
+
+
+def _receive(connection: sqlite3.Connection, document: ReceivedDocument) -> Receipt:
+    if isinstance(document, CheckpointRecord):
+        return _receive_record(connection, document)
+    if isinstance(document, LogPage):
+        return Receipt(document.id, "log", *receive_page(connection, document))
+    return _receive_job(connection, document)
 
 
 def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
@@ -132,13 +170,16 @@ def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) ->
     return Receipt(record.id, "record", revision, stored=True)
 
 
-def _job_order(job: JobSnapshot) -> tuple[int, bool, int]:
-    return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step)
+def _job_order(job: JobSnapshot) -> tuple[int, bool, int, float]:
+    """Newer by the second it was updated (all a ``TrainingJobDetail`` says), then a finished status over
+    a running one, then the step, then the fraction of a second (the canonical format's job has it)."""
+    return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step, job.updated_at)
 
 
 def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:
     row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
-    if row is not None and _job_order(JobSnapshot.model_validate_json(row[0])) >= _job_order(job):
+    held = None if row is None else readable(JobSnapshot, row[0], f"job {job.id}")
+    if held is not None and _job_order(held) >= _job_order(job):  # one nobody can read is replaced
         return Receipt(job.id, "job", int(row[1]), stored=False)
     revision = 1 if row is None else int(row[1]) + 1
     write_job(connection, job, job.model_dump_json(), revision, None)

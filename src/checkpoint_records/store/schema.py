@@ -17,8 +17,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from ..series import LOG_PAGE_SIZE, log_page_id
 
-SCHEMA = """
+#: A job's log in pages (:mod:`...series`): each page's revision, raised whenever its entries change, so a
+#: sink is sent the pages that changed and a receiver keeps the newest revision of each.
+_LOG_PAGES = """
+CREATE TABLE IF NOT EXISTS log_pages (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    page INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_pages_by_job ON log_pages(job_id, page);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -76,6 +91,14 @@ CREATE TABLE IF NOT EXISTS received_keys (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS received_keys_by_time ON received_keys(received_at);
+-- Where each document the server stored came from (the sender's address) and when, by document id.
+CREATE TABLE IF NOT EXISTS received_from (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
 
 -- The web page: every revision of a record in brief, kept by a trigger on each write of a record (by any
 -- writer, old or new), so a checkpoint's page can tell when it was deleted or the best moved.
@@ -133,6 +156,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE INDEX IF NOT EXISTS evaluations_due ON evaluations(evaluator, state, next_attempt_at);
 """
+    + _LOG_PAGES
+)
 
 
 def add_column(connection: sqlite3.Connection, table: str, column: str, definition: str) -> bool:
@@ -162,11 +187,28 @@ def _records_carry_evaluations(connection: sqlite3.Connection) -> None:
     which would drop the results when it revises a record, refuses this store instead."""
 
 
+def _logs_go_out_in_pages(connection: sqlite3.Connection) -> None:
+    """3 -> 4: a job's log is delivered in pages (``log_pages``), the outbox may hold them (``kind`` ``log``)
+    and deliveries dropped by ``outbox drop``, which an earlier release would count pending forever: it
+    refuses this store instead. The pages of the logs already kept start at revision 1, so ``flush
+    --sink`` can send them."""
+    for statement in _statements(_LOG_PAGES):
+        connection.execute(statement)
+    if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'log_entries'").fetchone():
+        return  # a new store
+    pages = connection.execute("SELECT DISTINCT job_id, seq / ? FROM log_entries", (LOG_PAGE_SIZE,))
+    connection.executemany(
+        "INSERT OR IGNORE INTO log_pages (id, job_id, page, revision, updated_at) VALUES (?, ?, ?, 1, 0)",
+        [(log_page_id(job_id, page), job_id, page) for job_id, page in pages.fetchall()],
+    )
+
+
 #: Step ``n`` (1-based) takes a store from version ``n - 1`` to ``n``. Append only.
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_versioned_release,
     _outbox_says_what_it_delivers,
     _records_carry_evaluations,
+    _logs_go_out_in_pages,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

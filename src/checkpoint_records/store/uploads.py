@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..record import CheckpointRecord
+from .database import body_field
 from .documents import StoredRecord, revise
 from .leases import LeaseQueue
 
@@ -65,6 +66,9 @@ class UploadQueue(LeaseQueue):
 
     def enqueue(self, record: CheckpointRecord, remote_dir: str, staging: str, durable: bool = False) -> None:
         """Queue every file of ``record``; a file already queued keeps its state unless its size changed."""
+        self.database.write(lambda: self._enqueue(record, remote_dir, staging, durable), None)
+
+    def _enqueue(self, record: CheckpointRecord, remote_dir: str, staging: str, durable: bool) -> None:
         now = time.time()
         with self.database.transaction(durable) as connection:
             connection.executemany(
@@ -135,8 +139,12 @@ class UploadQueue(LeaseQueue):
 
     def update(self, row: UploadRow, **changes: object) -> None:
         """Set columns of one row (its progress, or its state while it stays open)."""
-        with self.database.transaction(durable=False) as connection:
-            _change(connection, row.record_id, row.path, changes)
+
+        def write() -> None:
+            with self.database.transaction(durable=False) as connection:
+                _change(connection, row.record_id, row.path, changes)
+
+        self.database.write(write, None)
 
     def settle(
         self,
@@ -169,17 +177,22 @@ class UploadQueue(LeaseQueue):
     def due_now(self, retry_failed: bool = False) -> int:
         """Make the files still to send due now, skipping their backoff (the user is asking for them), and
         with ``retry_failed`` the failed ones pending again (after the cause was fixed); how many failed."""
-        now = time.time()
-        with self.database.transaction(durable=False) as connection:
-            connection.execute(f"UPDATE uploads SET next_attempt_at = ? WHERE {self._open}", (now,))
-            if not retry_failed:
-                return 0
-            return int(
-                connection.execute(
-                    "UPDATE uploads SET state = 'pending', error = NULL, next_attempt_at = ? WHERE state = 'failed'",
-                    (now,),
-                ).rowcount
-            )
+
+        def write() -> int:
+            now = time.time()
+            with self.database.transaction(durable=False) as connection:
+                connection.execute(f"UPDATE uploads SET next_attempt_at = ? WHERE {self._open}", (now,))
+                if not retry_failed:
+                    return 0
+                return int(
+                    connection.execute(
+                        "UPDATE uploads SET state = 'pending', error = NULL, next_attempt_at = ?"
+                        " WHERE state = 'failed'",
+                        (now,),
+                    ).rowcount
+                )
+
+        return self.database.write(write, 0)
 
     def rotated_away(self, remote_prefix: str) -> list[str]:
         """Records with files under ``remote_prefix`` not yet removed, ``deleted`` locally and not best."""
@@ -187,8 +200,8 @@ class UploadQueue(LeaseQueue):
         query = (
             "SELECT DISTINCT u.record_id FROM uploads u JOIN records r ON r.id = u.record_id"
             f" WHERE u.state != 'removed' AND {under}"
-            " AND json_extract(r.body, '$.status.status') = 'deleted'"
-            " AND COALESCE(json_extract(r.body, '$.status.metadata.best'), 0) = 0"
+            f" AND {body_field('$.status.status', 'r.body')} = 'deleted'"
+            f" AND COALESCE({body_field('$.status.metadata.best', 'r.body')}, 0) = 0"
         )
         rows = self.database.read().execute(query, params)
         return [record_id for (record_id,) in rows]
