@@ -86,8 +86,11 @@ class TinyTextDataset(torch.utils.data.Dataset):
         return {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
 
 
-def tiny_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
-    """Training arguments for a tiny run on the CPU: batch 4, no reporting, no progress bars."""
+def tiny_arguments(
+    output_dir: str, arguments_class: type[TrainingArguments] = TrainingArguments, **overrides: Any
+) -> TrainingArguments:
+    """Training arguments for a tiny run on the CPU: batch 4, no reporting, no progress bars (of
+    ``arguments_class``: a trainer's own, such as TRL's ``SFTConfig``)."""
     settings: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=4,
@@ -96,7 +99,7 @@ def tiny_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
         report_to="none",
         disable_tqdm=True,
     )
-    return TrainingArguments(**{**settings, **overrides})
+    return arguments_class(**{**settings, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ Where things are:
   bounded where we build, repaired where the store reads.
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
-  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
-  ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
-  the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
+  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``
+  with ``loading.py``: what can load the model, ``history.py``), builds the record (``build.py``),
+  stores it, marks rotations and the best, and keeps the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - attached with no line of code: ``startup.py``, run in every Python process by the wheel's
   ``checkpoint_records.pth`` (it imports nothing and waits for ``transformers.trainer``), then
@@ -32,7 +32,7 @@ Where things are:
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
-  ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
+  ``signing.py``); ``identity.py`` derives the ids, the names (never a ``/``) and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
   ``delivery_commands.py`` is ``flush`` (which first queues what a sink was never sent: backfill),
   ``resend``, ``import`` and ``outbox`` (move or drop a gone sink's deliveries); ``lookup.py`` finds

@@ -169,7 +169,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             print(f"no checkpoint-<step> or checkpoints/checkpoint_<n> folders in {path}", file=sys.stderr)
             missing += 1
             continue
-        job = recorder.job_for(str(path), args.run_name)
+        job = recorder.job_of(path, args.run_name)  # a run recorded live keeps its job
         imported = recorder.recover(path, job)
         job_ids.append(job.id)
         print(

@@ -124,6 +124,33 @@ class Queries(Database):
         rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
         return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
+    def jobs_writing_to(self, directory: str) -> list[tuple[str, str]]:
+        """The jobs (id, name) that wrote checkpoints in ``directory`` (an absolute path): whose job
+        document names it, or whose records lie in it; the latest updated first."""
+        inside = directory.rstrip("/") + "/"
+        connection = self.read()
+        documented = connection.execute(
+            f"SELECT id, name FROM jobs WHERE {body_field('$.directory')} = ? ORDER BY updated_at DESC",
+            (directory,),
+        ).fetchall()
+        recorded = connection.execute(
+            f"SELECT job_id, {body_field('$.metadata.jobName')} FROM records"
+            f" WHERE substr({body_field('$.spec.directory')}, 1, length(?1)) = ?1"
+            " GROUP BY job_id ORDER BY MAX(updated_at) DESC",
+            (inside,),
+        ).fetchall()
+        return list(dict.fromkeys((job_id, name) for job_id, name in [*documented, *recorded]))
+
+    def recorded_directories(self, directories: list[str]) -> set[str]:
+        """Which of ``directories`` (absolute paths) a record of any job already describes: one checkpoint
+        folder is one record, whoever recorded it."""
+        rows = self.read().execute(
+            f"SELECT {body_field('$.spec.directory')} FROM records"
+            f" WHERE {body_field('$.spec.directory')} IN (SELECT value FROM json_each(?))",
+            (json.dumps(directories),),
+        )
+        return {directory for (directory,) in rows}
+
     def document_ids(self, job_ids: list[str]) -> list[str]:
         """The ids of every document of ``job_ids`` the store holds: their records, jobs and log pages."""
         rows = self.read().execute(
