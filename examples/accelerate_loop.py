@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if step == options.max_steps:
                     break
+    # Every process ends the process group together (end_training destroys it) rather than leaving it to
+    # torch's destructors at exit, where a rank may wait forever on a gloo thread (pytorch/pytorch#75097).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 

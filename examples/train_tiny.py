@@ -3,7 +3,7 @@
 Everything is built locally (no hub download): a word-level tokenizer, a 2-layer GPT-2 from a config,
 and a fixed dataset. At the end it prints ``checkpoint-records list`` for the store it wrote to.
 
-    python examples/train_tiny.py [--output-dir outputs/tiny-run] [--store DIR] [--max-steps 12]
+    python examples/train_tiny.py [--output-dir outputs/tiny-run] [--run-name tiny-run] [--store DIR] [--max-steps 12]
 """
 
 from __future__ import annotations
@@ -86,8 +86,11 @@ class TinyTextDataset(torch.utils.data.Dataset):
         return {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
 
 
-def tiny_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
-    """Training arguments for a tiny run on the CPU: batch 4, no reporting, no progress bars."""
+def tiny_arguments(
+    output_dir: str, arguments_class: type[TrainingArguments] = TrainingArguments, **overrides: Any
+) -> TrainingArguments:
+    """Training arguments for a tiny run on the CPU: batch 4, no reporting, no progress bars (of
+    ``arguments_class``: a trainer's own, such as TRL's ``SFTConfig``)."""
     settings: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=4,
@@ -96,12 +99,15 @@ def tiny_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
         report_to="none",
         disable_tqdm=True,
     )
-    return TrainingArguments(**{**settings, **overrides})
+    return arguments_class(**{**settings, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="outputs/tiny-run")
+    parser.add_argument(
+        "--run-name", default="tiny-run", help="the job's name; its records are NAME-checkpoint-STEP"
+    )
     parser.add_argument("--store", default=None, help="store directory (default: $CHECKPOINT_RECORDS_HOME)")
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--save-steps", type=int, default=4)
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = tiny_arguments(
         options.output_dir,
-        run_name="tiny-run",
+        run_name=options.run_name,
         max_steps=options.max_steps,
         save_steps=options.save_steps,
         logging_steps=1,

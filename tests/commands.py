@@ -1,10 +1,19 @@
-"""Running the CLI and the killable training script as real subprocesses, and what their runs stored."""
+"""Running the CLI, the killable training script and launched multi-process runs as real subprocesses,
+and what their runs stored.
+
+A training run is a process tree (a launcher, its ranks, their DataLoader workers): it runs in a session
+of its own, and past its time limit the whole tree is killed and the test fails saying which command hung
+and what it printed. ``subprocess.run``'s own timeout kills only the launcher, and then waits forever on
+the pipes its orphaned ranks still hold.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from checkpoint_records import RecordStore
@@ -27,13 +36,47 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def killed_run(output_dir: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
     """``tests/killed_run.py OUTPUT_DIR FLAGS``: a tiny run configured by ``env``, that may die mid-way."""
-    return subprocess.run(
-        [sys.executable, str(TESTS / "killed_run.py"), str(output_dir), *flags],
-        capture_output=True,
+    command = [sys.executable, str(TESTS / "killed_run.py"), str(output_dir), *flags]
+    return finished(started(command, {**os.environ, **env}), 300)
+
+
+def started(command: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """``command`` running in a session (and process group) of its own, its output captured."""
+    return subprocess.Popen(
+        list(command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        env={**os.environ, **env},
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
     )
+
+
+def finished(process: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``process``'s result once it exits; past ``timeout`` seconds its whole process group is killed and
+    the test fails with the command and the end of what it printed."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a process that left the group still holds the pipes
+            stdout, stderr = "", "(its output could not be read: a process outside its group holds it)"
+        command = " ".join(str(part) for part in process.args)  # type: ignore[union-attr]
+        raise AssertionError(
+            f"still running after {timeout:g} s, killed with every process it started: {command}\n"
+            f"--- stdout (end) ---\n{stdout[-2000:]}\n--- stderr (end) ---\n{stderr[-4000:]}"
+        ) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def kill_tree(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group :func:`started` gave ``process``, while its leader is still ours to wait
+    for (so the group id cannot have been reused)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def stored_names(home: Path) -> list[str]:

@@ -78,6 +78,10 @@ def main() -> None:
         per_device_train_batch_size=2,
     )
     trainer.train(resume_from_checkpoint=options.resume or None)
+    # Every rank ends the process group together, before the interpreter exits: left to torch's
+    # destructors at exit, a rank may wait forever joining a gloo thread (pytorch/pytorch#75097).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # destroy_process_group(), once per process, as torch's docs ask
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from checkpoint_records import (
     Sink,
 )
 from checkpoint_records.bookkeeper import Bookkeeper
-from checkpoint_records.build import DIRECTORY_GONE
+from checkpoint_records.build import rotated_away
 from checkpoint_records.callback import checkpoint_directory
 from checkpoint_records.logs import set_strict
 from checkpoint_records.record import CheckpointRecord
@@ -159,7 +159,9 @@ def test_a_checkpoint_rotated_away_before_its_record_was_built_is_deleted_not_fa
         6: "available",
     }
     gone = by_step[2]
-    assert gone.training.inference_ready_reasons == [DIRECTORY_GONE] and not gone.status.files
+    assert (
+        gone.training.inference_ready_reasons == [rotated_away(gone.spec.directory)] and not gone.status.files
+    )
     assert gone.training.train_loss is not None and gone.training.step == 2
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from checkpoint_records import CheckpointRecordCallback
-from checkpoint_records.terminal import human_size
+from checkpoint_records.terminal import human_size, human_time
 from commands import cli
 from schema_files import load_schema
 from trainer_runs import tiny_trainer
@@ -56,6 +56,8 @@ def test_inspect_json_validates_against_flexai_schema_and_matches_yaml(trained_s
         document["status"]["size"] = human_size(document["status"]["size"])
         for entry in document["status"]["files"]:
             entry["size"] = human_size(entry["size"])
+        for key in ("createdAt", "updatedAt"):
+            document["status"][key] = human_time(document["status"][key])
         assert as_yaml == document
 
 

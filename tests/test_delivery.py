@@ -147,7 +147,7 @@ def test_a_rejected_record_is_dead_with_the_reason_and_can_be_resent(
         train(tmp_path, HttpSink(receiver.url))
         assert {delivery.state for delivery in deliveries(isolated_store, settled=True)} == {"dead"}
         assert len(receiver.requests) == 3  # a rejection is not retried
-        reason = "HTTP 400 Bad Request: Bad Request: unknown field spec"
+        reason = "HTTP 400 Bad Request: unknown field spec"
         assert all(delivery.last_error == reason for delivery in deliveries(isolated_store))
         assert len([r for r in caplog.records if reason in r.getMessage()]) == 1  # logged once
         assert cli("list").stdout.count("0/1 sent, 1 dead") == 3  # the reason is in inspect

@@ -177,7 +177,7 @@ def test_a_failing_evaluator_is_retried_then_failed_with_its_masked_error_tail(
     again = evaluate(
         "--store", str(store_dir), "--name", "broken", "--command", fixed, "--once", "--retry-failed"
     )
-    assert again.returncode == 0 and "retrying 3 failed evaluation(s)" in again.stderr
+    assert again.returncode == 0 and "retrying 3 failed evaluations" in again.stderr
     for stored in RecordStore(store_dir).records():
         result = stored.record.status.evaluations["broken"]
         assert result.state == "succeeded" and result.attempts == 1 and result.error_tail is None

@@ -65,7 +65,8 @@ def test_a_rotated_checkpoint_is_updated_to_deleted_and_the_update_delivered(
     assert [by_step[step].revision for step in (2, 4, 6)] == [2, 2, 1]
     gone = by_step[2].record
     assert (
-        not gone.training.inference_ready and "no longer exists" in gone.training.inference_ready_reasons[0]
+        not gone.training.inference_ready
+        and "rotated away by save_total_limit" in gone.training.inference_ready_reasons[0]
     )
     assert gone.status.files and gone.status.updated_at > gone.status.created_at
     arrived = receiver.accepted_payloads()

@@ -130,7 +130,10 @@ def test_a_job_is_one_run_and_each_checkpoint_one_logged_model(tracking: str, tm
     for name in ("out-checkpoint-2", "out-checkpoint-4"):
         assert models[name].tags[STATUS] == "deleted"
         assert models[name].tags["checkpoint_records.inference_ready"] == "false"
-        assert "no longer exists" in models[name].tags["checkpoint_records.inference_ready_reasons"]
+        assert (
+            "rotated away by save_total_limit"
+            in models[name].tags["checkpoint_records.inference_ready_reasons"]
+        )
     last = models["out-checkpoint-6"]
     assert last.tags[STATUS] == "available" and last.tags["checkpoint_records.inference_ready"] == "true"
     assert str(last.status) == "READY"

@@ -8,7 +8,6 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,14 +17,8 @@ from checkpoint_records.identity import checkpoint_id_for, default_job_key, job_
 from commands import cli, killed_run
 from http_server import Receiver
 from schema_files import validate
+from stored_records import by_step, without_recovery_fields
 from trainer_runs import tiny_trainer
-
-
-def by_step(home: Path) -> dict[int, Any]:
-    records = [stored.record for stored in RecordStore(home).records()]
-    steps = [record.training.step for record in records]
-    assert len(steps) == len(set(steps)), f"a checkpoint recorded twice: {steps}"
-    return {record.training.step: record for record in records}
 
 
 @pytest.mark.parametrize("recovery", ["resumed run", "flush", "import"])
@@ -42,6 +35,9 @@ def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
             resumed = killed_run(output, env, "--resume")
             assert resumed.returncode == 0, resumed.stderr[-2000:]
             expected = [2, 4, 6]
+            # The steps logged before the crash are in the store: the job's loss series keeps them.
+            (job,) = RecordStore(isolated_store).jobs()
+            assert [point.step for point in job.job.training_loss] == [1, 2, 3, 4, 5, 6]
         elif recovery == "flush":
             bare = cli("flush")  # no sink configured here: recorded, queued to the sink the run had
             assert "recorded 1 checkpoint from disk" in bare.stderr and "out-checkpoint-4" in bare.stderr
@@ -72,6 +68,9 @@ def test_a_save_killed_before_its_commit_is_recorded_once_from_disk(
     )
     assert recovered.training.train_loss_step == 4 and recovered.training.eval_loss_step == 3
     assert recovered.training.inference_ready and recovered.status.status == "available"
+    # As rich as the live records: the base model the job in the store knows, the class of the model.
+    assert (recovered.training.model, recovered.training.architecture) == ("tiny-gpt2", "GPT2LMHeadModel")
+    assert records[2].training.model == "tiny-gpt2"
     sent = Counter(request.payload["metadata"]["id"] for request in receiver.accepted())
     assert set(sent) == {record.id for record in records.values()}
     keys = {request.headers["Idempotency-Key"] for request in receiver.accepted()}
@@ -92,23 +91,11 @@ def test_import_of_a_run_without_the_callback_gives_what_the_live_callback_gave(
     assert sorted(again) == [4, 6]  # checkpoint-2 was rotated away before the import
     for step, record in again.items():
         assert record.training.recovered
-        expected = live[step]
-        assert (record.id, record.name, record.metadata.job_id) == (
-            expected.id,
-            expected.name,
-            expected.metadata.job_id,
-        )
-        for field in (
-            "step",
-            "epoch",
-            "train_loss",
-            "eval_loss",
-            "train_loss_step",
-            "eval_loss_step",
-            "metrics",
-        ):
-            assert getattr(record.training, field) == getattr(expected.training, field), field
-        assert record.status.files == expected.status.files
+        got, want = without_recovery_fields(record), without_recovery_fields(live[step])
+        config = json.loads((output / f"checkpoint-{step}" / "config.json").read_text())
+        if "_name_or_path" not in config:  # transformers 5 no longer saves it: only the live run knew it
+            want["status"]["metadata"]["model"] = ""
+        assert got == want  # all else equal: the import is as rich as the live record
     series = RecordStore(other).log_series(again[6].metadata.job_id)
     assert [entry["step"] for entry in series] == [
         entry["step"] for entry in RecordStore(isolated_store).log_series(again[6].metadata.job_id)

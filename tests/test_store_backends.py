@@ -123,3 +123,57 @@ def test_a_store_of_schema_3_gets_its_log_pages_then_its_job_counts_on_both_data
         assert {s.job_id: s.checkpoints for _, s in upgraded.job_summaries()} == {job: 3}
     finally:
         upgraded.close()
+
+
+def test_forget_keeps_each_jobs_count_on_both_databases(tmp_path: Path, database: str | None) -> None:
+    """``forget`` of a record counts its job's checkpoints down (the trigger only counts them in); of a
+    job, or of a job's last record, leaves nothing of the job in the lists."""
+    store = open_store(database, tmp_path / "store")
+    try:
+        for step in (1, 2, 3):
+            store.put(make_record(step, job="a"))
+        store.put(make_record(1, job="b"))
+        a, b = make_record(1, job="a").metadata.job_id, make_record(1, job="b").metadata.job_id
+
+        store.forget_record(make_record(3, job="a").id)
+        summaries = {summary.job_id: summary for _, summary in store.job_summaries()}
+        assert {job: summary.checkpoints for job, summary in summaries.items()} == {a: 2, b: 1}
+        kept = store.records(a)
+        assert summaries[a].last_updated_at == max(r.record.status.updated_at for r in kept)
+        store.put(make_record(3, job="a"))  # recorded again: counted again, once
+        assert store.job_summaries(a)[0][1].checkpoints == 3
+        newest, _ = store.newest_and_ready([a])[a]
+        assert newest is not None and newest.training.step == 3
+
+        store.forget_job(a)
+        assert store.job_ids() == [b] and [s.job_id for _, s in store.job_summaries()] == [b]
+        assert store.job_summaries(a) == [] and store.newest_and_ready([a])[a] == (None, None)
+        store.forget_record(make_record(1, job="b").id)  # b's last record: b was known by it alone
+        assert store.job_ids() == [] and store.job_summaries() == []
+    finally:
+        store.close()
+
+
+def test_rotated_away_and_directory_queries_agree_on_both_databases(
+    tmp_path: Path, database: str | None
+) -> None:
+    """main's later store SQL (the rotated-away option, the jobs that wrote in a directory, the directories
+    already recorded) on each database."""
+    store = open_store(database, tmp_path / "store")
+    try:
+        for step in (1, 2, 3):
+            store.put(make_record(step, job="a"))
+        store.update_record(
+            make_record(2, job="a").id,
+            lambda r: r.model_copy(update={"status": r.status.model_copy(update={"status": "deleted"})}),
+        )
+        a = make_record(1, job="a").metadata.job_id
+        listed = store.records_newest_first(a, 10, available_only=True)
+        assert [r.record.training.step for r in listed] == [3, 1]
+        assert len(store.records_newest_first(a, 10)) == 3
+        assert store.jobs_writing_to("/data/a") == [(a, "a")]
+        assert store.jobs_writing_to("/data/b") == []
+        asked = ["/data/a/checkpoint-1", "/data/a/checkpoint-9", "/data/b/checkpoint-1"]
+        assert store.recorded_directories(asked) == {"/data/a/checkpoint-1"}
+    finally:
+        store.close()

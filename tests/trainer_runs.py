@@ -14,8 +14,11 @@ from checkpoint_records.cli import main
 from tiny import TinyTextDataset, tiny_arguments, tiny_model, tiny_tokenizer
 
 
-def tiny_args(output_dir: Path, **overrides: Any) -> TrainingArguments:
-    """Six steps, a save every two, an evaluation every three: three records per run."""
+def tiny_args(
+    output_dir: Path, arguments_class: type[TrainingArguments] = TrainingArguments, **overrides: Any
+) -> TrainingArguments:
+    """Six steps, a save every two, an evaluation every three: three records per run (``arguments_class``:
+    a trainer's own arguments)."""
     settings: dict[str, Any] = dict(
         max_steps=6,
         save_steps=2,
@@ -24,7 +27,7 @@ def tiny_args(output_dir: Path, **overrides: Any) -> TrainingArguments:
         eval_steps=3,
         learning_rate=5e-5,
     )
-    return tiny_arguments(str(output_dir), **{**settings, **overrides})
+    return tiny_arguments(str(output_dir), arguments_class, **{**settings, **overrides})
 
 
 class SavesApart(TrainerCallback):

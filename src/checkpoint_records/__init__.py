@@ -9,9 +9,9 @@ Where things are:
   bounded where we build, repaired where the store reads.
 - built: ``callback.py`` (the Trainer adapter) and ``recorder.py`` (the front, on the training thread)
   hand each save (``handoff.py``: what a save carries) to the recorder's own thread (``background.py``,
-  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``,
-  ``history.py``), builds the record (``build.py``), stores it, marks rotations and the best, and keeps
-  the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
+  a future per save), where ``bookkeeper.py`` reads the directory (``collect.py``, ``readiness.py``
+  with ``loading.py``: what can load the model, ``history.py``), builds the record (``build.py``),
+  stores it, marks rotations and the best, and keeps the job's progress; ``rebuild.py`` records missed checkpoints from their own files (``recovery.py``
   reads them). The end of training waits once: one ``flush_timeout`` for everything (``countdown.py``).
 - attached with no line of code: ``startup.py``, run in every Python process by the wheel's
   ``checkpoint_records.pth`` (it imports nothing and waits for ``transformers.trainer``), then
@@ -22,17 +22,19 @@ Where things are:
   page revised and queued when its entries change; ``store/pages.py`` reads and receives pages),
   ``store/received.py`` what the registry received and from where, ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
-  ``store/database.py`` owns the connections, ``store/schema.py`` the tables and migrations; no SQL
-  outside ``store/``. The registry may keep the same parts on PostgreSQL (``store/postgres.py``, a
-  psycopg pool, the ``postgres`` extra, opened by ``store.open_store``); ``store/dialect.py`` says the
-  few fragments of SQL that differ.
+  ``store/database.py`` owns the connections, ``store/schema.py`` the tables and migrations,
+  ``store/forget.py`` removes a job or a record with all it holds; no SQL outside ``store/``. The
+  registry may keep the same parts on PostgreSQL (``store/postgres.py``, a psycopg pool, the ``postgres``
+  extra, opened by ``store.open_store``); ``store/dialect.py`` says the few fragments of SQL that differ.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
-  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py``);
-  ``page/`` for a browser. The canonical format (``record``) sends records, jobs and log pages alike.
+  ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py`` and
+  ``delivery_commands.py``, with ``lookup.py`` for what a typed name names and ``forget.py`` for
+  ``forget``; one plural, ``words.py``, one time format); ``page/`` for a browser. The canonical format (``record``)
+  sends records, jobs and log pages alike.
 - sent: ``delivery.py`` runs the outbox through ``sinks/``: thin adapters (``sinks/http.py``,
   ``sinks/mlflow.py``) over one HTTP transport, ``sinks/transport.py`` (sessions, URL rules, the
   deadline, error mapping, redaction of what servers say, Standard Webhooks signatures made by
-  ``signing.py``); ``identity.py`` derives the ids and the idempotency keys; ``storage/`` uploads the
+  ``signing.py``); ``identity.py`` derives the ids, the names (never a ``/``) and the idempotency keys; ``storage/`` uploads the
   files. Both run on lanes (``lane.py``: one background thread per sink or destination).
   ``delivery_commands.py`` is ``flush`` (which first queues what a sink was never sent: backfill),
   ``resend``, ``import`` and ``outbox`` (move or drop a gone sink's deliveries); ``lookup.py`` finds
@@ -41,7 +43,8 @@ Where things are:
   checkpoint ready for inference, anywhere (``evaluation/sources.py`` takes the work from the store's
   evaluation queue or a registry's, ``checkout.py`` finds or pulls the files, ``runner.py`` runs the
   command, ``results.py`` reads the metrics and revises the record, ``worker.py`` ties them together).
-- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients;
+- served: ``server/`` (``checkpoint-records serve``), a registry read by the official clients (errors:
+  ``server/problems.py``, RFC 7807, and OpenAI's own error object on the OpenAI-shaped routes);
   ``server/auth.py`` its tokens (the API's bearer, the page's sessions), ``signing.py`` verifies
   signed deliveries; ``server/evaluations_api.py`` is the evaluation queue for workers elsewhere;
   ``page/``, its web page, is given the server's ``Auth`` (it never imports the server).

@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .build import Best, SaveContext, as_deleted, build_record, with_best
 from .collect import read_model_facts, scan_checkpoint
 from .delivery import DeliveryWorker
 from .handoff import Begin, Save
-from .history import LogAccumulator, LoggedMetrics, log_entry
-from .identity import checkpoint_id_for
+from .history import LogAccumulator, LogEntry, LoggedMetrics, log_entry
+from .identity import checkpoint_id_for, display_name
 from .job import JobIdentity, JobSnapshot, JobStatus, LossSeries, job_snapshot, progressed, trainer_class_name
 from .logs import logger
 from .readiness import assess_readiness
 from .record import CheckpointRecord, utc_now_iso
+from .recovery import written_folder
 from .sinks import Sink, job_sinks, log_sinks, record_sinks, sinks_to_notify
 from .storage import Uploads
 from .store import RecordStore
@@ -71,8 +73,9 @@ class Bookkeeper:
         self.node = socket.gethostname()
         #: The jobs this process runs, by job id.
         self.runs: dict[str, Run] = {}
-        #: Directories of this job's ``available`` records, by record id: watched for rotation.
-        self._live: dict[str, Path] = {}
+        #: Directories of this job's ``available`` records, by record id, and whether the run rotates
+        #: its checkpoints (``save_total_limit``): watched for rotation.
+        self._live: dict[str, tuple[Path, bool]] = {}
 
     # -- a job's begin, saves and end ----------------------------------------------------------------
 
@@ -80,7 +83,7 @@ class Bookkeeper:
         """A job starts: delivery of earlier runs' leftovers, the job's ``Running`` (an earlier run of it
         that never ended is reported ``Cancelled`` first), its checkpoints watched."""
         self.start_delivery()  # pending work from an earlier run goes out now
-        self.watch_job(begin.job)
+        self.watch_job(begin.job, begin.rotates)
         previous = self.store.job(begin.job.id)
         if previous is not None and previous.job.status == "Running" and previous.owner != self.owner:
             logger.warning(
@@ -104,19 +107,14 @@ class Bookkeeper:
         )
         earlier = LossSeries(() if previous is None else previous.job.training_loss)  # a resumed job's
         snapshot = snapshot.model_copy(update={"training_loss": earlier.bounded()})
-        self.runs[begin.job.id] = Run(snapshot, losses=earlier)
+        self.runs[begin.job.id] = Run(snapshot, log=LogAccumulator(begin.loss_metric), losses=earlier)
         self.put_job(snapshot)
 
     def record_save(self, save: Save) -> CheckpointRecord:
         """The record of a save, stored and queued; the job's log, best mark, rotations and progress."""
         job = save.job
         run = self._run_of(save)
-        base = save.first_seq or 0  # a loop's save (None): placed after the job's earlier steps by the store
-        entries = [
-            log_entry(offset, entry, save.log_times.get(base + offset, save.logged_at))
-            for offset, entry in enumerate(save.entries)
-        ]
-        logged = [entry for entry in entries if entry is not None]
+        logged = self._timed_entries(save, job)
         # One write: a resumed run's log replaces the rest; on a full disk it waits in order, in memory.
         # The process that reports the job sends its log.
         sinks = self.log_sinks if run.reported else ()
@@ -126,20 +124,26 @@ class Bookkeeper:
         run.log.add(save.entries, up_to_step=save.step)
         run.losses.add(logged, checkpoint_step=save.step)
         best = save.best.parsed() if save.best is not None else None
+        directory = save.directory
+        if save.written and not directory.is_dir():  # a Trainer subclass's own folder name, or rotated
+            directory = written_folder(directory.parent, save.step) or directory
         record = self.build(
-            save.directory,
+            directory,
             job,
             save.step,
             save.epoch,
             run.log.metrics(),
             base_model=save.base_model,
+            architecture=save.architecture,
             world_size=save.world_size,
             node_suffix=save.node_suffix,
             name_template=save.name_template,
         )
-        if save.written and record.status.status == "failed":  # save_total_limit got there first
-            record = as_deleted(record, utc_now_iso())
-        stored = self.store_record(with_best(record, best) if best is not None else record)
+        if save.written and save.rotates and record.status.status == "failed":  # rotated away already
+            record = as_deleted(record, utc_now_iso(), rotated=True)
+        stored = self.store_record(
+            with_best(record, best) if best is not None else record, rotates=save.rotates
+        )
         if best is not None:
             self.move_best(job, best, save.node_suffix, run)
         self.record_rotations()  # the Trainer's save_total_limit (or accelerate's) has just deleted some
@@ -160,16 +164,48 @@ class Bookkeeper:
         job = save.job
         run = self.runs.get(job.id)
         if run is None and save.reports_job:
-            self.begin(Begin(job=job, directory=save.run_dir, base_model=save.base_model))
+            begin = Begin(
+                job=job,
+                directory=save.run_dir,
+                base_model=save.base_model,
+                loss_metric=save.loss_metric,
+                rotates=save.rotates,
+            )
+            self.begin(begin)
             run = self.runs[job.id]
         elif run is None:  # another node's main recording its own copy: the job is reported elsewhere
             self.start_delivery()
-            self.watch_job(job)
+            self.watch_job(job, save.rotates)
             snapshot = job_snapshot(
                 None, "loop", "Running", None, job_id=job.id, job_name=job.name, created_at=0
             )
-            run = self.runs[job.id] = Run(snapshot, reported=False)
+            run = self.runs[job.id] = Run(snapshot, reported=False, log=LogAccumulator(save.loss_metric))
         return run
+
+    def _timed_entries(self, save: Save, job: JobIdentity) -> list[LogEntry]:
+        """The save's new log entries as :meth:`~.store.RecordStore.write_log` takes them (``seq`` counted
+        from the save's first), each with the time it was logged: handed over, else as the store has it (a
+        run resumed after a crash hands over again what was logged before it). A loop's save (no first
+        position: the store places it) hands over only new entries."""
+        base = save.first_seq or 0
+        times = {
+            offset: save.log_times.get(base + offset, save.logged_at) for offset in range(len(save.entries))
+        }
+        untimed = [base + offset for offset, when in times.items() if when is None]
+        stored = (
+            self.store.log_times(job.id, min(untimed), max(untimed) + 1)
+            if untimed and save.first_seq is not None
+            else {}
+        )
+        entries = []
+        for offset, values in enumerate(save.entries):
+            entry = log_entry(offset, values, times[offset])
+            known = stored.get(base + offset)
+            if entry is not None and entry.logged_at is None and known is not None and known[0] == entry.step:
+                entry = log_entry(offset, values, known[1])
+            if entry is not None:
+                entries.append(entry)
+        return entries
 
     def end(self, status: JobStatus, step: int | None) -> None:
         """The jobs this process runs ended with ``status`` (at ``step`` when known)."""
@@ -194,17 +230,19 @@ class Bookkeeper:
         logged: LoggedMetrics,
         *,
         base_model: str | None = None,
-        world_size: int = 1,
+        architecture: str | None = None,
+        world_size: int | None = 1,
         node_suffix: str | None = None,
         recovered: bool = False,
         name_template: str | None = None,
     ) -> CheckpointRecord:
-        """The record of ``directory``: what the run knows plus what is on disk (scan, readiness, config)."""
+        """The record of ``directory``: what the run knows plus what is on disk (scan, readiness, config);
+        ``world_size`` None: as the checkpoint's files tell."""
         node = self._node(node_suffix)
         name_fields = {"job_name": job.name, "job_id": job.id, "step": step, "node": node}
         context = SaveContext(
             record_id=checkpoint_id_for(job.id, step, node if node_suffix is not None else None),
-            name=(name_template or self.name_template).format(**name_fields),
+            name=display_name((name_template or self.name_template).format(**name_fields)),
             job_id=job.id,
             job_name=job.name,
             step=step,
@@ -214,14 +252,15 @@ class Bookkeeper:
             base_model=base_model,
             library_version=transformers.__version__,
             world_size=world_size,
+            architecture=architecture,
             recovered=recovered,
         )
         scanned = scan_checkpoint(directory)
         return build_record(
             context,
             scanned,
-            read_model_facts(directory),
-            assess_readiness(directory, scanned.files),
+            read_model_facts(directory, scanned.files),
+            assess_readiness(directory, scanned.files, CONFIG_MAPPING),
             utc_now_iso(),
         )
 
@@ -229,14 +268,18 @@ class Bookkeeper:
         return self.node if node_suffix is None else f"{self.node}/{node_suffix}"
 
     def store_record(
-        self, record: CheckpointRecord, durable: bool = True, sinks: Sequence[str] | None = None
+        self,
+        record: CheckpointRecord,
+        durable: bool = True,
+        sinks: Sequence[str] | None = None,
+        rotates: bool = False,
     ) -> CheckpointRecord:
         """Store ``record`` (durably), queued for ``sinks`` (default: every record sink) and for upload;
-        watch its directory for rotation."""
+        watch its directory for rotation (``rotates``: by the run's ``save_total_limit``)."""
         keys = [sink.key for sink in self.record_sinks] if sinks is None else sinks
         stored = self.store.put(record, keys, durable=durable).record
         if stored.status.status == "available":
-            self._live[stored.id] = path_of(stored.spec.directory)
+            self._live[stored.id] = (path_of(stored.spec.directory), rotates)
         self.uploads.enqueue(stored)  # hard links and one short transaction; sent by the upload lane
         return stored
 
@@ -257,7 +300,7 @@ class Bookkeeper:
         if run is not None:
             run.best = best
 
-    def watch_job(self, job: JobIdentity) -> None:
+    def watch_job(self, job: JobIdentity, rotates: bool = False) -> None:
         """Watch the directories of ``job``'s available checkpoints on this node (those of a resumed run too)."""
         for stored in self.store.records(job.id):
             record = stored.record
@@ -265,19 +308,19 @@ class Bookkeeper:
             if record.status.status == "available" and (
                 node == self.node or node.startswith(f"{self.node}/")
             ):
-                self._live[record.id] = path_of(record.spec.directory)
+                self._live[record.id] = (path_of(record.spec.directory), rotates)
 
     def record_rotations(self) -> None:
         """Mark the watched checkpoints whose directory is gone as ``deleted``, and queue the updates."""
         now = utc_now_iso()
-
-        def deleted(record: CheckpointRecord) -> CheckpointRecord:
-            return as_deleted(record, now) if record.status.status == "available" else record
-
-        for record_id, directory in list(self._live.items()):
+        for record_id, (directory, rotates) in list(self._live.items()):
             if directory.is_dir():
                 continue
             del self._live[record_id]
+
+            def deleted(record: CheckpointRecord, rotated: bool = rotates) -> CheckpointRecord:
+                return as_deleted(record, now, rotated) if record.status.status == "available" else record
+
             self.store.update_record(record_id, deleted, self._notified, durable=False)
 
     def _notified(self, old: CheckpointRecord, new: CheckpointRecord) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .collect import ModelFacts, ScannedCheckpoint
+from .collect import ModelFacts, ScannedCheckpoint, ranks_on_disk
 from .history import LoggedMetrics
 from .readiness import Readiness
 from .record import (
@@ -37,7 +37,10 @@ class SaveContext:
     #: The base model as the live run knows it (PEFT base, ``name_or_path`` or ``hub_model_id``).
     base_model: str | None
     library_version: str
-    world_size: int = 1
+    #: How many processes wrote it; None: as its files tell (:func:`~.collect.ranks_on_disk`), else 1.
+    world_size: int | None = 1
+    #: The live model's class, for when the checkpoint's files do not name it.
+    architecture: str | None = None
     #: Rebuilt from the checkpoint's own files after the fact, not handed over by a live save.
     recovered: bool = False
 
@@ -62,6 +65,7 @@ def build_record(
     epoch, _ = to_number(context.epoch)
     directory = escape_text(str(scanned.directory.absolute()))  # a run directory may not be UTF-8
     status: CheckpointStatus = "available" if scanned.exists else "failed"
+    reasons = list(readiness.reasons) if scanned.exists else [not_found(directory)]
     return CheckpointRecord(
         metadata=RecordMetadata(
             name=context.name, id=context.record_id, job_id=context.job_id, job_name=context.job_name
@@ -83,15 +87,16 @@ def build_record(
                 eval_loss=logged.eval_loss,
                 train_loss_step=logged.train_loss_step,
                 eval_loss_step=logged.eval_loss_step,
+                eval_loss_metric=logged.eval_loss_metric,
                 metrics=logged.metrics,
                 non_finite=logged.non_finite,
                 model=context.base_model or facts.adapter_base_model or facts.name_or_path or "",
-                architecture=facts.architectures[0] if facts.architectures else None,
+                architecture=facts.architectures[0] if facts.architectures else context.architecture,
                 version=facts.transformers_version or context.library_version,
-                inference_ready=readiness.ready,
-                inference_ready_reasons=list(readiness.reasons),
+                inference_ready=readiness.ready and scanned.exists,
+                inference_ready_reasons=reasons,
                 layout=readiness.layout,
-                world_size=context.world_size,
+                world_size=context.world_size or ranks_on_disk(scanned.files) or 1,
                 recovered=context.recovered,
             ),
             created_at=now,
@@ -100,17 +105,26 @@ def build_record(
     )
 
 
-#: Why a record whose directory disappeared after a complete save is no longer ready.
-DIRECTORY_GONE = "checkpoint directory no longer exists (rotated away by save_total_limit, or deleted)"
+def not_found(directory: str) -> str:
+    """Why a record whose checkpoint directory is missing is not ready."""
+    return f"checkpoint directory not found at {directory}"
 
 
-def as_deleted(record: CheckpointRecord, now: str) -> CheckpointRecord:
-    """The record of a checkpoint whose files are gone: ``deleted``, not ready, updated ``now``.
+def rotated_away(directory: str) -> str:
+    """Why a record whose checkpoint the run's own rotation (``save_total_limit``) removed is not ready."""
+    return f"checkpoint directory rotated away by save_total_limit: not found at {directory}"
+
+
+def as_deleted(record: CheckpointRecord, now: str, rotated: bool = False) -> CheckpointRecord:
+    """The record of a checkpoint whose files are gone: ``deleted``, not ready, updated ``now``; the
+    reason says rotation only when the run ``rotated`` its checkpoints (a limit was set).
 
     Its file list stays what the checkpoint held, so the platform still knows what was there.
     """
+    directory = record.spec.directory
+    reason = rotated_away(directory) if rotated else not_found(directory)
     training = record.training.model_copy(
-        update={"inference_ready": False, "inference_ready_reasons": [DIRECTORY_GONE]}
+        update={"inference_ready": False, "inference_ready_reasons": [reason]}
     )
     status = record.status.model_copy(update={"status": "deleted", "updated_at": now, "metadata": training})
     return record.model_copy(update={"status": status})

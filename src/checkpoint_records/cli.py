@@ -2,25 +2,29 @@
 
 Exit codes, for scripts: 0 when the command did what it was asked (for ``flush``/``resend``: everything
 it was asked to deliver is delivered), 1 when something it was asked about is missing, ambiguous, still
-pending or rejected, 2 for bad usage or configuration.
+pending or rejected, 2 for bad usage or configuration; 141 (quietly) when the reader of its output went
+away (``| head``), as a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .delivery_commands import add_commands as add_delivery_commands
-from .errors import ConfigurationError
+from .errors import FAILED, OK, USAGE, ConfigurationError
 from .evaluation.commands import add_commands as add_evaluation_commands
+from .forget import add_command as add_forget_command
 from .formats import DEFAULT_FORMAT, get_format, known_formats
 from .formats.training_job import render_job
-from .lookup import NotFound, find_record, open_existing
+from .lookup import NotFound, existing_or_say, find_record, open_existing
 from .run_command import add_command as add_run_command
 from .settings import TABLE, Settings, resolve_settings
 from .sinks import configured_sinks
@@ -34,14 +38,15 @@ from .terminal import (
     delivery_state,
     delivery_summary,
     human_record,
-    iso_time,
+    human_time,
     jobs_table,
-    plural,
     records_table,
     to_yaml,
 )
+from .words import plural
 
-OK, FAILED, USAGE = 0, 1, 2
+#: What a process killed by SIGPIPE exits with in a shell (``... | head``): the reader has gone.
+BROKEN_PIPE = 128 + 13
 #: ``serve``: loopback unless told otherwise (any other address needs a token).
 DEFAULT_SERVE_HOST = "127.0.0.1"
 DEFAULT_SERVE_PORT = 8000
@@ -57,14 +62,16 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
             if args.job in (item.record.metadata.job_id, item.record.metadata.job_name)
             or (len(args.job) >= 4 and item.record.metadata.job_id.startswith(args.job))
         ]
+    # A job asked about that has no records is missing (1); an empty store asked about nothing is not.
+    missing = FAILED if args.job is not None and not stored else OK
     if args.json:
         print(json.dumps([item.record.to_dict() for item in stored], indent=2, allow_nan=False))
-        return OK
+        return missing
     where = settings.home / DATABASE_NAME
     if not stored:
         of_job = f" of job {args.job!r}" if args.job is not None else ""
         print(f"no records{of_job} in {where}", file=sys.stderr)
-        return OK
+        return missing
     assert store is not None
     by_record: dict[str, list[Delivery]] = {}
     for delivery in store.outbox.deliveries():
@@ -82,7 +89,8 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         )
     print(records_table(rows))
     print(f"{plural(len(rows), 'record')} in {where}", file=sys.stderr)
-    if any(row.delivery not in ("local", "received", "delivered") for row in rows):
+    waiting = {delivery.state for item in stored for delivery in by_record.get(item.record.id, [])}
+    if waiting & {"pending", "dead"}:
         print("why a delivery is pending or dead: checkpoint-records inspect NAME", file=sys.stderr)
     elsewhere = sorted(
         {d.sink for ds in by_record.values() for d in ds if d.state in ("pending", "dead")} - configured
@@ -97,9 +105,8 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_existing(settings)
+    store = existing_or_say(settings, f"no record named {args.name!r}")
     if store is None:
-        print(f"no record named {args.name!r}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED
     try:
         stored = find_record(store, args.name)
@@ -131,7 +138,7 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     origin = store.origins([stored.record.id]).get(stored.record.id)
     if origin is not None:
         print(
-            f"# received from {origin.sender or 'an unknown address'} at {iso_time(origin.received_at)} "
+            f"# received from {origin.sender or 'an unknown address'} at {human_time(origin.received_at)} "
             f"(revision {origin.revision}; node {stored.record.training.node})"
         )
     return OK
@@ -182,21 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=_store_help())
     variables = "\n".join(f"  {row.variable:<40} {row.description}" for row in TABLE if row.variable)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="checkpoint-records",
         description="Inspect checkpoint records and deliver them.",
         epilog=(
             "exit codes:\n"
             "  0  done (flush/resend: everything it was asked to deliver is delivered)\n"
             "  1  something it was asked about is missing, ambiguous, still pending or rejected\n"
-            "  2  bad usage or configuration\n\n"
+            "  2  bad usage or configuration\n"
+            f"  {BROKEN_PIPE}  the reader of its output went away (... | head), as for any Unix tool\n\n"
             f"environment (an option wins over its variable, a variable over the default):\n{variables}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
     listing = commands.add_parser("list", parents=[common], help="one line per record")
     listing.add_argument("--json", action="store_true", help="all records as one JSON array")
     listing.add_argument(
@@ -260,8 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_delivery_commands(commands, common)
     add_storage_commands(commands, common)
     add_evaluation_commands(commands, common)
+    add_forget_command(commands, common)
     add_run_command(commands, common)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command (``lst`` -> ``list``)."""
+
+    def error(self, message: str) -> NoReturn:
+        choices = next((action.choices for action in self._actions if action.dest == "command"), None)
+        typed = message.partition("invalid choice: '")[2].partition("'")[0]
+        if isinstance(choices, dict) and typed:
+            close = difflib.get_close_matches(typed, list(choices), n=1, cutoff=0.6)
+            if close:
+                message += f"\ndid you mean: {close[0]}?"
+        super().error(message)
 
 
 def _message(error: Exception) -> str:
@@ -281,7 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = resolve_settings(**_options(args))
-        return int(args.run(settings, args))
+        code = int(args.run(settings, args))
+        sys.stdout.flush()  # here, where a reader gone (``| head``) is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # Quiet, as Unix tools end: stdout goes nowhere now, so exiting does not try to flush it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except ConfigurationError as error:
         print(_message(error), file=sys.stderr)
         return USAGE

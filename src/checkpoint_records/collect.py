@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .loading import local_model_path
 from .logs import warn_once
+from .readiness import adapter_folders
 from .validation import escape_text, escaped
+
+#: A file one process of a distributed run writes into a checkpoint, numbered by its rank.
+_RANK_FILE = re.compile(r"(?:rng_state|random_states)_(\d+)\.(?:pth|pkl)")
 
 
 @dataclass(frozen=True)
@@ -92,16 +99,49 @@ class ModelFacts:
     adapter_base_model: str | None = None
 
 
-def read_model_facts(directory: Path) -> ModelFacts:
+def read_model_facts(directory: Path, files: Iterable[str] = ()) -> ModelFacts:
+    """``config.json``'s account of the model; for a PEFT adapter (at the top, or saved under its own
+    name: ``files`` tells), its base model, whose architecture comes from the base's own ``config.json``
+    when the base is a local folder, else from the adapter's ``auto_mapping`` (``base_model_class``)."""
     config = read_json_object(directory / "config.json") or {}
-    adapter = read_json_object(directory / "adapter_config.json") or {}
-    architectures = config.get("architectures") or ()
+    folders = adapter_folders(files) or [""]
+    adapter = read_json_object(directory / folders[0] / "adapter_config.json") or {}
+    base = _optional_text(adapter.get("base_model_name_or_path"))
+    architectures = _names(config.get("architectures"))
+    if not architectures and adapter:
+        architectures = _base_architectures(base, adapter)
     return ModelFacts(
-        architectures=tuple(str(name) for name in architectures if isinstance(name, str)),
+        architectures=architectures,
         transformers_version=_optional_text(config.get("transformers_version")),
         name_or_path=_optional_text(config.get("_name_or_path")),
-        adapter_base_model=_optional_text(adapter.get("base_model_name_or_path")),
+        adapter_base_model=base,
     )
+
+
+def _base_architectures(base: str | None, adapter: dict[str, Any]) -> tuple[str, ...]:
+    local = local_model_path(base) if base else None
+    if base and local is None and Path(base).is_dir():  # a relative folder, as from_pretrained finds it
+        local = Path(base)
+    if local is not None:
+        found = _names((read_json_object(local / "config.json") or {}).get("architectures"))
+        if found:
+            return found
+    mapping = adapter.get("auto_mapping")
+    named = mapping.get("base_model_class") if isinstance(mapping, dict) else None
+    return _names([named])
+
+
+def ranks_on_disk(files: Iterable[str]) -> int | None:
+    """How many processes wrote a checkpoint, as its files tell: the Trainer's ``rng_state_<rank>.pth``
+    and accelerate's ``random_states_<rank>.pkl`` (the highest rank plus one); None when they do not."""
+    ranks = [
+        int(match.group(1)) for name in files if (match := _RANK_FILE.fullmatch(name.rsplit("/", 1)[-1]))
+    ]
+    return max(ranks) + 1 if ranks else None
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(name for name in value if isinstance(name, str) and name) if isinstance(value, list) else ()
 
 
 def _optional_text(value: Any) -> str | None:

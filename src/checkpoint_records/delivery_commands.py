@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .delivery import DeliveryWorker
-from .errors import ConfigurationError
+from .errors import FAILED, OK, ConfigurationError
 from .lifecycle import cancel_abandoned
 from .lookup import NotFound, find_record, open_existing
 from .recovery import checkpoint_folders
 from .settings import Settings, parse_seconds
 from .sinks import Sink, configured_sinks, document_kinds, job_sinks
 from .store import DATABASE_NAME, RecordStore
-from .terminal import UNCONFIGURED, delivery_state, outbox_table, plural, progress_bar
+from .terminal import UNCONFIGURED, delivery_state, outbox_table, progress_bar
+from .words import plural
 
 if TYPE_CHECKING:
     from .recorder import CheckpointRecorder
 
-OK, FAILED = 0, 1
 #: ``flush``/``resend``/``import --timeout``: someone at a terminal asked for the delivery and waits for
 #: it, longer than the end of training does (the ``flush_timeout`` setting).
 DEFAULT_DELIVER_TIMEOUT = 60.0
@@ -169,7 +169,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             print(f"no checkpoint-<step> or checkpoints/checkpoint_<n> folders in {path}", file=sys.stderr)
             missing += 1
             continue
-        job = recorder.job_for(str(path), args.run_name)
+        job = recorder.job_of(path, args.run_name)  # a run recorded live keeps its job
         imported = recorder.recover(path, job)
         job_ids.append(job.id)
         print(

@@ -20,6 +20,22 @@ from .values import to_number
 _TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
 
 
+def model_architecture(model: Any) -> str | None:
+    """The class of a live model (the one under a PEFT wrapper): what ``save_pretrained`` writes as its
+    architecture, for a checkpoint whose own files do not say it (an adapter of a Hub base)."""
+    if model is None:
+        return None
+    get_base_model = getattr(model, "get_base_model", None)
+    try:
+        inner = get_base_model() if callable(get_base_model) else model
+    except Exception:  # a wrapper that cannot say: the class is not worth failing for
+        return None
+    architectures = getattr(getattr(inner, "config", None), "architectures", None)
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return type(inner).__name__ if hasattr(inner, "config") else None
+
+
 def base_model_name(model: Any, hub_model_id: str | None = None) -> str | None:
     """The base model a live model was built from: a PEFT adapter's base, else ``name_or_path``."""
     peft_config = getattr(model, "peft_config", None)
@@ -71,17 +87,23 @@ class Save:
     log_times: Mapping[int, float] = field(default_factory=dict)
     logged_at: float | None = None
     base_model: str | None = None
+    architecture: str | None = None
     world_size: int = 1
     node_suffix: str | None = None
     best: BestSoFar | None = None
+    #: The eval loss the run selects by (``history.selected_loss``): with several eval sets, which one.
+    loss_metric: str | None = None
     max_steps: int = 0
     #: Whether this process reports the job as a whole (the world main process does).
     reports_job: bool = True
     #: The record name's template when not the recorder's own (a loop's folders are not named by step).
     name_template: str | None = None
     #: Whether the directory was complete at the hand-off (the Trainer calls ``on_save`` after writing
-    #: it): gone by the time the background builds its record means rotated away, not a failed save.
+    #: it): a Trainer subclass may have named it otherwise (the background finds the folder it wrote).
     written: bool = False
+    #: Whether the run removes old checkpoints (``save_total_limit``): only then may a checkpoint gone by
+    #: the time the background builds its record have been rotated away.
+    rotates: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,5 +118,7 @@ class Begin:
     max_steps: int = 0
     #: The epochs the Trainer runs (``state.num_train_epochs``); 0 when not known.
     num_train_epochs: int = 0
+    loss_metric: str | None = None
+    rotates: bool = False
     #: Unix time of the hand-off: checkpoints written since are this run's, recorded live, not recovered.
     started_at: float | None = None

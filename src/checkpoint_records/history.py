@@ -24,6 +24,8 @@ _NOT_METRICS = frozenset({"step", "epoch", "loss", "eval_loss"})
 class LoggedMetrics:
     train_loss: float | None = None
     eval_loss: float | None = None
+    #: The logged metric ``eval_loss`` is: ``eval_loss``, or one eval set's (``eval_<set>_loss``).
+    eval_loss_metric: str | None = None
     metrics: dict[str, JsonScalar] = field(default_factory=dict)
     #: Record field (``trainLoss``, ``evalLoss``, or a metric name) to the spelling of a NaN/inf value.
     non_finite: dict[str, str] = field(default_factory=dict)
@@ -32,16 +34,35 @@ class LoggedMetrics:
     eval_loss_step: int | None = None
 
 
+def selected_loss(metric_for_best_model: str | None) -> str | None:
+    """The eval loss a run selects checkpoints by, as logged (``eval_...``): ``metric_for_best_model``
+    when it is a loss; None otherwise (then the first eval set's loss is taken)."""
+    if not metric_for_best_model:
+        return None
+    metric = metric_for_best_model
+    if not metric.startswith("eval_"):
+        metric = f"eval_{metric}"  # as the Trainer looks it up
+    return metric if metric.endswith("loss") else None
+
+
+def is_eval_loss(key: str) -> bool:
+    """``eval_loss``, or the loss of one of several eval sets (``eval_<set>_loss``)."""
+    return key == "eval_loss" or (key.startswith("eval_") and key.endswith("_loss"))
+
+
 class LogAccumulator:
     """The latest losses and metrics of a log, fed incrementally: constant memory, constant cost per entry.
 
     The train loss is the last one logged; the eval loss the one of the highest step (an evaluation at the
-    save's own step wins over an older one); every other field keeps its latest value.
+    save's own step wins over an older one); every other field keeps its latest value. The eval loss is
+    the one the run selects by (``loss_metric``, see :func:`selected_loss`), else ``eval_loss``, else, with
+    several eval sets (``eval_<set>_loss``), the first set's: the first such loss in the log.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loss_metric: str | None = None) -> None:
         self._train: tuple[Any, int | None] = (None, None)
         self._eval: tuple[Any, int] = (None, -1)
+        self._eval_metric = loss_metric
         self._latest: dict[str, Any] = {}
 
     def add(self, entries: Iterable[Mapping[str, Any]], up_to_step: int | None = None) -> None:
@@ -52,8 +73,11 @@ class LogAccumulator:
                 continue
             if "loss" in entry:
                 self._train = (entry["loss"], entry_step)
-            if "eval_loss" in entry and entry_step >= self._eval[1]:
-                self._eval = (entry["eval_loss"], entry_step)
+            if self._eval_metric is None:
+                self._eval_metric = next((key for key in entry if is_eval_loss(key)), None)
+            metric = self._eval_metric
+            if metric is not None and metric in entry and entry_step >= self._eval[1]:
+                self._eval = (entry[metric], entry_step)
             for key, value in entry.items():
                 if key not in _NOT_METRICS:
                     self._latest[key] = value
@@ -78,6 +102,7 @@ class LogAccumulator:
         return LoggedMetrics(
             train_loss=None if train_number is None else float(train_number),
             eval_loss=None if eval_number is None else float(eval_number),
+            eval_loss_metric=self._eval_metric if known_eval else None,
             metrics=metrics,
             non_finite=non_finite,
             train_loss_step=self._train[1] if known_train else None,
@@ -85,10 +110,13 @@ class LogAccumulator:
         )
 
 
-def metrics_at_step(log_history: Iterable[Mapping[str, Any]], step: int) -> LoggedMetrics:
-    """The last training loss at or before ``step``; the eval loss logged at ``step`` if there was one,
-    else the latest before it; and the latest value of every other logged metric up to ``step``."""
-    accumulator = LogAccumulator()
+def metrics_at_step(
+    log_history: Iterable[Mapping[str, Any]], step: int, loss_metric: str | None = None
+) -> LoggedMetrics:
+    """The last training loss at or before ``step``; the eval loss (``loss_metric``, as
+    :class:`LogAccumulator` chooses) logged at ``step`` if there was one, else the latest before it; and the
+    latest value of every other logged metric up to ``step``."""
+    accumulator = LogAccumulator(loss_metric)
     accumulator.add(log_history, up_to_step=step)
     return accumulator.metrics()
 

@@ -34,6 +34,19 @@ def default_job_key(output_dir: str, run_name: str | None) -> str:
     return escape_text(f"{os.path.abspath(output_dir)}::{run_name or ''}")
 
 
+def given_run_name(output_dir: str, run_name: str | None) -> str | None:
+    """``run_name`` when the user chose one: transformers 4.46 to 4.54 default it to ``output_dir``, a path
+    that names nothing (and would put ``/`` in every name), so that default counts as no name."""
+    if not run_name or os.path.normpath(run_name) == os.path.normpath(output_dir):
+        return None
+    return run_name
+
+
+def display_name(text: str) -> str:
+    """A job or record name as people type it: never a ``/`` (the CLI reads ``JOB/NAME``), never empty."""
+    return text.strip().replace("/", "-").strip("-") or "job"
+
+
 def checkpoint_id_for(job_id: str, step: int, node: str | None = None) -> str:
     """The record id of the checkpoint at ``step`` of ``job_id`` (per node when nodes are told apart)."""
     suffix = f"@{node}" if node else ""

@@ -1,7 +1,9 @@
-"""What a command names, found in the store: a record by name (``JOB/NAME``, an id), the store itself
-only when it exists (reading an empty home must not create a database there)."""
+"""What a name typed on the command line names: a record (``inspect``, ``resend``, ``forget``), and the
+store it is looked up in, when there is one."""
 
 from __future__ import annotations
+
+import sys
 
 from .settings import Settings
 from .store import DATABASE_NAME, RecordStore, StoredRecord
@@ -9,13 +11,6 @@ from .store import DATABASE_NAME, RecordStore, StoredRecord
 
 class NotFound(Exception):
     """A record name that names no record, or more than one: the message says which and what to type."""
-
-
-def open_existing(settings: Settings) -> RecordStore | None:
-    """The store, when it exists."""
-    if not (settings.home / DATABASE_NAME).exists():
-        return None
-    return RecordStore(settings.home)
 
 
 def find_record(store: RecordStore, text: str) -> StoredRecord:
@@ -49,3 +44,18 @@ def find_record(store: RecordStore, text: str) -> StoredRecord:
             f"record id:\n{candidates}"
         )
     return found[0]
+
+
+def open_existing(settings: Settings) -> RecordStore | None:
+    """The store, when it exists: reading an empty home must not create a database there."""
+    if not (settings.home / DATABASE_NAME).exists():
+        return None
+    return RecordStore(settings.home)
+
+
+def existing_or_say(settings: Settings, what: str) -> RecordStore | None:
+    """:func:`open_existing`, saying ``WHAT: no store at PATH`` on stderr when there is none."""
+    store = open_existing(settings)
+    if store is None:
+        print(f"{what}: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
+    return store

@@ -13,13 +13,20 @@ order, tokenizer), each once, so the same directory always gives the same answer
 Rules, and why:
 
 * **Layout.** ``adapter_config.json`` makes a PEFT adapter (transformers itself loads such a
-  directory as an adapter). Otherwise, consolidated weights (``model.safetensors``,
+  directory as an adapter); so do adapters saved under their own names (``<name>/adapter_config.json``,
+  how PEFT saves an adapter not called ``default``), each judged on its own. Otherwise, consolidated weights (``model.safetensors``,
   ``pytorch_model.bin`` or their ``*.index.json``) make a Transformers checkpoint, or an
   accelerate ``save_state`` one when ``config.json`` is missing and accelerate's own files are
   there. Without consolidated weights: DeepSpeed ZeRO shards, FSDP sharded state dicts (DCP
   folders or per-rank ``pytorch_model_fsdp*_rank<r>.bin``), accelerate ``save_state`` files (weights
   missing, unless FSDP's full ``pytorch_model_fsdp.bin`` is there), ``config.json`` alone
-  (Transformers, weights missing), bare ``torch.save`` files, in that order; else "unknown".
+  (Transformers, weights missing), bare ``torch.save`` files (not the Trainer's own state files:
+  ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``), in that order; else "unknown".
+* **Model type.** Given the model types transformers knows (``known_model_types``; the recorder passes
+  transformers' own), a ``config.json`` whose ``model_type`` is not one of them does not load through the
+  ``Auto*`` classes as it stands, so it is not ready, and the reason says what loads it: with ``auto_map``,
+  ``trust_remote_code=True`` (and whether the code it names is in the checkpoint); without, its own class.
+  Ready means ``AutoModel*.from_pretrained(path)`` loads it with no further option.
 * **Weights.** Judged the way ``from_pretrained`` picks them: the first of ``model.safetensors``,
   ``model.safetensors.index.json``, ``pytorch_model.bin``, ``pytorch_model.bin.index.json`` that
   exists (or the file ``config.json`` names in ``transformers_weights``) is the one that is loaded,
@@ -33,8 +40,11 @@ Rules, and why:
   input embeddings (``trainable_token_indices``, or an embedding layer in ``modules_to_save``),
   which is how PEFT adds tokens: then the base tokenizer may not match, so the adapter's own is
   required.
-* Not checked: that a PEFT base model can be found, that ``.bin``/``.pt`` pickles unpickle,
-  and image-only models' image processors.
+* **Base model.** An adapter whose ``base_model_name_or_path`` is a local path (absolute, ``./``,
+  ``../``, ``~``, or more than one ``/``, which no Hub id has) that does not exist is not ready: nothing
+  could load its base. A Hub id is not looked up (no network).
+* Not checked: that a Hub base model exists, that ``.bin``/``.pt`` pickles unpickle, and image-only
+  models' image processors.
 """
 
 from __future__ import annotations
@@ -42,13 +52,22 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-__all__ = ["LAYOUTS", "Readiness", "assess_readiness", "has_tokenizer", "needs_tokenizer"]
+from .loading import local_model_path, model_type_reasons
+
+__all__ = [
+    "LAYOUTS",
+    "Readiness",
+    "adapter_folders",
+    "assess_readiness",
+    "has_tokenizer",
+    "needs_tokenizer",
+]
 
 #: Every value ``Readiness.layout`` can take.
 LAYOUTS = (
@@ -113,6 +132,8 @@ _PROCESSOR_FILES = frozenset({"processor_config.json", "preprocessor_config.json
 _VOCABLESS_TOKENIZERS = frozenset({"ByT5Tokenizer", "CanineTokenizer", "PerceiverTokenizer"})
 
 _TORCH_SAVE_SUFFIXES = (".pt", ".pth", ".ckpt")
+#: The Trainer's own state files beside the model (resuming needs them; they are no model).
+_TRAINER_STATE_FILE = re.compile(r"^(?:optimizer|scheduler|scaler)\.pt$|^rng_state(?:_\d+)?\.pth$")
 _DEEPSPEED_SHARD = re.compile(r"(?:^|[-_])(?:model_states|optim_states)\.pt$")
 #: FSDP through accelerate: per-rank shards (``LOCAL_STATE_DICT``, or sharded without DCP), and the full
 #: state dict (``FULL_STATE_DICT``: whole weights, but a bare state dict for ``load_state``).
@@ -135,15 +156,31 @@ _MISSING_WEIGHTS = "missing model weights"
 _MISSING_TOKENIZER = "missing tokenizer"
 
 
-def assess_readiness(directory: pathlib.Path, files: Mapping[str, int]) -> Readiness:
+def assess_readiness(
+    directory: pathlib.Path, files: Mapping[str, int], known_model_types: Container[str] | None = None
+) -> Readiness:
     """Judge ``directory`` from its scanned ``files`` (POSIX relative path -> size in bytes).
 
-    Never raises: a failure of the check itself is reported as a reason, not ready.
+    ``known_model_types``: the ``model_type`` values the ``Auto*`` classes load (transformers'
+    ``CONFIG_MAPPING``); None leaves the model type unchecked. Never raises: a failure of the check
+    itself is reported as a reason, not ready.
     """
     try:
-        return _assess(pathlib.Path(directory), _normalise(files))
+        return _assess(pathlib.Path(directory), _normalise(files), known_model_types)
     except Exception as exc:  # the contract is "never raises"; say so instead of guessing
         return Readiness(False, (f"readiness could not be checked ({type(exc).__name__})",), "unknown")
+
+
+def adapter_folders(files: Iterable[str]) -> list[str]:
+    """The PEFT adapters a checkpoint holds, as folder prefixes: ``""`` for ``adapter_config.json`` at the
+    top, ``"<name>/"`` for one saved under its own adapter name; sorted."""
+    folders = set()
+    for name in files:
+        if name == "adapter_config.json":
+            folders.add("")
+        elif name.count("/") == 1 and name.endswith("/adapter_config.json"):
+            folders.add(name[: -len("adapter_config.json")])
+    return sorted(folders)
 
 
 def needs_tokenizer(config: Mapping[str, Any]) -> bool:
@@ -201,10 +238,13 @@ def _normalise(files: Mapping[str, int]) -> dict[str, int]:
     return normalised
 
 
-def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
+def _assess(
+    directory: pathlib.Path, files: dict[str, int], known_model_types: Container[str] | None
+) -> Readiness:
     top = {name for name in files if "/" not in name}
-    if "adapter_config.json" in top:
-        return _assess_adapter(directory, files, top)
+    adapters = adapter_folders(files)
+    if "adapter_config.json" in top or (adapters and "config.json" not in top):
+        return _assess_adapters(directory, files, top, adapters)
 
     reasons: list[str] = []
     config: dict[str, Any] | None = None
@@ -212,6 +252,8 @@ def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
         config = _read_config(directory, files.get("config.json", -1), reasons)
     else:
         reasons.append("missing config.json")
+    if config is not None and known_model_types is not None:
+        reasons.extend(model_type_reasons(config, top, known_model_types))
 
     weights_file = _selected_weights(config, files)
     accelerate = any(_ACCELERATE_FILE.match(name) for name in top)
@@ -237,7 +279,11 @@ def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
         layout = "transformers"
         reasons.append(_MISSING_WEIGHTS)
     else:
-        bare = sorted(name for name in files if name.lower().endswith(_TORCH_SAVE_SUFFIXES))
+        bare = sorted(
+            name
+            for name in files
+            if name.lower().endswith(_TORCH_SAVE_SUFFIXES) and not _TRAINER_STATE_FILE.match(name)
+        )
         if bare:
             layout = "torch-save"
             reasons.extend(
@@ -253,12 +299,24 @@ def _assess(directory: pathlib.Path, files: dict[str, int]) -> Readiness:
     return _result(reasons, layout)
 
 
-def _assess_adapter(directory: pathlib.Path, files: dict[str, int], top: set[str]) -> Readiness:
-    """A PEFT adapter: its config must name a base model, and its weights must be there."""
+def _assess_adapters(
+    directory: pathlib.Path, files: dict[str, int], top: set[str], adapters: list[str]
+) -> Readiness:
+    """PEFT adapters, each judged on its own (a named one's reasons say its name)."""
     reasons: list[str] = []
-    adapter_config, problem = _read_json(
-        directory, "adapter_config.json", files.get("adapter_config.json", -1)
-    )
+    for folder in adapters:
+        own = {name[len(folder) :]: size for name, size in files.items() if name.startswith(folder)}
+        said = _adapter_reasons(directory / folder, own, top)
+        reasons.extend(f"adapter {folder[:-1]}: {reason}" if folder else reason for reason in said)
+    reasons.extend(_safetensors_reasons(directory, files))
+    return _result(reasons, "peft-adapter")
+
+
+def _adapter_reasons(folder: pathlib.Path, files: dict[str, int], checkpoint_top: set[str]) -> list[str]:
+    """One adapter: its config must name a base model that can be found, and its weights must be there."""
+    reasons: list[str] = []
+    top = {name for name in files if "/" not in name}
+    adapter_config, problem = _read_json(folder, "adapter_config.json", files.get("adapter_config.json", -1))
     if problem:
         reasons.append(problem)
         adapter_config = None
@@ -269,6 +327,10 @@ def _assess_adapter(directory: pathlib.Path, files: dict[str, int], top: set[str
         base = adapter_config.get("base_model_name_or_path")
         if not isinstance(base, str) or not base.strip():
             reasons.append("adapter_config.json names no base model")
+        else:
+            local = local_model_path(base)
+            if local is not None and not local.is_dir():
+                reasons.append(f"base model {base} not found: a local path that does not exist")
 
     present = [name for name in _ADAPTER_WEIGHTS if name in top]
     if not present:
@@ -276,14 +338,14 @@ def _assess_adapter(directory: pathlib.Path, files: dict[str, int], top: set[str
     else:
         reasons.extend(f"{name} is empty" for name in present if name.endswith(".bin") and files[name] == 0)
 
-    reasons.extend(_safetensors_reasons(directory, files))
     if (
         adapter_config is not None
         and _adapter_changes_vocabulary(adapter_config)
-        and not has_tokenizer(directory, top)
+        and not has_tokenizer(folder, top)
+        and not has_tokenizer(folder.parent, checkpoint_top)
     ):
         reasons.append(_MISSING_TOKENIZER)
-    return _result(reasons, "peft-adapter")
+    return reasons
 
 
 def _adapter_changes_vocabulary(adapter_config: Mapping[str, Any]) -> bool:

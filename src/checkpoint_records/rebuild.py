@@ -3,7 +3,10 @@ the commit, a run without the callback), recorded after the fact from their own 
 
 Called at the job's next ``on_train_begin`` (in the background), by ``checkpoint-records flush`` and by
 ``checkpoint-records import``; the records get the ids a live save would have given them, so recovering
-twice, or a live save later, adds no duplicate.
+twice, or a live save later, adds no duplicate, and a folder any job's record already describes is left
+as it is (one checkpoint folder is one record). A rebuilt record carries what the disk and the store
+know: the base model (the job's, else the adapter's or ``config.json``'s), the architecture, how many
+processes wrote it (their ``rng_state_<rank>.pth``), the eval loss the run selected by.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 
 from .bookkeeper import Bookkeeper
 from .build import with_best
-from .history import log_entry
 from .identity import checkpoint_id_for
 from .job import JobIdentity
 from .logs import logger
@@ -28,6 +30,8 @@ from .recovery import (
     job_from_disk,
     modified_at,
     read_checkpoint,
+    timed_log,
+    written_times,
 )
 from .store import StoredRecord
 from .validation import escape_text, path_of
@@ -65,15 +69,22 @@ def recover(
     ]
     records = store.records(job.id)
     recorded = {stored.record.spec.directory for stored in records}
+    missing = [
+        folder
+        for folder in folders
+        if _recorded_as(folder) not in recorded
+        # a Trainer folder's name is its step: that checkpoint is recorded
+        and (folder.accelerate or not store.get(checkpoint_id_for(job.id, folder.number)))
+    ]
+    if missing:  # recorded by another job (a live run imported under another name): left as it is
+        elsewhere = store.recorded_directories([_recorded_as(folder) for folder in missing])
+        missing = [folder for folder in missing if _recorded_as(folder) not in elsewhere]
+    base_model = _known_base_model(books, job, records)
     steps = _accelerate_steps(run_dir, records)
     taken = {stored.record.training.step for stored in records}
     built: list[CheckpointRecord] = []
     failed: list[BadCheckpoint] = []
-    for folder in folders:
-        if escape_text(str(folder.path.absolute())) in recorded:
-            continue
-        if not folder.accelerate and store.get(checkpoint_id_for(job.id, folder.number)):
-            continue  # a Trainer folder's name is its step: that checkpoint is recorded
+    for folder in missing:
         try:
             found = read_checkpoint(folder)
         except BadCheckpoint as bad:
@@ -85,7 +96,16 @@ def recover(
         elif found.stated and step in taken:
             continue  # its own state names a step the job recorded from another folder
         taken.add(step)
-        record = books.build(folder.path, job, step, found.epoch, found.logged, recovered=True)
+        record = books.build(
+            folder.path,
+            job,
+            step,
+            found.epoch,
+            found.logged,
+            base_model=base_model,
+            world_size=None,
+            recovered=True,
+        )
         built.append(with_best(record, found.best) if found.best else record)
     # To the sinks configured here and to those the job's other records went to (the run that died
     # had its own); one disk flush for them all: the last commit's fsync makes the earlier ones durable.
@@ -96,11 +116,11 @@ def recover(
         books.store_record(record, durable=index == len(built) - 1, sinks=sorted(sinks))
         for index, record in enumerate(built)
     ]
-    newest = _newest(folders, failed)
-    if newest is not None and newest.log_history:
-        known = store.log_length(job.id)
-        entries = [log_entry(seq, entry) for seq, entry in enumerate(newest.log_history) if seq >= known]
-        store.append_log(job.id, [entry for entry in entries if entry is not None], sinks=books.log_sinks)
+    theirs = bool(records or recovered) or job.id in books.runs
+    newest = _newest(folders, failed) if theirs else None  # else another job's folders
+    if newest is not None and newest.log_history:  # what the run logged before it died, kept with a time
+        entries = timed_log(newest.log_history, written_times(folders), start=store.log_length(job.id))
+        store.append_log(job.id, entries, sinks=books.log_sinks)
     if newest is not None and newest.best is not None:
         books.move_best(job, newest.best, None, books.runs.get(job.id))
     if newest is not None and job.id not in books.runs and store.job(job.id) is None:
@@ -114,6 +134,11 @@ def recover(
         )
         books.delivery.wake()
     return Recovered(recovered, failed)
+
+
+def _recorded_as(folder: Folder) -> str:
+    """The directory a record of ``folder`` names: absolute, escaped where not UTF-8."""
+    return escape_text(str(folder.path.absolute()))
 
 
 def _accelerate_steps(run_dir: Path, records: list[StoredRecord]) -> dict[int, int]:
@@ -140,6 +165,17 @@ def _newest(folders: list[Folder], failed: list[BadCheckpoint]) -> FoundCheckpoi
     return None
 
 
+def _known_base_model(books: Bookkeeper, job: JobIdentity, records: list[StoredRecord]) -> str | None:
+    """The base model the store knows for ``job`` (its document's, else its newest record's): what the live
+    run knew, so it comes first, as in a live save; without it the checkpoint's own files say
+    (:func:`~.build.build_record`: an adapter's base, ``config.json``'s ``_name_or_path``)."""
+    stored_job = books.store.job(job.id)
+    if stored_job is not None and stored_job.job.base_model:
+        return stored_job.job.base_model
+    models = [stored.record.training.model for stored in records if stored.record.training.model]
+    return models[-1] if models else None
+
+
 def _job_from_disk(
     books: Bookkeeper, run_dir: Path, job: JobIdentity, newest: FoundCheckpoint, folders: list[Folder]
 ) -> None:
@@ -147,7 +183,7 @@ def _job_from_disk(
     would have, so ``jobs``, the page and the job sinks know it."""
     stored = books.store.records(job.id)
     last = max(stored, key=lambda each: each.record.training.step, default=None)
-    written = [(folder.number, modified_at(folder.path)) for folder in folders]
+    written = written_times(folders)
     base_model = last.record.training.model if last is not None else None
     books.put_job(job_from_disk(job, run_dir, newest, written, base_model or None))
 

@@ -63,6 +63,9 @@ class TrainingMetadata(_Model):
     #: The step each loss was logged at: a checkpoint's train loss may be an earlier step's.
     train_loss_step: Count | None = None
     eval_loss_step: Count | None = None
+    #: Which logged metric ``evalLoss`` is: ``eval_loss``, or with several eval sets the one the run
+    #: selects by (``metric_for_best_model`` when a loss, else the first set's ``eval_<set>_loss``).
+    eval_loss_metric: str | None = None
     metrics: dict[str, JsonScalar] = Field(default_factory=dict)
     non_finite: dict[str, str] = Field(default_factory=dict)
     model: str

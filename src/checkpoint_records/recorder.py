@@ -26,7 +26,7 @@ from .countdown import Countdown
 from .delivery import DeliveryWorker, FlushResult
 from .distributed import accelerator_role, launcher_role, wait_for_everyone
 from .handoff import Begin, Save, base_model_name
-from .identity import default_job_key, job_id_for
+from .identity import default_job_key, display_name, given_run_name, job_id_for
 from .job import JobIdentity, JobStatus
 from .logs import logger, never_raises
 from .record import CheckpointRecord
@@ -40,6 +40,7 @@ from .settings import (
 from .sinks import configured_sinks, record_sinks
 from .storage import Uploads, storage_config
 from .store import RecordStore, claim_owner
+from .validation import escape_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,13 +100,25 @@ class CheckpointRecorder:
         return latest.result()
 
     def job_for(self, output_dir: str, run_name: str | None) -> JobIdentity:
-        """The job's identity: explicit settings first, else derived from where and what it runs."""
+        """The job's identity: explicit settings first, else derived from where it runs and the name the
+        user gave it (a ``run_name`` that only repeats ``output_dir`` is none); names hold no ``/``."""
         known = self._jobs.get((output_dir, run_name))
         if known is None:
-            key = self.job_id or default_job_key(output_dir, run_name)
-            name = self.job_name or run_name or Path(os.path.abspath(output_dir)).name or "job"
+            given = given_run_name(output_dir, run_name)
+            key = self.job_id or default_job_key(output_dir, given)
+            name = display_name(self.job_name or given or Path(os.path.abspath(output_dir)).name)
             known = self._jobs[(output_dir, run_name)] = JobIdentity(id=job_id_for(key), name=name)
         return known
+
+    def job_of(self, run_dir: Path, run_name: str | None = None) -> JobIdentity:
+        """The job whose checkpoints ``run_dir`` holds: as configured or named (``run_name``), else the
+        one the store knows wrote there (a run recorded live, imported later), else derived from it."""
+        if self.job_id is None and given_run_name(str(run_dir), run_name) is None:
+            writers = self.store.jobs_writing_to(escape_text(os.path.abspath(run_dir)))
+            if writers:
+                job_id, name = writers[0]
+                return JobIdentity(id=job_id, name=name)
+        return self.job_for(str(run_dir), run_name)
 
     # -- on the training thread: hand-offs only ---------------------------------------------------------
 
@@ -253,10 +266,10 @@ class CheckpointRecorder:
         written_before: float | None = None,
     ) -> rebuild.Recovered:
         """Record the checkpoints in ``run_dir`` that have no record yet, from their own files
-        (:func:`.rebuild.recover`), as ``job``'s (default: the job of ``run_dir``): the records, and the
-        checkpoints that could not be (each error names the file and the field)."""
+        (:func:`.rebuild.recover`), as ``job``'s (default: :meth:`job_of` ``run_dir``): the records, and
+        the checkpoints that could not be (each error names the file and the field)."""
         path = Path(run_dir)
-        return rebuild.recover(self.books, path, job or self.job_for(str(path), None), written_before)
+        return rebuild.recover(self.books, path, job or self.job_of(path), written_before)
 
     def recover_known(self) -> rebuild.Recovered:
         """:meth:`recover` every directory where the store knows a job wrote checkpoints."""

@@ -4,9 +4,10 @@ Every Trainer checkpoint carries ``trainer_state.json`` (global step, epoch, the
 step, the best checkpoint so far) beside its files, so a record that was never stored (the process died
 between the save and the commit; a run that never had the callback) can be rebuilt after the fact, with
 the id a live save would have given it. accelerate ``save_state`` folders (``checkpoints/checkpoint_<n>``)
-carry no such file, and their number counts saves, not steps (:func:`accelerate_step`). A run known only
-from disk (imported, or recovered with no job in the store) gets its job document from the same files
-(:func:`job_from_disk`).
+carry no such file, and their number counts saves, not steps (:func:`accelerate_step`). A Trainer
+subclass that names its folders its own way still writes ``trainer_state.json`` into each (resuming needs
+it): any folder holding one is a checkpoint, at the step it says. A run known only from disk (imported,
+or recovered with no job in the store) gets its job document from the same files (:func:`job_from_disk`).
 
 ``trainer_state.json`` is read as what it is, a file anyone could have written: one that is not JSON, has
 a field of the wrong type, a step that is negative or beyond 64 bits, or nesting deeper than a document
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .build import Best
-from .history import LoggedMetrics, log_entry, metrics_at_step, step_of
+from .collect import read_json_object
+from .history import LogEntry, LoggedMetrics, log_entry, metrics_at_step, selected_loss, step_of
 from .job import JobIdentity, JobSnapshot, LossSeries, job_snapshot
 from .logs import warn_once
 from .validation import (
@@ -56,7 +58,8 @@ class BadCheckpoint(Exception):
 @dataclass(frozen=True)
 class Folder:
     """A checkpoint folder of a run: its number, and whether it is accelerate's ``checkpoint_<n>`` (the
-    number counts saves) rather than the Trainer's ``checkpoint-<step>``."""
+    number counts saves) rather than the Trainer's ``checkpoint-<step>`` (or a folder of another name
+    holding a ``trainer_state.json``: its number is the step that file says)."""
 
     path: Path
     number: int
@@ -82,19 +85,42 @@ class FoundCheckpoint:
 
 
 def checkpoint_folders(run_dir: Path) -> list[Folder]:
-    """The checkpoint folders of a run directory, by number: the Trainer's ``checkpoint-<step>`` and
-    accelerate's ``checkpoints/checkpoint_<n>``."""
+    """The checkpoint folders of a run directory, by number: the Trainer's ``checkpoint-<step>``,
+    accelerate's ``checkpoints/checkpoint_<n>``, and any other folder holding a ``trainer_state.json`` (a
+    Trainer subclass's own names), at its ``global_step``."""
     found = []
     for parent, pattern in ((run_dir, _TRAINER_FOLDER), (run_dir / "checkpoints", _ACCELERATE_FOLDER)):
-        try:
-            entries = list(parent.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
+        for entry in _folders(parent):
             match = pattern.fullmatch(entry.name)
-            if match and int(match.group(1)) <= INT64_MAX and entry.is_dir():
-                found.append(Folder(entry, int(match.group(1)), pattern is _ACCELERATE_FOLDER))
-    return sorted(found, key=lambda folder: folder.number)
+            if match:
+                if int(match.group(1)) <= INT64_MAX:
+                    found.append(Folder(entry, int(match.group(1)), pattern is _ACCELERATE_FOLDER))
+            elif parent == run_dir:
+                step = _state_step(entry)
+                if step is not None:
+                    found.append(Folder(entry, step))
+    return sorted(found, key=lambda folder: (folder.number, folder.path.name))
+
+
+def written_folder(run_dir: Path, step: int) -> Path | None:
+    """The folder in ``run_dir`` a Trainer wrote for the save at ``step`` under a name of its own: the
+    newest one whose ``trainer_state.json`` is at that step; None when there is none (rotated away)."""
+    written = [entry for entry in _folders(run_dir) if _state_step(entry) == step]
+    return max(written, key=modified_at) if written else None
+
+
+def _folders(parent: Path) -> list[Path]:
+    try:
+        return [entry for entry in parent.iterdir() if entry.is_dir()]
+    except OSError:
+        return []
+
+
+def _state_step(directory: Path) -> int | None:
+    """The ``global_step`` of a folder's ``trainer_state.json`` (an integer from 0 to 2^63 - 1); None
+    without one, or one that cannot be read."""
+    state = read_json_object(directory / TRAINER_STATE)
+    return None if state is None else step_of({"step": state.get("global_step")})
 
 
 def accelerate_number(directory: Path) -> int | None:
@@ -123,14 +149,15 @@ def read_checkpoint(folder: Folder) -> FoundCheckpoint:
     global_step = state.get("global_step")
     step = folder.number if global_step is None else int(global_step)
     epoch, _ = to_number(state.get("epoch"))
+    best = best_of(state, history)
     return FoundCheckpoint(
         directory=directory,
         step=step,
         stated=global_step is not None,
         epoch=None if epoch is None else float(epoch),
-        logged=metrics_at_step(history, step),
+        logged=metrics_at_step(history, step, selected_loss(best.metric if best else None)),
         log_history=history,
-        best=best_of(state, history),
+        best=best,
         max_steps=int(state.get("max_steps") or 0),
         num_train_epochs=_count(state.get("num_train_epochs")),
     )
@@ -255,6 +282,29 @@ def modified_at(directory: Path) -> float:
     return 0.0
 
 
+def written_times(folders: Sequence[Folder]) -> list[tuple[int, float]]:
+    """Each checkpoint folder's number (a Trainer checkpoint's step) and when it was written
+    (:func:`modified_at`), in the same order."""
+    return [(folder.number, modified_at(folder.path)) for folder in folders]
+
+
+def timed_log(
+    log_history: Sequence[dict[str, Any]], written: Sequence[tuple[int, float]], start: int = 0
+) -> list[LogEntry]:
+    """The entries of a checkpoint's ``log_history`` from position ``start`` on, as the store keeps them.
+    ``log_history`` keeps no times: each entry gets the time the first checkpoint holding it was written
+    (``written``: each checkpoint's step and :func:`modified_at`, oldest first, not empty), so a loss
+    series rebuilt from disk keeps its points, in order."""
+    steps = [step for step, _ in written]
+    entries = []
+    for seq in range(start, len(log_history)):
+        step = step_of(log_history[seq])
+        if step is not None:
+            when = written[min(bisect_left(steps, step), len(steps) - 1)][1]
+            entries.append(log_entry(seq, log_history[seq], when))
+    return [entry for entry in entries if entry is not None]
+
+
 def job_from_disk(
     job: JobIdentity,
     run_dir: Path,
@@ -267,19 +317,13 @@ def job_from_disk(
 
     ``Success`` when the newest checkpoint reached the run's ``max_steps``; otherwise ``Cancelled``: the
     files cannot tell a run that failed, was stopped, or saved its last step nowhere. ``log_history``
-    keeps no times, so each loss point gets the time the first checkpoint holding it was written; the job
-    was created when its oldest checkpoint still on disk was written and updated with the newest's.
+    keeps no times, so each loss point gets one from :func:`timed_log`; the job was created when its
+    oldest checkpoint still on disk was written and updated with the newest's.
     """
-    steps = [step for step, _ in written]
     series = LossSeries()
-    for checkpoint_step in steps:
+    for checkpoint_step, _ in written:
         series.add((), checkpoint_step=checkpoint_step)
-    entries = []
-    for seq, logged in enumerate(newest.log_history):
-        step = step_of(logged)
-        if step is not None:
-            entries.append(log_entry(seq, logged, written[min(bisect_left(steps, step), len(steps) - 1)][1]))
-    series.add(entry for entry in entries if entry is not None)
+    series.add(timed_log(newest.log_history, written))
     finished = 0 < newest.max_steps <= newest.step
     return job_snapshot(
         None,

@@ -422,7 +422,7 @@ def _rows() -> tuple[Setting, ...]:
     return tuple(rows)
 
 
-#: Every setting, in the order ``--help`` and the README list them.
+#: Every setting, in the order ``--help`` and docs/reference.md list them.
 TABLE = _rows()
 #: Each setting's argument, by the name of its field (``home`` is given as ``store``).
 _ARGUMENT_OF = {row.name: row.argument for row in TABLE}

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .evaluation.results import headline
 from .record import CheckpointRecord
 from .store import Delivery, DeliveryState
+from .words import plural
 
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
@@ -29,13 +30,27 @@ def human_size(size: int) -> str:
     return f"{size / 1000**exponent:.2f} {_UNITS[exponent]}"
 
 
+def human_time(value: str | float) -> str:
+    """An instant as every view for people shows it (``list``, ``jobs``, ``inspect``, the page):
+    ``2026-11-23 15:04:05Z``, UTC to the second, from ISO 8601 text or Unix seconds."""
+    if isinstance(value, str):
+        return value.replace("T", " ")[:19] + "Z" if value else ""
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def human_record(record: CheckpointRecord) -> dict[str, Any]:
-    """The record as a dict with sizes made human; every other field is the JSON one."""
+    """The record as a dict with sizes and times made human; every other field is the JSON one."""
     data = record.to_dict()
     status = data["status"]
     status["size"] = human_size(status["size"])
     for entry in status["files"]:
         entry["size"] = human_size(entry["size"])
+    for key in ("createdAt", "updatedAt"):
+        status[key] = human_time(status[key])
+    for evaluation in status["evaluations"].values():
+        for key in ("startedAt", "finishedAt"):
+            if evaluation.get(key):
+                evaluation[key] = human_time(evaluation[key])
     return data
 
 
@@ -43,26 +58,11 @@ def to_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 attempt``, ``3 attempts``; ``many`` for irregular plurals (``delivery``/``deliveries``)."""
-    return f"{count} {word if count == 1 else many or word + 's'}"
-
-
 def _loss(value: float | None, logged_at: int | None, step: int) -> str:
     """``1.2345``, or ``1.2345@8`` when the loss was logged at another step than the checkpoint's."""
     if value is None:
         return "-"
     return f"{value:.4f}" if logged_at in (None, step) else f"{value:.4f}@{logged_at}"
-
-
-def iso_time(seconds: float) -> str:
-    """Unix seconds as a short UTC time for people: ``2026-11-23 15:04:05Z``."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _created(timestamp: str) -> str:
-    """``2026-01-02 13:14`` (UTC): to the minute, so the table fits a terminal; ``inspect`` has the rest."""
-    return timestamp[:16].replace("T", " ")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class RecordRow:
 
 def records_table(rows: Sequence[RecordRow]) -> str:
     """One line per record, short enough for a terminal: LOSS and EVAL are the training and evaluation losses
-    (``@step`` when logged at another step than the checkpoint's), CREATED is UTC.
+    (``@step`` when logged at another step than the checkpoint's), CREATED is UTC (:func:`human_time`).
 
     A JOB column (the job id's first 8 characters, what ``inspect JOB/NAME`` takes) appears when two
     jobs of the listing have records of the same name; BEST marks the best checkpoint. Each evaluator
@@ -112,7 +112,7 @@ def records_table(rows: Sequence[RecordRow]) -> str:
             _loss(training.eval_loss, training.eval_loss_step, training.step),
             human_size(record.status.size),
             *(_evaluation(record, name) for name in evaluators),
-            _created(record.status.created_at),
+            human_time(record.status.created_at),
             row.delivery,
         ]
         if show_job:
@@ -208,6 +208,6 @@ def jobs_table(details: Sequence[dict[str, Any]]) -> str:
     """One line per job (``TrainingJobDetail`` objects): name, status, progress, updated, id."""
     lines = [("NAME", "STATUS", "PROGRESS", "UPDATED", "ID")]
     for detail in details:
-        updated = datetime.fromtimestamp(detail["updated_at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        updated = human_time(detail["updated_at"])
         lines.append((detail["name"], detail["status"], f"{detail['progress']:g}%", updated, detail["id"]))
     return _table(lines)

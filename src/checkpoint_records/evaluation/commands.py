@@ -12,13 +12,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import ConfigurationError
+from ..errors import FAILED, ConfigurationError
 from ..redaction import Redactor
 from ..settings import Settings, parse_count, parse_seconds
 from ..sinks import configured_sinks, record_sinks
 from ..sinks.transport import HttpTransport
 from ..storage.config import storage_config
 from ..store import RecordStore
+from ..words import plural
 from .results import NAME_PATTERN, BestBy
 from .runner import Command
 from .sources import EvaluationSource, RegistryQueue, StoreQueue
@@ -96,6 +97,9 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if options.folder is not None:
         options.folder.mkdir(parents=True, exist_ok=True)
     source, store = _source(settings, args)
+    if args.once and args.job is not None and store is not None and not store.jobs_named(args.job):
+        print(f"evaluator {args.name}: no job named {args.job!r} in {store.path}", file=sys.stderr)
+        return FAILED  # asked about a job that is missing, as `list --job` says it
     from ..delivery import DeliveryWorker
 
     delivery = DeliveryWorker(store, record_sinks(configured_sinks(settings))) if store is not None else None
@@ -112,7 +116,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     print(f"evaluator {args.name}: checkpoints from {source.where}", file=sys.stderr)
     if args.retry_failed:
         print(
-            f"evaluator {args.name}: retrying {source.reopen_failed()} failed evaluation(s)", file=sys.stderr
+            f"evaluator {args.name}: retrying {plural(source.reopen_failed(), 'failed evaluation')}",
+            file=sys.stderr,
         )
     if delivery is not None:
         delivery.start()
@@ -130,7 +135,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if delivery is not None:
             delivery.flush(DELIVERY_WAIT)
             delivery.close()
-    print(f"evaluator {args.name}: {worker.done} checkpoint(s) evaluated", file=sys.stderr)
+    print(f"evaluator {args.name}: {plural(worker.done, 'checkpoint')} evaluated", file=sys.stderr)
     if worker.refused is not None:
         print(f"evaluator {args.name}: stopped: {source.where}: {worker.refused}", file=sys.stderr)
         return 2 if worker.refused.status in (401, 403) else 1

@@ -26,6 +26,7 @@ from ..redaction import Redactor
 from ..sinks import DeliveryError, Rejected, RetryLater
 from ..storage.config import StorageConfig
 from ..store import ClaimedEvaluation, LostClaim
+from ..words import plural
 from .checkout import NotYet, PullFailed, Skip, check_out, pull_copy
 from .results import MetricsError, error_tail, metrics_of, prominent, report_from
 from .runner import Command, Finished, run
@@ -222,7 +223,7 @@ class Worker:
             reason=reason,
             error_tail=None if finished is None else error_tail(finished.stderr, self.options.redact),
         )
-        return self._write(record, result, f"failed after {attempt} attempts: {reason}")
+        return self._write(record, result, f"failed after {plural(attempt, 'attempt')}: {reason}")
 
     def _write(self, record: CheckpointRecord, result: Evaluation, said: str) -> Outcome:
         revised = self.source.finish(record.id, result)

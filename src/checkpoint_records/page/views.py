@@ -18,15 +18,10 @@ from ..formats.training_job import progress
 from ..record import CheckpointRecord, Evaluation, UploadStatus
 from ..storage.progress import describe
 from ..store import CheckpointStats, Delivery, Origin, RecordRevision, StoredJob, StoredRecord
-from ..terminal import delivery_summary, human_size, iso_time
+from ..terminal import delivery_summary, human_size, human_time
 
 #: How many points per curve the server sends: about one per horizontal pixel of a wide chart.
 MAX_CHART_POINTS = 1500
-
-
-def short_time(text: str) -> str:
-    """A record's ISO 8601 timestamp without its fraction: ``2026-11-23 15:04:05Z``."""
-    return text.replace("T", " ")[:19] + "Z" if text else ""
 
 
 def job_url(job_id: str) -> str:
@@ -100,7 +95,7 @@ def checkpoint_row(
         "upload": upload_state(upload),
         "storage": storage_words(record, upload, origin),
         "delivery": delivery_summary(deliveries, received=origin is not None),
-        "updated": short_time(record.status.updated_at),
+        "updated": human_time(record.status.updated_at),
     }
 
 
@@ -127,7 +122,7 @@ def job_summary(job_id: str, stored: StoredJob | None, stats: CheckpointStats | 
         "checkpoints": stats.checkpoints if stats is not None else 0,
         "ready": stats.ready if stats is not None else 0,
         "created": stamps[0] if stamps else 0.0,
-        "updated": iso_time(stamps[-1]) if stamps else "",
+        "updated": human_time(stamps[-1]) if stamps else "",
     }
 
 
@@ -257,7 +252,7 @@ def history(revisions: Sequence[RecordRevision]) -> list[dict[str, Any]]:
         events.append(
             {
                 "revision": current.revision,
-                "when": short_time(current.updated_at),
+                "when": human_time(current.updated_at),
                 "what": ", ".join(changes or ["updated"]),
             }
         )
@@ -303,8 +298,8 @@ def checkpoint_view(
                 "Recovered",
                 "yes: rebuilt from disk after a crash, or imported" if metadata.recovered else "no",
             ),
-            ("Created", short_time(record.status.created_at)),
-            ("Updated", short_time(record.status.updated_at)),
+            ("Created", human_time(record.status.created_at)),
+            ("Updated", human_time(record.status.updated_at)),
         ],
         "metrics": [
             (key, metadata.non_finite.get(key, "-") if value is None else _metric(value))
@@ -324,7 +319,7 @@ def received_view(record: CheckpointRecord, origin: Origin) -> dict[str, Any]:
     return {
         "node": record.training.node,
         "sender": origin.sender or "an unknown address",
-        "when": iso_time(origin.received_at),
+        "when": human_time(origin.received_at),
         "revision": origin.revision,
         "directory": record.spec.directory,
     }
@@ -334,7 +329,7 @@ def evaluation_view(name: str, evaluation: Evaluation) -> dict[str, Any]:
     """One evaluator's result as the checkpoint's page lists it."""
     metrics = [(key, _metric(value)) for key, value in sorted(evaluation.metrics.items())]
     metrics += sorted(evaluation.non_finite.items())
-    times = " to ".join(short_time(at) for at in (evaluation.started_at, evaluation.finished_at) if at)
+    times = " to ".join(human_time(at) for at in (evaluation.started_at, evaluation.finished_at) if at)
     return {
         "name": name,
         "state": evaluation.state,

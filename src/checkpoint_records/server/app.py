@@ -25,7 +25,7 @@ from .auth import Auth
 from .evaluations_api import evaluations_router
 from .ingest import DOCUMENT_MODELS, MAX_BODY_BYTES, QUEUE_CAPACITY, Writer, ingest_router
 from .llama_stack_api import llama_stack_router
-from .openai_api import openai_router
+from .openai_api import OPENAI_PREFIX, openai_router
 from .registry_api import registry_router
 
 API_PREFIX = "/v1"
@@ -73,7 +73,7 @@ def create_app(
         title=TITLE, version=_version(), openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.store, app.state.auth, app.state.writer = store, auth, writer
-    problems.install(app)
+    problems.install(app, openai_prefix=API_PREFIX + OPENAI_PREFIX)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorized)])
     api.include_router(ingest_router(writer, max_body_bytes, signing_secret))
     api.include_router(registry_router(store))

@@ -3,7 +3,9 @@
 
 Ids are the ``openai`` format's derived ids (``ftjob-...``, ``ftckpt_...``); a job may also be named by
 its canonical id. Each checkpoint is exactly what the ``openai`` format renders (``inspect --format
-openai``). Pages are newest first (highest step), ``after`` is the last id of the previous page.
+openai``). Pages are newest first (highest step), ``after`` is the last id of the previous page. As in
+Llama Stack's artifacts, a checkpoint is listed only while it is ``available``: one rotated away (or that
+failed) has no files to use, and neither object has a field to say so.
 
 | ``fine_tuning.job`` field | from                                                                        |
 |---------------------------|-----------------------------------------------------------------------------|
@@ -11,12 +13,13 @@ openai``). Pages are newest first (highest step), ``after`` is the last id of th
 | ``model``                 | the base model (the job's, else its newest checkpoint's)                     |
 | ``created_at``/``finished_at`` | the job's creation, and its last update once finished (Unix seconds)   |
 | ``fine_tuned_model``      | the model name of the job's last checkpoint that is available and ready     |
-| ``hyperparameters``       | total batch size, and the epochs the Trainer runs (its own count, which ``max_steps`` sets), else the ``num_train_epochs`` argument when whole |
+| ``hyperparameters``       | total batch size; ``n_epochs`` (an integer): the epochs the Trainer runs (its own count, which ``max_steps`` sets), else ``num_train_epochs`` when whole, or for a run ``max_steps`` planned the epochs it takes, a partial one counted whole (3.75 -> 4) |
 | ``metadata``              | ``job_id`` and ``job_name``: the canonical id and name                      |
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from functools import partial
@@ -44,6 +47,8 @@ _STATUS: dict[JobStatus, OpenAIStatus] = {
     "TimedOut": "failed",
     "Cancelled": "cancelled",
 }
+#: Where the routes are under ``/v1``: errors there are answered in OpenAI's shape (``problems``).
+OPENAI_PREFIX = "/fine_tuning"
 #: Checkpoint ids remembered from pages served, so ``after`` finds its place without a scan.
 _REMEMBERED_CHECKPOINTS = 200_000
 
@@ -54,8 +59,6 @@ def fine_tuning_job(
     """A ``fine_tuning.job`` object for ``view``; ``newest``/``ready``: its newest and last ready checkpoint."""
     snapshot, renderer = view.snapshot, OpenAIFormat()
     hyper = snapshot.hyper_parameters if snapshot is not None else {}
-    epochs = snapshot.num_train_epochs if snapshot is not None and snapshot.num_train_epochs else None
-    epochs = epochs or hyper.get("num_train_epochs")
     status = "running" if view.status is None else _STATUS[view.status]
     name = snapshot.name if snapshot is not None else (newest.metadata.job_name if newest else view.job_id)
     model = (snapshot.base_model if snapshot is not None else "") or (newest.training.model if newest else "")
@@ -75,9 +78,7 @@ def fine_tuning_job(
         "hyperparameters": {
             "batch_size": hyper.get("total_train_batch_size", "auto"),
             "learning_rate_multiplier": "auto",
-            "n_epochs": int(epochs)
-            if isinstance(epochs, (int, float)) and float(epochs).is_integer()
-            else "auto",
+            "n_epochs": n_epochs(hyper, newest, snapshot.num_train_epochs if snapshot is not None else 0),
         },
         "method": {
             "type": "reinforcement" if snapshot and snapshot.training_technique == "GRPO" else "supervised"
@@ -91,6 +92,27 @@ def fine_tuning_job(
         "integrations": [],
         "metadata": {"job_id": view.job_id, "job_name": name},
     }
+
+
+def n_epochs(
+    hyper: dict[str, Any], newest: CheckpointRecord | None, trainer_epochs: int = 0
+) -> int | Literal["auto"]:
+    """``n_epochs``, an integer in OpenAI's API (or ``"auto"``): the epochs the Trainer runs when the job
+    said (``trainer_epochs``, its own count, which ``max_steps`` sets); else ``num_train_epochs`` when the
+    run was planned in epochs; when ``max_steps`` planned it, the epochs those steps take, a partial one counted
+    as the Trainer counts it (3.75 -> 4), from the newest checkpoint's steps per epoch. The exact epoch
+    a checkpoint reached is its ``training.epoch``."""
+    if trainer_epochs > 0:
+        return trainer_epochs
+    max_steps, epochs = hyper.get("max_steps"), hyper.get("num_train_epochs")
+    if isinstance(max_steps, int) and max_steps > 0:
+        if newest is None or not newest.training.epoch or newest.training.step <= 0:
+            return "auto"
+        planned = max_steps * newest.training.epoch / newest.training.step
+        return max(math.ceil(round(planned, 6)), 1)
+    if isinstance(epochs, (int, float)) and float(epochs).is_integer() and epochs >= 1:
+        return int(epochs)
+    return "auto"
 
 
 class _Ids:
@@ -162,7 +184,7 @@ class _Ids:
 
 
 def openai_router(store: RecordStore) -> APIRouter:
-    router = APIRouter(prefix="/fine_tuning", tags=["openai"])
+    router = APIRouter(prefix=OPENAI_PREFIX, tags=["openai"])
     ids = _Ids(store)
 
     def job_objects(views: list[JobView]) -> list[dict[str, Any]]:
@@ -209,7 +231,7 @@ def openai_router(store: RecordStore) -> APIRouter:
         if after is not None:
             lookup = partial(ids.checkpoint, job_id, after)
             before = lookup() if ids.remembers(after) else await run_in_threadpool(lookup)
-        shown, has_more = newest_first_page(store, job_id, limit, before)
+        shown, has_more = newest_first_page(store, job_id, limit, before, available_only=True)
         ids.remember([record.id for record in shown])
         data = [ids.rendered(record) for record in shown]
         return {

@@ -3,7 +3,7 @@
 Sinks say *what* to send (:class:`~.http.HttpSink` a record, :class:`~.mlflow.MlflowSink` REST calls);
 everything about the wire is decided here, once, so two sinks cannot drift apart again:
 
-- the URL rules (README "What happens when..."): an http(s) URL with a valid host and port, no
+- the URL rules (docs/design.md, "What happens when..."): an http(s) URL with a valid host and port, no
   ``user:password@``, and no credential (a token, or a query string, whose values are treated as
   secrets) over plain ``http://`` to anything but loopback unless the user opted in;
 - the session: TLS always verified (against a CA bundle when given), no proxies or ``.netrc`` slipped in
@@ -99,26 +99,26 @@ class ErrorReply(NamedTuple):
     text: str
 
 
-def _error_fields(text: str) -> tuple[str, Any]:
-    """The code and the detail of an error body: ``{"error": ...}``, MLflow's ``{"error_code",
-    "message"}``, RFC 7807 ``{title, detail}``; else the text itself."""
+def _error_fields(text: str) -> tuple[str, list[Any]]:
+    """The code and the parts of the detail of an error body: ``{"error": ...}``, MLflow's
+    ``{"error_code", "message"}``, RFC 7807 ``{title, detail}``; else the text itself."""
     try:
         data = json.loads(text) if text else None
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        return "", text
+        return "", [text]
     error = data.get("error")
     if isinstance(error, dict):
         fields = [error[key] for key in ("code", "type", "message") if error.get(key)]
-        return str(error.get("code") or ""), ": ".join(map(str, fields)) or text
+        return str(error.get("code") or ""), fields or [text]
     if error:
-        return "", error
+        return "", [error]
     if data.get("error_code") or data.get("message"):
-        fields = [data[key] for key in ("error_code", "message") if data.get(key)]
-        return str(data.get("error_code") or ""), ": ".join(map(str, fields))
-    fields = [data[key] for key in ("title", "detail") if data.get(key)]
-    return "", ": ".join(map(str, fields)) or text
+        return str(data.get("error_code") or ""), [
+            data[key] for key in ("error_code", "message") if data.get(key)
+        ]
+    return "", [data[key] for key in ("title", "detail") if data.get(key)] or [text]
 
 
 def _one_line(text: Any, redact: Redactor) -> str:
@@ -135,11 +135,17 @@ def describe_reply(status: int, reason: str, body: bytes, redact: Redactor | Non
     """
     scrub = redact or Redactor(())
     head = _one_line(f"HTTP {status} {reason}".strip(), scrub)
-    code, detail = _error_fields(body.decode("utf-8", errors="replace").strip())
+    code, fields = _error_fields(body.decode("utf-8", errors="replace").strip())
+    said = {reason.strip().casefold()}  # a server's title is often the reason again: said once
+    parts = []
+    for field in map(str, fields):
+        if field.strip() and field.strip().casefold() not in said:
+            said.add(field.strip().casefold())
+            parts.append(field)
     code = scrub(code)
-    if not detail:
+    if not parts:
         return ErrorReply(code, head)
-    return ErrorReply(code, f"{head}: {_one_line(detail, scrub)}")
+    return ErrorReply(code, f"{head}: {_one_line(': '.join(parts), scrub)}")
 
 
 def _read_limited(response: requests.Response, limit: int) -> bytes:

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..lookup import NotFound, find_record
 from ..settings import Settings
 from ..sinks import configured_sinks, record_sinks
 from ..store import RecordStore
+from ..words import plural
 from .config import storage_config
 from .uploads import Uploads
 from .verify import Verification, pull, verify_local, verify_remote
@@ -22,12 +24,14 @@ def _report(name: str, where: str, result: Verification) -> int:
         print(f"{finding.path}: {finding.why}", file=sys.stderr)
     if result.size_only:
         print(
-            f"{len(result.size_only)} files have no SHA-256 in the record (not uploaded yet): size checked only",
+            f"{plural(len(result.size_only), 'file has', 'files have')} no SHA-256 in the record (not uploaded yet): "
+            "size checked only",
             file=sys.stderr,
         )
     if result.findings:
         print(
-            f"{name}: {len(result.findings)} files differ from the record or are missing ({where})",
+            f"{name}: {plural(len(result.findings), 'file differs', 'files differ')} from the record or is missing "
+            f"({where})",
             file=sys.stderr,
         )
         return 1
@@ -36,10 +40,12 @@ def _report(name: str, where: str, result: Verification) -> int:
 
 
 def _record(store: RecordStore, name: str) -> Any:
-    stored = store.get(name)
-    if stored is None:
-        print(f"no record named {name!r} in {store.path} (see: checkpoint-records list)", file=sys.stderr)
-    return stored
+    """The record ``name`` names, as ``inspect`` reads it; None (said why) when none or several."""
+    try:
+        return find_record(store, name)
+    except NotFound as error:
+        print(error, file=sys.stderr)
+        return None
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -88,7 +94,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     failed = store.uploads.failed()
     for row in failed:
         print(f"  failed: {row.remote}: {row.error}", file=sys.stderr)
-    print(f"uploads: {left} files still pending, {len(failed)} failed", file=sys.stderr)
+    print(f"uploads: {plural(left, 'file')} still pending, {len(failed)} failed", file=sys.stderr)
     return 1 if left or failed else 0
 
 

@@ -7,10 +7,11 @@ memory while the disk is full); :mod:`.schema` the tables and their migrations. 
 atomic :meth:`RecordStore.update_record`), :mod:`.log` (a job's logged entries, revised page by page;
 :mod:`.pages` reads and receives the pages), :mod:`.received` (documents the registry server received,
 where they came from, and their idempotency keys), :mod:`.queries` (lists and pages for the server and
-the page). Three lease queues (:mod:`.leases`) hold work that must be done once: ``store.outbox``
-(:mod:`.outbox`, deliveries to sinks), ``store.uploads`` (:mod:`.uploads`, files to upload) and
-``store.evaluations`` (:mod:`.evaluations`, checkpoints each evaluator has still to run). No module
-outside this package touches a connection or writes SQL.
+the page), :mod:`.forget` (removing a job or a record with all it holds). Three lease queues
+(:mod:`.leases`) hold work that must be done once: ``store.outbox`` (:mod:`.outbox`, deliveries to
+sinks), ``store.uploads`` (:mod:`.uploads`, files to upload) and ``store.evaluations``
+(:mod:`.evaluations`, checkpoints each evaluator has still to run). No module outside this package
+touches a connection or writes SQL.
 
 The registry server may keep the same parts on PostgreSQL instead (:func:`open_store`, :mod:`.postgres`):
 the SQL is written once, and :mod:`.dialect` says the few fragments that differ.
@@ -25,6 +26,7 @@ from ..errors import ConfigurationError
 from .database import DATABASE_NAME
 from .documents import Documents, RecordRevision, StoredJob, StoredRecord
 from .evaluations import ClaimedEvaluation, EvaluationQueue, LostClaim
+from .forget import Forgetting, Forgotten
 from .leases import Lease, LeaseQueue, claim_owner, owner_is_alive
 from .log import JobLog
 from .outbox import Claimed, Delivery, DeliveryState, DocumentKind, Outbox, Outcome
@@ -34,7 +36,7 @@ from .schema import SCHEMA_VERSION
 from .uploads import UploadQueue, UploadRow
 
 
-class RecordStore(Documents, JobLog, Received, Queries):
+class RecordStore(Documents, JobLog, Received, Queries, Forgetting):
     """Records, jobs, their log and the three queues in ``<home>/records.db``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
@@ -77,6 +79,7 @@ __all__ = [
     "DeliveryState",
     "DocumentKind",
     "EvaluationQueue",
+    "Forgotten",
     "JobSummary",
     "Lease",
     "LeaseQueue",

@@ -72,6 +72,16 @@ class JobLog(Database):
 
         self.write(write, None)
 
+    def log_times(self, job_id: str, start: int, stop: int) -> dict[int, tuple[int, float]]:
+        """When the stored entries at positions ``start`` to ``stop - 1`` were logged (those whose time is
+        known), with their step: a resumed run hands over entries logged before the crash again, untimed."""
+        rows = self.read().execute(
+            "SELECT seq, step, logged_at FROM log_entries"
+            " WHERE job_id = ? AND seq >= ? AND seq < ? AND logged_at IS NOT NULL",
+            (job_id, start, stop),
+        )
+        return {seq: (step, logged_at) for seq, step, logged_at in rows}
+
     def log_series(
         self, job_id: str, max_points: int | None = None, having: str | None = None
     ) -> list[dict[str, Any]]:

@@ -119,6 +119,35 @@ class Queries(Database):
         )
         return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
+    def jobs_writing_to(self, directory: str) -> list[tuple[str, str]]:
+        """The jobs (id, name) that wrote checkpoints in ``directory`` (an absolute path): whose job
+        document names it, or whose records lie in it; the latest updated first."""
+        dialect = self.dialect
+        inside = directory.rstrip("/") + "/"
+        connection = self.read()
+        documented = connection.execute(
+            f"SELECT id, name FROM jobs WHERE {dialect.json_text('body', '$.directory')} = ?"
+            " ORDER BY updated_at DESC",
+            (directory,),
+        ).fetchall()
+        recorded = connection.execute(
+            f"SELECT job_id, MIN({dialect.json_text('body', '$.metadata.jobName')}) FROM records"
+            f" WHERE substr({dialect.json_text('body', '$.spec.directory')}, 1, length(?)) = ?"
+            " GROUP BY job_id ORDER BY MAX(updated_at) DESC",
+            (inside, inside),
+        ).fetchall()
+        return list(dict.fromkeys((job_id, name) for job_id, name in [*documented, *recorded]))
+
+    def recorded_directories(self, directories: list[str]) -> set[str]:
+        """Which of ``directories`` (absolute paths) a record of any job already describes: one checkpoint
+        folder is one record, whoever recorded it."""
+        directory = self.dialect.json_text("body", "$.spec.directory")
+        rows = self.read().execute(
+            f"SELECT {directory} FROM records WHERE {directory} IN ({self.dialect.listed()})",
+            (json.dumps(directories),),
+        )
+        return {directory for (directory,) in rows}
+
     def document_ids(self, job_ids: list[str]) -> list[str]:
         """The ids of every document of ``job_ids`` the store holds: their records, jobs and log pages."""
         rows = self.read().execute(
@@ -140,12 +169,19 @@ class Queries(Database):
         return [record_id for (record_id,) in rows]
 
     def records_newest_first(
-        self, job_id: str | None, limit: int, before: CheckpointRecord | None = None
+        self,
+        job_id: str | None,
+        limit: int,
+        before: CheckpointRecord | None = None,
+        available_only: bool = False,
     ) -> list[StoredRecord]:
         """Up to ``limit`` records of ``job_id`` (of every job when None), highest step first, after
-        ``before`` in that order."""
+        ``before`` in that order; ``available_only``: leave out those whose files are gone (rotated
+        away) or never were (failed)."""
         conditions: list[str] = []
         params: list[Any] = []
+        if available_only:
+            conditions.append(f"{self.dialect.json_text('body', '$.status.status')} = 'available'")
         if job_id is not None:
             conditions.append("job_id = ?")
             params.append(job_id)
