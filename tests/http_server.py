@@ -129,6 +129,25 @@ class Receiver:
             wake=self._arrived,
         )
 
+    def latest_statuses(self) -> dict[str, str]:
+        """Each record's status as the newest accepted revision of it says. A revision still waiting when
+        a newer one is queued is never sent (the outbox sends the newest), so which revisions arrive
+        depends on timing; the newest of each always does."""
+        return {
+            request.payload["metadata"]["name"]: request.payload["status"]["status"]
+            for request in self.accepted()
+            if request.payload.get("kind") == "Checkpoint"
+        }
+
+    def wait_for_statuses(self, expected: dict[str, str], timeout: float = 30.0) -> None:
+        """Wait until :meth:`latest_statuses` is ``expected`` (fails the test if it never is)."""
+        wait_until(
+            lambda: self.latest_statuses() == expected,
+            timeout,
+            lambda: f"{self.url} holds {self.latest_statuses()}, not {expected}",
+            wake=self._arrived,
+        )
+
     def quiet(self) -> bool:
         """Whether no request is in hand or waiting to be accepted: once every client is gone, nothing
         else can arrive."""

@@ -34,6 +34,10 @@ def test_formats_without_a_status_render_a_deleted_revision_the_same() -> None:
     assert not any(get_format(name).renders_same(available, retrained) for name in RECORD_FORMATS)
 
 
+#: What a sink that can say ``deleted`` ends up holding after a run with ``save_total_limit=1``.
+ROTATED = {"out-checkpoint-2": "deleted", "out-checkpoint-4": "deleted", "out-checkpoint-6": "available"}
+
+
 def test_a_rotated_checkpoint_reaches_only_the_formats_that_can_say_deleted(
     tmp_path: Path, isolated_store: Path
 ) -> None:
@@ -41,15 +45,17 @@ def test_a_rotated_checkpoint_reaches_only_the_formats_that_can_say_deleted(
     try:
         sinks = [HttpSink(receiver.url, format=name) for name, receiver in receivers.items()]
         tiny_trainer(tmp_path / "out", [CheckpointRecordCallback(sinks=sinks)], save_total_limit=1).train()
-        for name in ("record", "flexai"):
-            receivers[name].wait_for(5)  # three records, then two deletions
+        for name in ("record", "flexai"):  # each checkpoint, then the two rotations
+            receivers[name].wait_for_statuses(ROTATED)
         for name in ("openai", "llama-stack"):
             receivers[name].wait_for(3)
     finally:
         for receiver in receivers.values():
             receiver.stop()
     counts = {name: len(receiver.requests) for name, receiver in receivers.items()}
-    assert counts == {"record": 5, "flexai": 5, "openai": 3, "llama-stack": 3}
+    # A checkpoint rotated away before its first revision went out reaches record and flexai once, deleted.
+    assert 3 <= counts["record"] <= 5 and 3 <= counts["flexai"] <= 5, counts
+    assert counts["openai"] == counts["llama-stack"] == 3, counts  # never a deletion, never twice
     for receiver in receivers.values():
         receiver.assert_idempotent()
     store = RecordStore(isolated_store)

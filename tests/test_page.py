@@ -218,7 +218,8 @@ def test_job_page_draws_every_logged_step_and_marks_every_checkpoint(
         readme_picture.parent.mkdir(exist_ok=True)
         shutil.copyfile(tmp_path / "job.png", readme_picture)
 
-    page.locator(f"#chart a.marker[data-step='{best[0]}']").click()  # a marker opens its checkpoint
+    with page.expect_navigation():
+        page.locator(f"#chart a.marker[data-step='{best[0]}']").click()  # a marker opens its checkpoint
     assert page.locator("h1").inner_text() == records[best[0]].name
     page.go_back()
 
@@ -237,7 +238,8 @@ def test_checkpoint_page_shows_the_whole_record_in_every_wire_format(
         s for s in store.records(job_of(runs, "rotating-run")) if s.record.status.status == "deleted"
     )
     page.goto(server + "/jobs/" + deleted.record.metadata.job_id)
-    page.click(f"table.checkpoints a:text-is('{deleted.record.name}')")
+    with page.expect_navigation():
+        page.click(f"table.checkpoints a:text-is('{deleted.record.name}')")
     assert page.locator("h1").inner_text() == deleted.record.name
     history = page.locator(".history li").all_inner_texts()
     assert len(history) == deleted.revision and "recorded" in history[0] and "deleted" in history[-1]
@@ -273,7 +275,8 @@ def test_a_job_named_like_a_script_stays_text_everywhere(server: str, runs: Path
     assert EVIL in page.locator("#chart .tip").inner_text()
     assert "tokenizer" in page.locator("#chart .tip").inner_text()
     assert "tokenizer" in page.locator("table.checkpoints .reasons").inner_text()
-    page.click(f"table.checkpoints a:has-text('{EVIL}')")
+    with page.expect_navigation():
+        page.click(f"table.checkpoints a:has-text('{EVIL}')")
     assert page.locator("h1").inner_text().startswith(EVIL)
     assert EVIL in page.locator("details pre").first.text_content()
     assert page.evaluate("document.querySelectorAll('script:not([src]), img[onerror]').length") == 0
@@ -376,7 +379,8 @@ def test_with_tokens_the_page_asks_to_sign_in_and_keeps_the_token_out_of_urls(
         assert not any(TOKEN in url for url in seen)
         assert TOKEN not in tab.content()
 
-        tab.click("text=Sign out")
+        with tab.expect_navigation():
+            tab.click("text=Sign out")
         assert tab.url.startswith(base + "/login")
         tab.goto(base + "/")
         assert tab.url.startswith(base + "/login")

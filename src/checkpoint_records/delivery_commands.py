@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .delivery import DeliveryWorker
 from .errors import FAILED, OK, ConfigurationError
 from .lifecycle import cancel_abandoned
-from .lookup import NotFound, find_record, open_existing
+from .lookup import NotFound, existing_or_say, find_record, open_existing
 from .recovery import checkpoint_folders
 from .settings import Settings, parse_seconds
 from .sinks import Sink, configured_sinks, document_kinds, job_sinks
@@ -133,9 +133,8 @@ def deliver(
 
 def cmd_flush(settings: Settings, args: argparse.Namespace) -> int:
     sinks = configured_sinks(settings)
-    store = open_existing(settings)
+    store = existing_or_say(settings, "nothing to deliver")
     if store is None:
-        print(f"nothing to deliver: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED if args.job else OK
     job_ids = None
     if args.job is not None:
@@ -193,9 +192,8 @@ def _say_failed(failed: Sequence[Exception]) -> None:
 
 def cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
     sinks = configured_sinks(settings)
-    store = open_existing(settings)
+    store = existing_or_say(settings, "nothing to re-send")
     if store is None:
-        print(f"nothing to re-send: no store at {settings.home / DATABASE_NAME}", file=sys.stderr)
         return FAILED if args.names else OK
     record_ids = None
     if args.names:
