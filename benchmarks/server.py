@@ -23,7 +23,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,31 +93,35 @@ def send_plainly(url: str, documents: list[dict[str, Any]], batch: int) -> None:
 
 
 def ingest(
-    registry: Registry, per_sender: int, batch: int, send: Callable[..., None] = send_with_sink
+    registries: Sequence[Registry], per_sender: int, batch: int, send: Callable[..., None] = send_with_sink
 ) -> tuple[float, float]:
-    """Records per second stored by ``SENDERS`` concurrent senders, ``batch`` records per request, and
-    the server's CPU milliseconds per record."""
+    """Records per second stored by ``SENDERS`` concurrent senders (split across ``registries``, replicas
+    of one database), ``batch`` records per request, and the servers' CPU milliseconds per record."""
     jobs = [
         [make_record(step, job=f"{batch}-{send.__name__}-{n}").to_dict() for step in range(per_sender)]
         for n in range(SENDERS)
     ]
     errors: list[BaseException] = []
 
-    def sender(documents: list[dict[str, Any]]) -> None:
+    def sender(url: str, documents: list[dict[str, Any]]) -> None:
         try:
-            send(f"{registry.url}/v1/records", documents, batch)
+            send(f"{url}/v1/records", documents, batch)
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=sender, args=(documents,)) for documents in jobs]
-    cpu = cpu_seconds(registry.process.pid)
+    threads = [
+        threading.Thread(target=sender, args=(registries[n % len(registries)].url, documents))
+        for n, documents in enumerate(jobs)
+    ]
+    pids = [registry.process.pid for registry in registries]
+    cpu = sum(map(cpu_seconds, pids))
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    cpu = cpu_seconds(registry.process.pid) - cpu
+    cpu = sum(map(cpu_seconds, pids)) - cpu
     if errors:
         raise RuntimeError(f"{len(errors)} senders failed, first: {errors[0]}")
     records = SENDERS * per_sender
@@ -198,9 +202,9 @@ def main() -> None:
         base = Path(scratch)
         commits = commits_per_second(base)
         with serving(base / "ingest", base / "ingest.log", TOKEN) as registry:
-            single = ingest(registry, per_sender, 1)
-            plain = ingest(registry, per_sender, 1, send_plainly)
-            batch = ingest(registry, batched, 100)
+            single = ingest([registry], per_sender, 1)
+            plain = ingest([registry], per_sender, 1, send_plainly)
+            batch = ingest([registry], batched, 100)
             sender = make_record(0, job="1-send_with_sink-0").metadata.job_id
             stored = len(RecordStore(base / "ingest").record_ids(sender))
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated store per test, and the example's tiny builders on the import path."""
+"""Shared fixtures: an isolated store per test, the example's tiny builders on the import path, and the
+registry's two databases (SQLite, and a real PostgreSQL server started once for the session)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,43 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from postgres_server import PostgresServer, binaries, postgres_server  # noqa: E402
+
+#: The registry's databases: every server test runs on each.
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (its password in ``PGPASSWORD``, as libpq reads it)."""
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed here (scripts/test installs Debian's postgresql)")
+    with postgres_server() as server, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PGPASSWORD", server.password)
+        yield server
+
+
+def _backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with server.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The registry's database for one test: None (SQLite, in its store directory) or a new
+    PostgreSQL database's URL."""
+    yield from _backend(request)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """:func:`database`, shared by a module's tests."""
+    yield from _backend(request)
 
 
 @pytest.fixture(autouse=True)

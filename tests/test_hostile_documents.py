@@ -80,10 +80,10 @@ REFUSED = [
 
 
 def test_documents_no_store_can_hold_are_refused_with_422_naming_the_field_and_store_nothing(
-    tmp_path: Path,
+    tmp_path: Path, database: str | None
 ) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN) as registry:
+    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN, database=database) as registry:
         for body, field in REFUSED:
             answer = requests.post(f"{registry.url}/v1/records", data=body, headers=headers, timeout=60)
             assert answer.status_code == 422, (field, answer.status_code, answer.text[:300])
@@ -92,8 +92,8 @@ def test_documents_no_store_can_hold_are_refused_with_422_naming_the_field_and_s
         honest = requests.post(f"{registry.url}/v1/records", data=json.dumps(job_detail()), headers=headers)
         assert honest.status_code == 200 and honest.json()["stored"] is True
         assert registry.get("/v1/fine_tuning/jobs").status_code == 200
-    store = RecordStore(registry.store)
-    assert store.records() == [] and [stored.job.id for stored in store.jobs()] == ["job-1"]
+        store = registry.open_store()
+        assert store.records() == [] and [stored.job.id for stored in store.jobs()] == ["job-1"]
     assert "Traceback" not in registry.log.read_text()
 
 

@@ -211,3 +211,17 @@ def test_forget_asks_at_a_terminal(store: RecordStore, monkeypatch: pytest.Monke
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
     assert main(["forget", "other"]) == 0
     assert [stored.record.metadata.job_name for stored in store.records()] == ["job"] * 3
+
+
+def test_forget_counts_a_jobs_checkpoints_down_and_a_forgotten_job_leaves_the_registrys_lists(
+    store: RecordStore,
+) -> None:
+    job_id, other_id = make_record(1).metadata.job_id, make_record(1, job="other").metadata.job_id
+    assert cli("forget", "job-checkpoint-3", "--yes").returncode == 0
+    counts = {summary.job_id: summary.checkpoints for _, summary in store.job_summaries()}
+    assert counts == {job_id: 2, other_id: 2}
+    assert cli("forget", "other", "--yes").returncode == 0
+    assert store.job_ids() == [job_id]
+    with TestClient(create_app(store)) as client:
+        listed = client.get("/v1/fine_tuning/jobs").json()["data"]
+    assert [job["id"] for job in listed] == [fine_tuning_job_id(job_id)]

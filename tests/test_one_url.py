@@ -57,11 +57,13 @@ def train_and_flush(home: Path, output_dir: Path, sinks: str | None, **arguments
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, list[Node]]]:
-    """A registry, and two nodes sending to it through one URL each: node-a one run of 12 steps, node-b
-    a run of 4 steps resumed to 8 (its series goes on from the checkpoint)."""
+def team(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[tuple[Registry, list[Node]]]:
+    """A registry (on each database), and two nodes sending to it through one URL each: node-a one run of
+    12 steps, node-b a run of 4 steps resumed to 8 (its series goes on from the checkpoint)."""
     base = tmp_path_factory.mktemp("one-url")
-    with serving(base / "registry", base / "server.log", TOKEN) as registry:
+    with serving(base / "registry", base / "server.log", TOKEN, database=module_database) as registry:
         url = f"{registry.url}/v1/records"
         epochs_a = train_and_flush(base / "node-a", base / "a" / "run", url, max_steps=12, save_steps=4)
         train_and_flush(base / "node-b", base / "b" / "other", url, max_steps=4, save_steps=2)
@@ -131,13 +133,15 @@ def test_received_checkpoints_say_where_they_came_from(team: tuple[Registry, lis
     assert ">received<" in job_page.text and ">local<" not in job_page.text
 
 
-def test_a_registry_started_after_the_runs_gets_everything_with_one_flush(tmp_path: Path) -> None:
+def test_a_registry_started_after_the_runs_gets_everything_with_one_flush(
+    tmp_path: Path, database: str | None
+) -> None:
     home = tmp_path / "node"
     train_and_flush(home, tmp_path / "first", None, max_steps=4, save_steps=2)
     train_and_flush(home, tmp_path / "second", None, max_steps=6, save_steps=3)
     store = RecordStore(home)
     assert store.outbox.counts()["pending"] == 0 and len(store.job_ids()) == 2
-    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN) as registry:
+    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN, database=database) as registry:
         with mock.patch.dict(os.environ, {"CHECKPOINT_RECORDS_TOKEN": TOKEN}):
             url = f"{registry.url}/v1/records"
             assert main(["--store", str(home), "flush", "--sink", url, "--timeout", "120"]) == 0

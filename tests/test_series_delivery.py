@@ -17,8 +17,7 @@ from checkpoint_records.history import LogEntry, log_entry
 from checkpoint_records.identity import job_id_for
 from checkpoint_records.series import LOG_PAGE_SIZE, log_page_id
 from checkpoint_records.server.app import create_app
-from checkpoint_records.store import Outcome, RecordStore
-from checkpoint_records.store.schema import SCHEMA_VERSION
+from checkpoint_records.store import Outcome, RecordStore, open_store
 
 SINK = "http://registry.example/v1/records"
 JOB = job_id_for("series-job")
@@ -50,7 +49,7 @@ def sent(store: RecordStore) -> list[dict[str, Any]]:
 
 
 def test_pages_carry_what_changed_at_most_a_page_and_a_resumed_run_changes_only_what_it_logs_anew(
-    tmp_path: Path,
+    tmp_path: Path, database: str | None
 ) -> None:
     sender = RecordStore(tmp_path / "node")
     documents: list[dict[str, Any]] = []
@@ -72,21 +71,23 @@ def test_pages_carry_what_changed_at_most_a_page_and_a_resumed_run_changes_only_
     documents += resumed
     assert len(sender.log_series(JOB)) == 200
 
-    registry = RecordStore(tmp_path / "registry")
+    registry = open_store(database, tmp_path / "registry")  # the registry on either database
     shuffled = documents * 2
     random.Random(22).shuffle(shuffled)
     with TestClient(create_app(registry)) as client:
         receipts = [client.post("/v1/records", json=page).json() for page in shuffled]
         batch = client.post("/v1/records", json=documents[:5]).json()["data"]  # a batch, all old news
-    assert all(receipt["kind"] == "log" for receipt in receipts)
-    assert sum(receipt["stored"] for receipt in receipts) <= len(documents)
-    assert not any(receipt["stored"] for receipt in batch)
-    assert registry.log_series(JOB) == sender.log_series(JOB)
-    for having in ("loss", "eval_loss"):
-        assert registry.log_series(JOB, 50, having) == sender.log_series(JOB, 50, having)
+        assert all(receipt["kind"] == "log" for receipt in receipts)
+        assert sum(receipt["stored"] for receipt in receipts) <= len(documents)
+        assert not any(receipt["stored"] for receipt in batch)
+        assert registry.log_series(JOB) == sender.log_series(JOB)  # read while the server has it open
+        for having in ("loss", "eval_loss"):
+            assert registry.log_series(JOB, 50, having) == sender.log_series(JOB, 50, having)
 
 
-def test_a_page_is_refused_unless_it_is_its_jobs_page_of_its_positions(tmp_path: Path) -> None:
+def test_a_page_is_refused_unless_it_is_its_jobs_page_of_its_positions(
+    tmp_path: Path, database: str | None
+) -> None:
     sender = RecordStore(tmp_path / "node")
     sender.append_log(JOB, logged(0, 3), end=3, sinks=[SINK])
     (page,) = sent(sender)
@@ -94,7 +95,7 @@ def test_a_page_is_refused_unless_it_is_its_jobs_page_of_its_positions(tmp_path:
     elsewhere = {**page, "entries": [{**page["entries"][0], "seq": LOG_PAGE_SIZE}]}
     twice = {**page, "entries": [page["entries"][0], page["entries"][0]]}
     too_long = {**page, "entries": [{**page["entries"][0], "seq": seq} for seq in range(LOG_PAGE_SIZE + 1)]}
-    registry = RecordStore(tmp_path / "registry")
+    registry = open_store(database, tmp_path / "registry")  # the registry on either database
     with TestClient(create_app(registry)) as client:
         for bad, field in (
             (other_job, "id"),
@@ -105,7 +106,7 @@ def test_a_page_is_refused_unless_it_is_its_jobs_page_of_its_positions(tmp_path:
             reply = client.post("/v1/records", json=bad)
             assert reply.status_code == 422 and field in reply.json()["detail"], reply.json()
         assert client.post("/v1/records", json=page).json()["stored"]
-    assert registry.log_series(JOB) == sender.log_series(JOB)
+        assert registry.log_series(JOB) == sender.log_series(JOB)
 
 
 def test_the_log_a_store_of_the_previous_release_kept_can_be_sent(tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_the_log_a_store_of_the_previous_release_kept_can_be_sent(tmp_path: Path
     store.close()
     with sqlite3.connect(home / "records.db") as connection:
         connection.execute("DROP TABLE log_pages")
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+        connection.execute("PRAGMA user_version = 3")  # the release before logs went out in pages
     upgraded = RecordStore(home)
     assert upgraded.outbox.backfill(SINK, ["log"]) == 2
     pages = sent(upgraded)

@@ -33,11 +33,14 @@ STEPS = 12  # more than one page of OpenAI checkpoints (10)
 
 
 @pytest.fixture(scope="module")
-def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Path]]:
-    """A registry, and two tiny Trainer runs on "node-a" and "node-b" sending their records and job
-    documents to it, as the README's team set-up does; node-a's store is returned to compare with."""
+def served_run(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[tuple[Registry, Path]]:
+    """A registry (on each database), and two tiny Trainer runs on "node-a" and "node-b" sending their
+    records and job documents to it, as the README's team set-up does; node-a's store is returned to
+    compare with."""
     base = tmp_path_factory.mktemp("registry")
-    with serving(base / "registry", base / "server.log", TOKEN) as registry:
+    with serving(base / "registry", base / "server.log", TOKEN, database=module_database) as registry:
         sinks = f"{registry.url}/v1/records,training-job+{registry.url}/v1/records"
         for node, job, steps in (("node-a", "run", STEPS), ("node-b", "other", 4)):
             env = {"CHECKPOINT_RECORDS_HOME": str(base / node), "CHECKPOINT_RECORDS_SINKS": sinks}

@@ -14,7 +14,6 @@ import pytest
 import requests
 
 from checkpoint_records.server.auth import SESSION_COOKIE
-from checkpoint_records.store import RecordStore
 from http_server import free_port
 from records_factory import make_record
 from registry_server import Registry, serving
@@ -62,8 +61,9 @@ def test_an_empty_token_refuses_to_start_instead_of_serving_without_auth(
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN) as served:
+def registry(tmp_path: Path, database: str | None) -> Iterator[Registry]:
+    """A served registry, on each database."""
+    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN, database=database) as served:
         yield served
 
 
@@ -99,7 +99,7 @@ def test_the_api_takes_the_bearer_token_never_the_pages_cookie(registry: Registr
     assert forged.status_code == 401 and forged.headers["content-type"] == "application/problem+json"
     assert browser.get(registry.url + "/v1/checkpoints", timeout=30).status_code == 401
     assert browser.get(registry.url + "/openapi.json", timeout=30).status_code == 401
-    assert RecordStore(registry.store).records() == []
+    assert registry.open_store().records() == []
     # The bearer token still works, with or without the cookie beside it.
     answer = browser.post(
         registry.url + "/v1/records",

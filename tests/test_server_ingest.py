@@ -34,8 +34,9 @@ TOKEN = "ingest-token-77ab"
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN) as served:
+def registry(tmp_path: Path, database: str | None) -> Iterator[Registry]:
+    """A served registry, on each database."""
+    with serving(tmp_path / "registry", tmp_path / "server.log", TOKEN, database=database) as served:
         yield served
 
 
@@ -58,7 +59,7 @@ def revised(record: CheckpointRecord, revision: int, status: str) -> CheckpointR
 
 
 def stored(registry: Registry) -> list[CheckpointRecord]:
-    return [item.record for item in RecordStore(registry.store).records()]
+    return [item.record for item in registry.open_store().records()]
 
 
 def test_replays_change_nothing_newer_revisions_win_older_never_overwrite(registry: Registry) -> None:

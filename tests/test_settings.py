@@ -67,6 +67,10 @@ READ_AS: dict[str, tuple[str, object]] = {
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": ("mirror", "mirror"),
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": ("8", 8),
     "CHECKPOINT_RECORDS_SIGNING_SECRET": (SECRET, SigningSecret(SECRET)),
+    "CHECKPOINT_RECORDS_SERVER_DATABASE": (
+        "postgresql://r@db:5432/registry",
+        "postgresql://r@db:5432/registry",
+    ),
     "CHECKPOINT_RECORDS_SERVER_TOKENS": ("one, two", ("one", "two")),
 }
 #: A text every variable that checks its value refuses.
@@ -80,6 +84,7 @@ REFUSED = {
     "CHECKPOINT_RECORDS_STORAGE_RETENTION": "forever",
     "CHECKPOINT_RECORDS_STORAGE_PARALLEL": "0",
     "CHECKPOINT_RECORDS_SERVER_TOKENS": "one, two,",  # an empty entry: an unset variable expanded
+    "CHECKPOINT_RECORDS_SERVER_DATABASE": "/srv/registry.db",  # SQLite is --store's
     "CHECKPOINT_RECORDS_SIGNING_SECRET": "whsec_c2hvcnQ=",  # 5 bytes: the spec wants 24 or more
 }
 

@@ -22,8 +22,10 @@ Where things are:
   page revised and queued when its entries change; ``store/pages.py`` reads and receives pages),
   ``store/received.py`` what the registry received and from where, ``store/outbox.py``,
   ``store/uploads.py`` and ``store/evaluations.py`` are the lease queues (``store/leases.py``),
-  ``store/database.py`` owns the connections, ``store/forget.py`` removes a job or a record with all it
-  holds; no SQL outside ``store/``.
+  ``store/database.py`` owns the connections, ``store/schema.py`` the tables and migrations,
+  ``store/forget.py`` removes a job or a record with all it holds; no SQL outside ``store/``. The
+  registry may keep the same parts on PostgreSQL (``store/postgres.py``, a psycopg pool, the ``postgres``
+  extra, opened by ``store.open_store``); ``store/dialect.py`` says the few fragments of SQL that differ.
 - rendered: ``formats/`` for a platform (``formats/canonical.py`` is the record as stored,
   ``formats/mlflow.py`` MLflow's runs and logged models); ``terminal.py`` for people (``cli.py`` and
   ``delivery_commands.py``, with ``lookup.py`` for what a typed name names and ``forget.py`` for

@@ -31,7 +31,7 @@ from .sinks import configured_sinks
 from .storage import live_upload_statuses, upload_state
 from .storage.commands import add_commands as add_storage_commands
 from .storage.progress import describe
-from .store import DATABASE_NAME, DatabaseError, Delivery, RecordStore
+from .store import DATABASE_NAME, DatabaseError, Delivery, open_store
 from .terminal import (
     UNCONFIGURED,
     RecordRow,
@@ -176,7 +176,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             "pip install 'checkpoint-records[server]'"
         ) from None
     return serve(
-        RecordStore(settings.home),
+        open_store(settings.server_database, settings.home),
         host=args.host,
         port=args.port,
         tokens=settings.server_tokens,
@@ -236,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serving.add_argument(
         "--port", type=int, default=DEFAULT_SERVE_PORT, help=f"port (default {DEFAULT_SERVE_PORT})"
+    )
+    serving.add_argument(
+        "--database",
+        dest="server_database",
+        metavar="URL",
+        help="keep the registry in this PostgreSQL database, postgresql://USER@HOST:PORT/DB, shared by any "
+        "number of `serve` processes (default: CHECKPOINT_RECORDS_SERVER_DATABASE, else the SQLite store; "
+        "the password from PGPASSWORD or ~/.pgpass; needs checkpoint-records[postgres])",
     )
     serving.add_argument(
         "--token",

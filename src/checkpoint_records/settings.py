@@ -185,6 +185,17 @@ def _tokens(name: str, value: Any) -> tuple[str, ...]:
     return tokens
 
 
+def _database(name: str, value: Any) -> str:
+    """A PostgreSQL URL for the registry's store (its password better in PGPASSWORD or ~/.pgpass)."""
+    url = str(value).strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            f"{name} must be a PostgreSQL URL, postgresql://USER@HOST:PORT/DATABASE, not "
+            f"{public_url(url)!r}; unset it to keep the registry in its SQLite file"
+        )
+    return url
+
+
 def _end_of_training_seconds(name: str, value: Any) -> float:
     return parse_seconds(name, value, MAX_FLUSH_TIMEOUT)
 
@@ -376,6 +387,12 @@ class Settings:
         shown=_hidden,
         empty_is_unset=False,
     )
+    server_database: str | None = setting(
+        _database,
+        "PostgreSQL URL (postgresql://USER@HOST:PORT/DB) `checkpoint-records serve` keeps the registry in, "
+        "shared by any number of `serve` processes (password: PGPASSWORD or ~/.pgpass); unset: SQLite",
+        shown=_public,
+    )
     server_tokens: tuple[str, ...] = setting(
         _tokens,
         "comma-separated tokens `checkpoint-records serve` accepts as bearer tokens (none empty)",
@@ -431,6 +448,7 @@ class Overrides(TypedDict, total=False):
     storage_retention: Retention | str | None
     storage_parallel: int | str | None
     signing_secret: SigningSecret | str | None
+    server_database: str | None
     server_tokens: Sequence[str] | str | None
 
 

@@ -41,6 +41,6 @@ def serve(
     access = "a token is required" if app.state.auth.required else "no token required"
     if signing_secret is not None:
         access += "; deliveries must be signed"
-    print(f"checkpoint-records: serving {store.path} on http://{host}:{port} ({access})", file=sys.stderr)
+    print(f"checkpoint-records: serving {store.where} on http://{host}:{port} ({access})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, server_header=False, proxy_headers=False, log_level="info")
     return 0

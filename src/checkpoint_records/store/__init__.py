@@ -12,6 +12,9 @@ the page), :mod:`.forget` (removing a job or a record with all it holds). Three 
 sinks), ``store.uploads`` (:mod:`.uploads`, files to upload) and ``store.evaluations``
 (:mod:`.evaluations`, checkpoints each evaluator has still to run). No module outside this package
 touches a connection or writes SQL.
+
+The registry server may keep the same parts on PostgreSQL instead (:func:`open_store`, :mod:`.postgres`):
+the SQL is written once, and :mod:`.dialect` says the few fragments that differ.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 from sqlite3 import DatabaseError  # what reading a damaged store raises: the CLI says what to do
 
+from ..errors import ConfigurationError
 from .database import DATABASE_NAME
 from .documents import Documents, RecordRevision, StoredJob, StoredRecord
 from .evaluations import ClaimedEvaluation, EvaluationQueue, LostClaim
@@ -37,12 +41,30 @@ class RecordStore(Documents, JobLog, Received, Queries, Forgetting):
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         super().__init__(home)
+        self.add_queues()
+
+    def add_queues(self) -> None:
         #: Deliveries of records and jobs to sinks.
         self.outbox = Outbox(self)
         #: Checkpoints' files to upload to storage.
         self.uploads = UploadQueue(self)
         #: Checkpoints each evaluator has still to evaluate.
         self.evaluations = EvaluationQueue(self)
+
+
+def open_store(database: str | None, home: str | os.PathLike[str] | None = None) -> RecordStore:
+    """The registry's store: on the PostgreSQL ``database`` when one is given (:mod:`.postgres`, the
+    ``postgres`` extra), else the SQLite file in ``home``."""
+    if database is None:
+        return RecordStore(home)
+    try:
+        from .postgres import PostgresStore
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"a PostgreSQL store needs the postgres extra ({error.name} is missing): "
+            "pip install 'checkpoint-records[postgres]'"
+        ) from None
+    return PostgresStore(database)
 
 
 __all__ = [
@@ -74,5 +96,6 @@ __all__ = [
     "Submission",
     "UploadRow",
     "claim_owner",
+    "open_store",
     "owner_is_alive",
 ]

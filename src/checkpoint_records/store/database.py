@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +29,7 @@ from ..errors import ConfigurationError
 from ..logs import logger, warn_once
 from ..settings import resolve_settings
 from ..validation import InvalidValue, escape_text, read_stored
+from .dialect import SQLITE, Connection, Dialect, SqliteConnection, marks
 from .schema import migrate, refuse_newer, schema_version
 
 DATABASE_NAME = "records.db"
@@ -65,6 +66,9 @@ def filesystem_type(path: Path) -> str:
 
 class Database:
     """``<home>/records.db``: per-thread connections, write transactions, writes kept while the disk is full."""
+
+    #: The SQL this database speaks where SQLite and PostgreSQL differ.
+    dialect: Dialect = SQLITE
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
@@ -112,20 +116,25 @@ class Database:
             "Point it at a writable directory with store=... or CHECKPOINT_RECORDS_HOME."
         )
 
-    def read(self) -> sqlite3.Connection:
+    @property
+    def where(self) -> str:
+        """The store as messages name it (its file)."""
+        return str(self.path)
+
+    def read(self) -> Connection:
         """This thread's connection, for reading (each statement sees the latest committed state)."""
         return self._connection()
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> SqliteConnection:
         owner = (os.getpid(), threading.get_ident())
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        connection: SqliteConnection | None = getattr(self._local, "connection", None)
         if connection is not None and getattr(self._local, "owner", None) == owner:
             if _file_identity(self.path) == self._local.identity:
                 return connection
             self._deleted(connection)
         # A connection inherited through fork() must never be used: open a fresh one.
         self.home.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, factory=SqliteConnection)
         connection.text_factory = _text
         network = filesystem_type(self.home) in _NETWORK_FILESYSTEMS
         _set_up(connection, self.path, None if self._replaced else "delete" if network else "wal")
@@ -151,7 +160,7 @@ class Database:
         self._local.connection = None
 
     @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[Connection]:
         """One write transaction, holding the write lock from its first statement: what it reads no
         other writer (thread or process) changes before it commits. ``durable`` ones are fsynced at
         commit (they survive a power loss); the others (queue bookkeeping, job progress) only survive the
@@ -293,9 +302,7 @@ def _disk_full(error: BaseException) -> bool:
     return "database or disk is full" in str(error)
 
 
-def _set_up(
-    connection: sqlite3.Connection, path: Path, journal_mode: str | None, attempts: int = 200
-) -> None:
+def _set_up(connection: SqliteConnection, path: Path, journal_mode: str | None, attempts: int = 200) -> None:
     """Journal mode (None: leave it), durability, tables and schema version. Switching the journal mode
     does not wait on SQLite's busy timeout when another connection holds a lock, so that step is retried
     for up to ~10 s."""
@@ -312,17 +319,4 @@ def _set_up(
             time.sleep(0.05)
 
 
-def json_of(column: str = "body") -> str:
-    """SQL for a JSON ``column`` to give SQLite's JSON functions: NULL where it is not JSON SQLite can read
-    (nested past its depth, written by something else), so one such row never fails a whole list."""
-    return f"(CASE WHEN json_valid({column}) THEN {column} END)"
-
-
-def body_field(path: str, column: str = "body") -> str:
-    """SQL for the value at ``path`` in a JSON ``column`` (NULL where it is not readable JSON)."""
-    return f"json_extract({json_of(column)}, '{path}')"
-
-
-def marks(values: Sized) -> str:
-    """SQL placeholders for ``values``."""
-    return ",".join("?" * len(values))
+__all__ = ["DATABASE_NAME", "Database", "marks", "readable"]

@@ -11,7 +11,6 @@ change is lost. Nothing else writes a record.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from ..validation import storable
 from .database import Database, readable
+from .dialect import Connection
 from .outbox import queue_deliveries
 
 #: A revision of a record, from the one stored.
@@ -239,9 +239,7 @@ def stored_job(job_id: str, body: str, revision: int, owner: str | None) -> Stor
     return None if job is None else StoredJob(job, revision, owner)
 
 
-def revise(
-    connection: sqlite3.Connection, record_id: str, change: Change, sinks: Sinks
-) -> StoredRecord | None:
+def revise(connection: Connection, record_id: str, change: Change, sinks: Sinks) -> StoredRecord | None:
     """Within the caller's write transaction: the record's next revision by ``change``, written and
     queued; None when there is no such record or nothing changed."""
     row = connection.execute("SELECT body, revision FROM records WHERE id = ?", (record_id,)).fetchone()
@@ -258,10 +256,13 @@ def revise(
     return StoredRecord(record, revision)
 
 
-def write_record(connection: sqlite3.Connection, record: CheckpointRecord, revision: int) -> None:
+_RECORD_COLUMNS = ("id", "name", "job_id", "step", "revision", "body", "created_at", "updated_at")
+_JOB_COLUMNS = ("id", "name", "revision", "status", "owner", "body", "updated_at")
+
+
+def write_record(connection: Connection, record: CheckpointRecord, revision: int) -> None:
     connection.execute(
-        "INSERT OR REPLACE INTO records (id, name, job_id, step, revision, body, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        connection.dialect.replace_into("records", _RECORD_COLUMNS, ("id",)),
         (
             record.id,
             record.name,
@@ -275,13 +276,10 @@ def write_record(connection: sqlite3.Connection, record: CheckpointRecord, revis
     )
 
 
-def write_job(
-    connection: sqlite3.Connection, job: JobSnapshot, body: str, revision: int, owner: str | None
-) -> None:
+def write_job(connection: Connection, job: JobSnapshot, body: str, revision: int, owner: str | None) -> None:
     """Write revision ``revision`` of ``job`` (``body`` is its JSON), run by ``owner`` if known."""
     connection.execute(
-        "INSERT OR REPLACE INTO jobs (id, name, revision, status, owner, body, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        connection.dialect.replace_into("jobs", _JOB_COLUMNS, ("id",)),
         (job.id, job.name, revision, job.status, owner, body, time.time()),
     )
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import CheckpointRecord
-from .database import Database, json_of
+from .database import Database
+from .dialect import Dialect
 from .documents import Change, Sinks, StoredRecord, read_record, revise
 from .leases import LeaseQueue
 
@@ -38,11 +39,13 @@ class LostClaim(Exception):
     """The row is no longer this worker's (its claim lapsed and another took it, or it is done)."""
 
 
-def _job_filter(job_ids: Sequence[str] | None, column: str = "record_id") -> tuple[str, tuple[Any, ...]]:
+def _job_filter(
+    dialect: Dialect, job_ids: Sequence[str] | None, column: str = "record_id"
+) -> tuple[str, tuple[Any, ...]]:
     """``AND``, the condition that ``column`` (a record id) is a record of ``job_ids``; "" for every job."""
     if job_ids is None:
         return "", ()
-    condition = f" AND {column} IN (SELECT id FROM records WHERE job_id IN (SELECT value FROM json_each(?)))"
+    condition = f" AND {column} IN (SELECT id FROM records WHERE job_id IN ({dialect.listed()}))"
     return condition, (json.dumps(list(job_ids)),)
 
 
@@ -65,7 +68,8 @@ class EvaluationQueue(LeaseQueue):
         """Queue every checkpoint (of ``job_ids``) written since the last call that ``evaluator`` has no
         row and no result for; how many were new. ``evaluator`` is a checked name (letters, digits, ``.``,
         ``_``, ``-``), so it can stand in a JSON path."""
-        jobs, params = _job_filter(job_ids, "id")
+        dialect = self.database.dialect
+        jobs, params = _job_filter(dialect, job_ids, "id")
         seen = (evaluator, params[0] if params else "")
         last = int(self.database.read().execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()[0])
         if last <= self._seen.get(seen, 0):
@@ -73,9 +77,12 @@ class EvaluationQueue(LeaseQueue):
         now = time.time()
         with self.database.transaction(durable=False) as connection:
             added = connection.execute(
-                "INSERT OR IGNORE INTO evaluations (evaluator, record_id, state, next_attempt_at, updated_at)"
-                " SELECT ?, id, 'pending', ?, ? FROM records"
-                f" WHERE rowid > ? AND rowid <= ? AND json_type({json_of()}, ?) IS NULL{jobs}",
+                dialect.insert_new(
+                    "evaluations",
+                    ("evaluator", "record_id", "state", "next_attempt_at", "updated_at"),
+                    "SELECT ?, id, 'pending', ?, ? FROM records"
+                    f" WHERE rowid > ? AND rowid <= ? AND {dialect.json_absent('body')}{jobs}",
+                ),
                 (
                     evaluator,
                     now,
@@ -94,7 +101,7 @@ class EvaluationQueue(LeaseQueue):
     ) -> ClaimedEvaluation | None:
         """Claim the due pending evaluation of the lowest step (oldest first), or None."""
         due, params = self._due_and_free(evaluator, owner)
-        jobs, job_params = _job_filter(job_ids)
+        jobs, job_params = _job_filter(self.database.dialect, job_ids)
         with self.database.transaction(durable=False) as connection:
             found = connection.execute(
                 "SELECT e.record_id, e.attempts, e.error, r.body FROM evaluations e"
@@ -158,14 +165,15 @@ class EvaluationQueue(LeaseQueue):
     def reopen_failed(self, evaluator: str, job_ids: Sequence[str] | None = None) -> int:
         """Make the evaluations whose result is ``failed`` pending again, with their attempts afresh
         (``evaluate --retry-failed``, once the cause is fixed); how many. Their next result replaces it."""
-        jobs, params = _job_filter(job_ids)
+        jobs, params = _job_filter(self.database.dialect, job_ids)
         now = time.time()
         with self.database.transaction(durable=False) as connection:
             return int(
                 connection.execute(
                     "UPDATE evaluations SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = ?,"
                     " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE evaluator = ? AND state = 'done'"
-                    f" AND record_id IN (SELECT id FROM records WHERE json_extract({json_of()}, ?) = 'failed')"
+                    " AND record_id IN (SELECT id FROM records"
+                    f" WHERE {self.database.dialect.json_text_at('body')} = 'failed')"
                     f"{jobs}",
                     (now, now, evaluator, f'$.status.evaluations."{evaluator}".state', *params),
                 ).rowcount
@@ -173,7 +181,7 @@ class EvaluationQueue(LeaseQueue):
 
     def pending(self, evaluator: str, job_ids: Sequence[str] | None = None) -> int:
         """How many evaluations of ``evaluator`` (of ``job_ids``) are still to do, claimed or not."""
-        jobs, params = _job_filter(job_ids)
+        jobs, params = _job_filter(self.database.dialect, job_ids)
         query = f"SELECT COUNT(*) FROM evaluations WHERE evaluator = ? AND {self._open}{jobs}"
         return int(self.database.read().execute(query, (evaluator, *params)).fetchone()[0])
 

@@ -3,10 +3,10 @@ off it, in one transaction: a reader sees the job whole or not at all."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from .database import Database
+from .dialect import Connection
 
 #: The rows that belong to a record, by table and the column naming it (the outbox holds job
 #: deliveries too, under the job's id).
@@ -53,17 +53,21 @@ class Forgetting(Database):
             connection.execute("DELETE FROM log_pages WHERE job_id = ?", (job_id,))
             log = connection.execute("DELETE FROM log_entries WHERE job_id = ?", (job_id,)).rowcount
             connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            connection.execute("DELETE FROM job_checkpoints WHERE job_id = ?", (job_id,))
         return Forgotten(counts["records"], counts["outbox"], counts["uploads"], counts["evaluations"], log)
 
     def forget_record(self, record_id: str) -> Forgotten:
         """Remove the record ``record_id``, its revisions and its queued deliveries, uploads and
         evaluations; its job stays."""
         with self.transaction() as connection:
+            job = connection.execute("SELECT job_id FROM records WHERE id = ?", (record_id,)).fetchone()
             counts = _forget_records(connection, [record_id])
+            if job is not None:
+                _recount(connection, job[0])
         return Forgotten(counts["records"], counts["outbox"], counts["uploads"], counts["evaluations"], 0)
 
 
-def _forget_records(connection: sqlite3.Connection, record_ids: list[str]) -> dict[str, int]:
+def _forget_records(connection: Connection, record_ids: list[str]) -> dict[str, int]:
     """Delete ``record_ids`` from every table that holds rows of theirs; the rows removed per table."""
     counts = dict.fromkeys((table for table, _ in _RECORD_ROWS), 0)
     for record_id in record_ids:
@@ -72,3 +76,16 @@ def _forget_records(connection: sqlite3.Connection, record_ids: list[str]) -> di
                 f"DELETE FROM {table} WHERE {column} = ?", (record_id,)
             ).rowcount
     return counts
+
+
+def _recount(connection: Connection, job_id: str) -> None:
+    """Count ``job_id``'s checkpoints afresh in ``job_checkpoints`` (the trigger that keeps it counts
+    records in, never out): its row goes with its last record, so a job known by its records alone is
+    gone with them."""
+    connection.execute("DELETE FROM job_checkpoints WHERE job_id = ?", (job_id,))
+    connection.execute(
+        "INSERT INTO job_checkpoints (job_id, checkpoints, first_created_at, last_updated_at)"
+        " SELECT job_id, COUNT(*), MIN(created_at), MAX(updated_at) FROM records WHERE job_id = ?"
+        " GROUP BY job_id",
+        (job_id,),
+    )

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from typing import Any, ClassVar
 
 from .database import Database
+from .dialect import Connection
 
 #: How long a claim is held at least (see the module's docstring for why).
 LEASE_SECONDS = 600.0
@@ -82,7 +82,7 @@ class LeaseQueue:
         return condition, (*params, now, now, owner)
 
     def _take(
-        self, connection: sqlite3.Connection, key: str, owner: str, until: float, record_ids: list[str]
+        self, connection: Connection, key: str, owner: str, until: float, record_ids: list[str]
     ) -> None:
         """Claim the scope's rows of ``record_ids`` for ``owner`` until ``until`` (in a transaction)."""
         where, params = self.scope(key)
@@ -126,7 +126,7 @@ class LeaseQueue:
                 self._drop(connection, key, holder) for (holder,) in holders if not owner_is_alive(holder)
             )
 
-    def _drop(self, connection: sqlite3.Connection, key: str, owner: str) -> int:
+    def _drop(self, connection: Connection, key: str, owner: str) -> int:
         """Drop ``owner``'s claims in scope ``key`` (in a transaction); how many rows it held."""
         where, params = self.scope(key)
         return int(

@@ -9,7 +9,6 @@ stores a page it receives only when it is newer than the one it holds (:func:`.p
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,6 +17,7 @@ from ..history import LogEntry, downsample
 from ..series import LOG_PAGE_SIZE, log_page_id, page_of
 from ..validation import bounded
 from .database import Database, marks
+from .dialect import Connection
 from .outbox import queue_deliveries
 from .pages import ENTRY_COLUMNS, insert_entries, next_page_revision
 
@@ -121,13 +121,13 @@ class JobLog(Database):
         only grow), written here or received: a chart drawn from the log is stale once it differs."""
         row = (
             self.read()
-            .execute("SELECT COUNT(*), TOTAL(revision) FROM log_pages WHERE job_id = ?", (job_id,))
+            .execute("SELECT COUNT(*), COALESCE(SUM(revision), 0) FROM log_pages WHERE job_id = ?", (job_id,))
             .fetchone()
         )
         return int(row[0]), int(row[1])
 
 
-def _write_entries(connection: sqlite3.Connection, job_id: str, entries: Sequence[LogEntry]) -> set[int]:
+def _write_entries(connection: Connection, job_id: str, entries: Sequence[LogEntry]) -> set[int]:
     """Write the entries that differ from those stored at their positions; the pages they are on."""
     if not entries:
         return set()
@@ -152,7 +152,7 @@ def _write_entries(connection: sqlite3.Connection, job_id: str, entries: Sequenc
     return {page_of(entry.seq) for entry in changed}
 
 
-def _forget_from(connection: sqlite3.Connection, job_id: str, end: int) -> set[int]:
+def _forget_from(connection: Connection, job_id: str, end: int) -> set[int]:
     """Delete the entries from position ``end`` on; the pages they were on."""
     pages = connection.execute(
         "SELECT DISTINCT seq / ? FROM log_entries WHERE job_id = ? AND seq >= ?", (LOG_PAGE_SIZE, job_id, end)
@@ -161,7 +161,7 @@ def _forget_from(connection: sqlite3.Connection, job_id: str, end: int) -> set[i
     return {int(page) for (page,) in pages}
 
 
-def _log_length(connection: sqlite3.Connection, job_id: str, before_step: int | None) -> int:
+def _log_length(connection: Connection, job_id: str, before_step: int | None) -> int:
     query = "SELECT MAX(seq) FROM log_entries WHERE job_id = ?"
     params: list[Any] = [job_id]
     if before_step is not None:

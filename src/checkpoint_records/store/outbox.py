@@ -10,7 +10,6 @@ that is gone are moved to another one or dropped (``outbox move``/``drop``), nev
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from .database import marks, readable
+from .dialect import Connection
 from .leases import LeaseQueue
 from .pages import stored_page
 
@@ -27,6 +27,17 @@ DeliveryState = Literal["pending", "delivered", "dead", "dropped"]
 #: What an outbox entry delivers: a checkpoint record (``records``), a job snapshot (``jobs``) or a page
 #: of a job's log (``log_pages``).
 DocumentKind = Literal["record", "job", "log"]
+#: The columns a new delivery is queued with.
+_OUTBOX_COLUMNS = (
+    "sink",
+    "record_id",
+    "revision",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "updated_at",
+    "kind",
+)
 #: Where each kind of document is kept, with its id and revision (and its job, to backfill one job).
 _DOCUMENTS: dict[DocumentKind, tuple[str, str]] = {
     "record": ("records", "job_id"),
@@ -79,7 +90,7 @@ class Outcome:
 
 
 def queue_deliveries(
-    connection: sqlite3.Connection,
+    connection: Connection,
     sinks: Sequence[str],
     record_id: str,
     revision: int,
@@ -89,11 +100,11 @@ def queue_deliveries(
     """Queue ``revision`` of a document for ``sinks``, due now, in the caller's transaction; with
     ``replace`` False a sink that already has an entry keeps it (a sink added since is queued)."""
     now = time.time()
-    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    dialect = connection.dialect
+    insert = dialect.replace_into("outbox", _OUTBOX_COLUMNS, ("sink", "record_id")) if replace else None
     connection.executemany(
-        f"{verb} INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at, updated_at, kind)"
-        " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
-        [(sink, record_id, revision, now, now, kind) for sink in sinks],
+        insert or dialect.insert_new("outbox", _OUTBOX_COLUMNS),
+        [(sink, record_id, revision, "pending", 0, now, now, kind) for sink in sinks],
     )
 
 
@@ -118,7 +129,7 @@ class Outbox(LeaseQueue):
         """The deliveries of each of ``record_ids`` (by sink), in one query: a page of checkpoints."""
         found: dict[str, list[Delivery]] = {record_id: [] for record_id in record_ids}
         rows = self.database.read().execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE record_id IN (SELECT value FROM json_each(?))"
+            f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE record_id IN ({self.database.dialect.listed()})"
             " ORDER BY sink",
             (json.dumps(list(record_ids)),),
         )
@@ -211,16 +222,15 @@ class Outbox(LeaseQueue):
             for kind in kinds:
                 table, job_column = _DOCUMENTS[kind]
                 model = _MODELS.get(kind)
-                only = "" if job_ids is None else f" AND {job_column} IN (SELECT value FROM json_each(?))"
+                only = "" if job_ids is None else f" WHERE {job_column} IN ({connection.dialect.listed()})"
                 rows = connection.execute(
-                    f"SELECT id, revision, {'body' if model else 'NULL'} FROM {table} WHERE 1{only}",
+                    f"SELECT id, revision, {'body' if model else 'NULL'} FROM {table}{only}",
                     () if job_ids is None else (json.dumps(list(job_ids)),),
                 ).fetchall()
                 queued += connection.executemany(
-                    "INSERT OR IGNORE INTO outbox (sink, record_id, revision, state, attempts, next_attempt_at,"
-                    " updated_at, kind) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+                    connection.dialect.insert_new("outbox", _OUTBOX_COLUMNS),
                     [
-                        (sink, document_id, revision, now, now, kind)
+                        (sink, document_id, revision, "pending", 0, now, now, kind)
                         for document_id, revision, body in rows
                         if model is None or readable(model, body, f"{kind} {document_id}") is not None
                     ],

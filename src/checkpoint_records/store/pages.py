@@ -6,19 +6,21 @@ without importing what queues deliveries.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..history import LogEntry
 from ..series import LOG_PAGE_SIZE, LogPage, log_page_id, page_document, page_entries
+from .dialect import Connection
 
 #: How the store reads a log entry for a page: position, step, time, values (JSON).
 ENTRY_COLUMNS = "seq, step, logged_at, body"
+#: A log entry's columns, as it is written.
+_LOG_COLUMNS = ("job_id", "seq", "step", "loss", "eval_loss", "logged_at", "body")
 
 
-def stored_page(connection: sqlite3.Connection, page_id: str) -> dict[str, Any] | None:
+def stored_page(connection: Connection, page_id: str) -> dict[str, Any] | None:
     """The page ``page_id`` at its stored revision, with its entries as the store holds them now."""
     row = connection.execute(
         "SELECT job_id, page, revision FROM log_pages WHERE id = ?", (page_id,)
@@ -33,7 +35,7 @@ def stored_page(connection: sqlite3.Connection, page_id: str) -> dict[str, Any] 
     return page_document(job_id, page, revision, entries)
 
 
-def receive_page(connection: sqlite3.Connection, page: LogPage) -> tuple[int, bool]:
+def receive_page(connection: Connection, page: LogPage) -> tuple[int, bool]:
     """Within the caller's write transaction: store a page another process sent, replacing the entries at
     its positions, when it is newer than the one held. The revision the store holds then, and whether it
     is this one (False: it held this revision or a newer one already, and nothing changed)."""
@@ -47,25 +49,26 @@ def receive_page(connection: sqlite3.Connection, page: LogPage) -> tuple[int, bo
     )
     insert_entries(connection, page.job_id, page_entries(page))
     connection.execute(
-        "INSERT OR REPLACE INTO log_pages (id, job_id, page, revision, updated_at) VALUES (?, ?, ?, ?, ?)",
+        connection.dialect.replace_into(
+            "log_pages", ("id", "job_id", "page", "revision", "updated_at"), ("id",)
+        ),
         (page.id, page.job_id, page.page, page.revision, time.time()),
     )
     return page.revision, True
 
 
-def insert_entries(connection: sqlite3.Connection, job_id: str, entries: Sequence[LogEntry]) -> None:
+def insert_entries(connection: Connection, job_id: str, entries: Sequence[LogEntry]) -> None:
     connection.executemany(
-        "INSERT OR REPLACE INTO log_entries (job_id, seq, step, loss, eval_loss, logged_at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        connection.dialect.replace_into("log_entries", _LOG_COLUMNS, ("job_id", "seq")),
         [(job_id, e.seq, e.step, e.loss, e.eval_loss, e.logged_at, e.body()) for e in entries],
     )
 
 
-def next_page_revision(connection: sqlite3.Connection, job_id: str, page: int) -> int:
+def next_page_revision(connection: Connection, job_id: str, page: int) -> int:
     """Raise the revision of page ``page`` of ``job_id``'s log (1 for a new page); the new revision."""
     row = connection.execute(
         "INSERT INTO log_pages (id, job_id, page, revision, updated_at) VALUES (?, ?, ?, 1, ?)"
-        " ON CONFLICT (id) DO UPDATE SET revision = revision + 1, updated_at = excluded.updated_at"
+        " ON CONFLICT (id) DO UPDATE SET revision = log_pages.revision + 1, updated_at = excluded.updated_at"
         " RETURNING revision",
         (log_page_id(job_id, page), job_id, page, time.time()),
     ).fetchone()

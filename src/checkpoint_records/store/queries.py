@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import CheckpointRecord
-from .database import Database, body_field
+from .database import Database
 from .documents import StoredJob, StoredRecord, read_record, stored_job, stored_records
 
 
@@ -38,39 +38,27 @@ class JobSummary:
     last_updated_at: str | None
 
 
-#: The newest checkpoint of each job, and its newest one that is available and ready for inference.
-_NEWEST_AND_READY = f"""
-SELECT value,
-    (SELECT id || ' ' || body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),
-    (SELECT id || ' ' || body FROM records WHERE job_id = value
-        AND {body_field("$.status.status")} = 'available'
-        AND {body_field("$.status.metadata.inferenceReady")} ORDER BY step DESC, id DESC LIMIT 1)
-FROM json_each(?)
-"""
-
-
 class Queries(Database):
     """Read-only queries for lists and pages."""
 
     def checkpoint_stats(self, job_id: str | None = None) -> list[CheckpointStats]:
         """Per job (or for ``job_id`` only): checkpoints, how many ready, best and last eval loss."""
-        eval_loss = body_field("$.status.metadata.evalLoss")
-        only = "job_id = ?" if job_id is not None else "1"
+        dialect = self.dialect
+        eval_loss = dialect.json_number("body", "$.status.metadata.evalLoss")
+        only = "job_id = ?" if job_id is not None else "1 = 1"
         params = (job_id,) if job_id is not None else ()
         connection = self.read()
-        # SQLite gives the other columns of the row that holds MAX(step): the last eval loss.
         last_eval = {
             job: loss
             for job, loss, _ in connection.execute(
-                f"SELECT job_id, {eval_loss}, MAX(step) FROM records"
-                f" WHERE {only} AND {eval_loss} IS NOT NULL GROUP BY job_id",
-                params,
+                dialect.latest_per_job(eval_loss, f"{only} AND {eval_loss} IS NOT NULL"), params
             )
         }
         rows = connection.execute(
-            f"SELECT job_id, {body_field('$.metadata.jobName')}, COUNT(*),"
-            f" TOTAL({body_field('$.status.metadata.inferenceReady')}), MIN({eval_loss}), MAX(step),"
-            f" MIN(created_at), MAX(updated_at) FROM records WHERE {only} GROUP BY job_id",
+            f"SELECT job_id, MIN({dialect.json_text('body', '$.metadata.jobName')}), COUNT(*),"
+            f" SUM(CASE WHEN {dialect.json_true('body', '$.status.metadata.inferenceReady')} THEN 1 ELSE 0 END),"
+            f" MIN({eval_loss}), MAX(step), MIN(created_at), MAX(updated_at) FROM records WHERE {only}"
+            " GROUP BY job_id",
             params,
         )
         return [
@@ -80,32 +68,32 @@ class Queries(Database):
 
     def job_ids(self) -> list[str]:
         """Every job the store knows, from its job snapshots or its records."""
-        rows = self.read().execute("SELECT id FROM jobs UNION SELECT DISTINCT job_id FROM records")
+        rows = self.read().execute("SELECT id FROM jobs UNION SELECT job_id FROM job_checkpoints")
         return [job_id for (job_id,) in rows]
 
     def jobs_named(self, text: str) -> list[str]:
         """The jobs ``text`` names, as ``list --job`` reads it: a job id, a job name, or a prefix of 4
         characters or more of an id."""
+        job_name = self.dialect.json_text("body", "$.metadata.jobName")
+        prefix = text if len(text) >= 4 else None  # an id prefix: 4 characters or more
         rows = self.read().execute(
-            f"SELECT job_id FROM records WHERE job_id = ?1 OR {body_field('$.metadata.jobName')} = ?1"
-            " OR (length(?1) >= 4 AND substr(job_id, 1, length(?1)) = ?1)"
-            " UNION SELECT id FROM jobs WHERE id = ?1 OR name = ?1"
-            " OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1)",
-            (text,),
+            f"SELECT job_id FROM records WHERE job_id = ? OR {job_name} = ?"
+            " OR substr(job_id, 1, length(?)) = ?"
+            " UNION SELECT id FROM jobs WHERE id = ? OR name = ? OR substr(id, 1, length(?)) = ?",
+            (text, text, prefix, prefix, text, text, prefix, prefix),
         )
         return sorted(job_id for (job_id,) in rows)
 
     def job_summaries(self, job_id: str | None = None) -> list[tuple[StoredJob | None, JobSummary]]:
         """Every job the store knows (or ``job_id`` only, if known): its snapshot when one was stored,
-        and its checkpoints at a glance; one query."""
+        and its checkpoints at a glance (kept per job by the store: one row each); one query."""
         only = "= ?" if job_id is not None else "IS NOT NULL"
         rows = self.read().execute(
-            "WITH summary AS (SELECT job_id, COUNT(*) AS checkpoints, MIN(created_at) AS first,"
-            f" MAX(updated_at) AS last FROM records WHERE job_id {only} GROUP BY job_id),"
-            f" known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
-            " UNION SELECT job_id FROM summary)"
-            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0), s.first, s.last"
-            " FROM known LEFT JOIN jobs j ON j.id = known.job_id LEFT JOIN summary s ON s.job_id = known.job_id",
+            f"WITH known AS (SELECT id AS job_id FROM jobs WHERE id {only}"
+            f" UNION SELECT job_id FROM job_checkpoints WHERE job_id {only})"
+            " SELECT known.job_id, j.body, j.revision, j.owner, COALESCE(s.checkpoints, 0),"
+            " s.first_created_at, s.last_updated_at FROM known LEFT JOIN jobs j ON j.id = known.job_id"
+            " LEFT JOIN job_checkpoints s ON s.job_id = known.job_id",
             (job_id, job_id) if job_id is not None else (),
         )
         return [
@@ -121,32 +109,41 @@ class Queries(Database):
     ) -> dict[str, tuple[CheckpointRecord | None, CheckpointRecord | None]]:
         """For each of ``job_ids``: its highest-step checkpoint, and its highest-step one that is
         available and ready for inference (None when there is none); one query."""
-        rows = self.read().execute(_NEWEST_AND_READY, (json.dumps(job_ids),))
+        dialect = self.dialect
+        rows = self.read().execute(
+            "SELECT value,"
+            " (SELECT id || ' ' || body FROM records WHERE job_id = value ORDER BY step DESC, id DESC LIMIT 1),"
+            f" (SELECT id || ' ' || body FROM records WHERE job_id = value AND {dialect.available_and_ready()}"
+            f" ORDER BY step DESC, id DESC LIMIT 1) FROM {dialect.each()}",
+            (json.dumps(job_ids),),
+        )
         return {job_id: (_parsed(newest), _parsed(ready)) for job_id, newest, ready in rows}
 
     def jobs_writing_to(self, directory: str) -> list[tuple[str, str]]:
         """The jobs (id, name) that wrote checkpoints in ``directory`` (an absolute path): whose job
         document names it, or whose records lie in it; the latest updated first."""
+        dialect = self.dialect
         inside = directory.rstrip("/") + "/"
         connection = self.read()
         documented = connection.execute(
-            f"SELECT id, name FROM jobs WHERE {body_field('$.directory')} = ? ORDER BY updated_at DESC",
+            f"SELECT id, name FROM jobs WHERE {dialect.json_text('body', '$.directory')} = ?"
+            " ORDER BY updated_at DESC",
             (directory,),
         ).fetchall()
         recorded = connection.execute(
-            f"SELECT job_id, {body_field('$.metadata.jobName')} FROM records"
-            f" WHERE substr({body_field('$.spec.directory')}, 1, length(?1)) = ?1"
+            f"SELECT job_id, MIN({dialect.json_text('body', '$.metadata.jobName')}) FROM records"
+            f" WHERE substr({dialect.json_text('body', '$.spec.directory')}, 1, length(?)) = ?"
             " GROUP BY job_id ORDER BY MAX(updated_at) DESC",
-            (inside,),
+            (inside, inside),
         ).fetchall()
         return list(dict.fromkeys((job_id, name) for job_id, name in [*documented, *recorded]))
 
     def recorded_directories(self, directories: list[str]) -> set[str]:
         """Which of ``directories`` (absolute paths) a record of any job already describes: one checkpoint
         folder is one record, whoever recorded it."""
+        directory = self.dialect.json_text("body", "$.spec.directory")
         rows = self.read().execute(
-            f"SELECT {body_field('$.spec.directory')} FROM records"
-            f" WHERE {body_field('$.spec.directory')} IN (SELECT value FROM json_each(?))",
+            f"SELECT {directory} FROM records WHERE {directory} IN ({self.dialect.listed()})",
             (json.dumps(directories),),
         )
         return {directory for (directory,) in rows}
@@ -154,9 +151,10 @@ class Queries(Database):
     def document_ids(self, job_ids: list[str]) -> list[str]:
         """The ids of every document of ``job_ids`` the store holds: their records, jobs and log pages."""
         rows = self.read().execute(
-            "WITH wanted AS (SELECT value FROM json_each(?))"
-            " SELECT id FROM records WHERE job_id IN wanted UNION SELECT id FROM jobs WHERE id IN wanted"
-            " UNION SELECT id FROM log_pages WHERE job_id IN wanted",
+            f"WITH wanted AS ({self.dialect.listed()})"
+            " SELECT id FROM records WHERE job_id IN (SELECT value FROM wanted)"
+            " UNION SELECT id FROM jobs WHERE id IN (SELECT value FROM wanted)"
+            " UNION SELECT id FROM log_pages WHERE job_id IN (SELECT value FROM wanted)",
             (json.dumps(job_ids),),
         )
         return [document_id for (document_id,) in rows]
@@ -183,7 +181,7 @@ class Queries(Database):
         conditions: list[str] = []
         params: list[Any] = []
         if available_only:
-            conditions.append(f"{body_field('$.status.status')} = 'available'")
+            conditions.append(f"{self.dialect.json_text('body', '$.status.status')} = 'available'")
         if job_id is not None:
             conditions.append("job_id = ?")
             params.append(job_id)

@@ -5,7 +5,6 @@ nothing."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from ..job import JobSnapshot
 from ..record import CheckpointRecord
 from ..series import LogPage
 from .database import Database, marks, readable
+from .dialect import Connection
 from .documents import write_job, write_record
 from .pages import receive_page
 
@@ -114,8 +114,9 @@ class Received(Database):
                     continue
                 receipts = [_receive(connection, document) for document in submission.documents]
                 connection.executemany(
-                    "INSERT OR REPLACE INTO received_from (id, kind, revision, sender, received_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    connection.dialect.replace_into(
+                        "received_from", ("id", "kind", "revision", "sender", "received_at"), ("id",)
+                    ),
                     [(r.id, r.kind, r.revision, submission.sender, now) for r in receipts if r.stored],
                 )
                 if submission.key is not None:
@@ -143,7 +144,7 @@ class Received(Database):
 _REUSED_KEY = Refused("reused key", "Idempotency-Key was already used for a different body")
 
 
-def _held_by_another_job(connection: sqlite3.Connection, documents: Sequence[ReceivedDocument]) -> str | None:
+def _held_by_another_job(connection: Connection, documents: Sequence[ReceivedDocument]) -> str | None:
     """The id of the first record among ``documents`` that is stored under another job, if any."""
     for document in documents:
         if isinstance(document, CheckpointRecord):
@@ -153,7 +154,7 @@ def _held_by_another_job(connection: sqlite3.Connection, documents: Sequence[Rec
     return None
 
 
-def _receive(connection: sqlite3.Connection, document: ReceivedDocument) -> Receipt:
+def _receive(connection: Connection, document: ReceivedDocument) -> Receipt:
     if isinstance(document, CheckpointRecord):
         return _receive_record(connection, document)
     if isinstance(document, LogPage):
@@ -161,7 +162,7 @@ def _receive(connection: sqlite3.Connection, document: ReceivedDocument) -> Rece
     return _receive_job(connection, document)
 
 
-def _receive_record(connection: sqlite3.Connection, record: CheckpointRecord) -> Receipt:
+def _receive_record(connection: Connection, record: CheckpointRecord) -> Receipt:
     revision = record.metadata.revision
     row = connection.execute("SELECT revision FROM records WHERE id = ?", (record.id,)).fetchone()
     if row is not None and int(row[0]) >= revision:
@@ -176,7 +177,7 @@ def _job_order(job: JobSnapshot) -> tuple[int, bool, int, float]:
     return (int(job.updated_at), job.status in FINISHED_JOB_STATUSES, job.global_step, job.updated_at)
 
 
-def _receive_job(connection: sqlite3.Connection, job: JobSnapshot) -> Receipt:
+def _receive_job(connection: Connection, job: JobSnapshot) -> Receipt:
     row = connection.execute("SELECT body, revision FROM jobs WHERE id = ?", (job.id,)).fetchone()
     held = None if row is None else readable(JobSnapshot, row[0], f"job {job.id}")
     if held is not None and _job_order(held) >= _job_order(job):  # one nobody can read is replaced

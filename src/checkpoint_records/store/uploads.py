@@ -13,14 +13,13 @@ a process killed before leaves it open, and the next one settles it, record and 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..record import CheckpointRecord
-from .database import body_field
+from .dialect import Connection
 from .documents import StoredRecord, revise
 from .leases import LeaseQueue
 
@@ -102,7 +101,7 @@ class UploadQueue(LeaseQueue):
         """The rows of each of ``record_ids`` (by path), in one query: a page of checkpoints."""
         found: dict[str, list[UploadRow]] = {record_id: [] for record_id in record_ids}
         query = (
-            f"SELECT {_COLUMNS} FROM uploads WHERE record_id IN (SELECT value FROM json_each(?))"
+            f"SELECT {_COLUMNS} FROM uploads WHERE record_id IN ({self.database.dialect.listed()})"
             " ORDER BY record_id, path"
         )
         for row in self.database.read().execute(query, (json.dumps(list(record_ids)),)):
@@ -197,17 +196,18 @@ class UploadQueue(LeaseQueue):
     def rotated_away(self, remote_prefix: str) -> list[str]:
         """Records with files under ``remote_prefix`` not yet removed, ``deleted`` locally and not best."""
         under, params = self.scope(remote_prefix)
+        dialect = self.database.dialect
         query = (
             "SELECT DISTINCT u.record_id FROM uploads u JOIN records r ON r.id = u.record_id"
             f" WHERE u.state != 'removed' AND {under}"
-            f" AND {body_field('$.status.status', 'r.body')} = 'deleted'"
-            f" AND COALESCE({body_field('$.status.metadata.best', 'r.body')}, 0) = 0"
+            f" AND {dialect.json_text('r.body', '$.status.status')} = 'deleted'"
+            f" AND COALESCE({dialect.json_true('r.body', '$.status.metadata.best')}, FALSE) = FALSE"
         )
         rows = self.database.read().execute(query, params)
         return [record_id for (record_id,) in rows]
 
 
-def _change(connection: sqlite3.Connection, record_id: str, path: str, changes: Mapping[str, object]) -> None:
+def _change(connection: Connection, record_id: str, path: str, changes: Mapping[str, object]) -> None:
     assignments = ", ".join(f"{column} = ?" for column in changes)
     connection.execute(
         f"UPDATE uploads SET {assignments}, updated_at = ? WHERE record_id = ? AND path = ?",
