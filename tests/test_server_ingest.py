@@ -275,11 +275,13 @@ def test_serve_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
     assert "pip install 'checkpoint-records[server]'" in result.stderr
 
 
-def test_the_training_side_never_imports_the_server() -> None:
+def test_the_training_side_never_imports_the_server_or_the_postgresql_driver(tmp_path: Path) -> None:
     code = (
         "import sys, checkpoint_records.callback, checkpoint_records.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette') "
-        "or m.startswith('checkpoint_records.server')))"
+        f"from checkpoint_records.store import RecordStore; RecordStore({str(tmp_path / 's')!r}).records(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fastapi', 'uvicorn', 'starlette', 'psycopg', 'psycopg_pool') "
+        "or m.startswith(('checkpoint_records.server', 'checkpoint_records.store.postgres'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
