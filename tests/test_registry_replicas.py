@@ -202,3 +202,26 @@ def test_a_replica_killed_mid_ingest_and_restarted_loses_nothing(tmp_path: Path,
         assert {stored.revision for stored in records} == {1}
     finally:
         stopped(servers)
+
+
+def test_a_replica_answers_the_first_request_after_its_database_connections_were_cut(
+    tmp_path: Path, url: str, postgres: PostgresServer
+) -> None:
+    """A restart of PostgreSQL (or a proxy's idle timeout) cuts every pooled connection: the next read
+    and the next write still succeed, on new connections, without a sender having to retry."""
+    name = url.rsplit("/", 1)[1]
+    with serving(tmp_path / "r", tmp_path / "r.log", TOKEN, database=url) as registry:
+        assert registry.get("/v1/fine_tuning/jobs").status_code == 200
+        cut = postgres.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        assert cut and all(row == (True,) for row in cut)
+        assert registry.get("/v1/fine_tuning/jobs").status_code == 200
+        record = make_record(1, job="after-the-cut")
+        sink = HttpSink(registry.url + "/v1/records", token=TOKEN)
+        try:
+            sink.send(record.to_dict(), "after-the-cut")
+        finally:
+            sink.close()
+        assert registry.open_store().get(record.id) is not None

@@ -113,6 +113,9 @@ class PostgresDatabase:
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
+            # A connection cut while it waited in the pool (PostgreSQL restarted, a proxy's idle timeout)
+            # is replaced before it is handed out, so no request fails on it.
+            check=ConnectionPool.check_connection,
             open=True,
             name="checkpoint-records",
         )
