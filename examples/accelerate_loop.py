@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 if step == options.max_steps:
                     break
     # Every process ends the process group together (end_training destroys it) rather than leaving it to
-    # torch's destructors at exit, where a rank may wait forever on a gloo thread (pytorch/pytorch#75097).
+    # torch's destructors at exit, where a rank may wait forever on a gloo thread (pytorch/pytorch#75097);
+    # and the DDP model goes first: were it the group's last holder, freeing it would destroy the group
+    # holding the GIL, which that gloo thread may need (pytorch/pytorch#56297).
     accelerator.wait_for_everyone()
+    del model, optimizer, train, evaluation
+    accelerator.free_memory()
     accelerator.end_training()
     return 0
 

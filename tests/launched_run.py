@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,16 @@ def main() -> None:
         per_device_train_batch_size=2,
     )
     trainer.train(resume_from_checkpoint=options.resume or None)
-    # Every rank ends the process group together, before the interpreter exits: left to torch's
-    # destructors at exit, a rank may wait forever joining a gloo thread (pytorch/pytorch#75097).
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # destroy_process_group(), once per process, as torch's docs ask
+    accelerator, wrapped = trainer.accelerator, weakref.ref(trainer.model_wrapped)
+    accelerator.wait_for_everyone()
+    # The DDP model goes before the process group: were its reducer the group's last holder, the group
+    # would be destroyed holding the GIL and wait forever on a gloo thread that needs it to free a
+    # finished collective's tensors (pytorch/pytorch#56297; seen here under load).
+    del trainer
+    accelerator.free_memory()
+    if wrapped() is not None:
+        raise RuntimeError("the DDP model outlived the trainer: the process group could hang at exit")
+    accelerator.end_training()  # destroy_process_group(), once per process, as torch's docs ask
 
 
 if __name__ == "__main__":
