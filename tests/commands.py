@@ -9,12 +9,15 @@ the pipes its orphaned ranks still hold.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import psutil
 
 from checkpoint_records import RecordStore
 
@@ -74,9 +77,18 @@ def finished(process: subprocess.Popen[str], timeout: float) -> subprocess.Compl
 
 def kill_tree(process: subprocess.Popen[str]) -> None:
     """SIGKILL the process group :func:`started` gave ``process``, while its leader is still ours to wait
-    for (so the group id cannot have been reused)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+    for (so the group id cannot have been reused), and every process it started that left the group
+    (``torchrun`` starts each rank in a session of its own), so none is left running or holding the pipes."""
+    if process.poll() is not None:
+        return
+    try:
+        escaped = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        escaped = []
+    os.killpg(process.pid, signal.SIGKILL)
+    for child in escaped:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def stored_names(home: Path) -> list[str]:
