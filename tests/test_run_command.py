@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from commands import ANNOUNCEMENT, cli, job_statuses, stored_names
+from commands import ANNOUNCEMENT, cli, finished, job_statuses, started, stored_names
 from http_server import free_port
 from tiny import WORDS, save_tiny_pretrained
 
@@ -123,12 +123,13 @@ def test_trl_sft_under_accelerate_launch_with_two_processes_is_recorded(
         "HF_DATASETS_OFFLINE": "1",
         "HF_DATASETS_CACHE": str(tmp_path / "cache"),
     }
-    result = subprocess.run(
-        [*RUN, str(Path(sys.executable).parent / "trl"), "sft", *launcher, *sft],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **offline, "OMP_NUM_THREADS": "1"},
+    # Bounded like every launch: a hang kills the whole tree, ranks in sessions of their own included.
+    result = finished(
+        started(
+            [*RUN, str(Path(sys.executable).parent / "trl"), "sft", *launcher, *sft],
+            {**os.environ, **offline, "OMP_NUM_THREADS": "1"},
+        ),
+        600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count(ANNOUNCEMENT) == 1
